@@ -1,0 +1,103 @@
+/* ev: a completion-based event loop with two back ends.
+ *
+ * Callers submit operations (accept, connect, recv, send, splice) and get one
+ * callback per operation with its result (bytes, new fd, 0, or -errno). The
+ * io_uring back end maps each operation onto one SQE; the epoll back end tries
+ * the syscall at once and parks it on the descriptor's readiness when it
+ * would block. Callbacks never run inside the submitting call, so the code
+ * above (protocol state machines) is written once for both.
+ *
+ * Rules for callers: at most one read-side op (accept, recv, splice_in) and
+ * one write-side op (connect, send, splice_out) pending per descriptor; an op
+ * must stay allocated until its callback ran; call ev_forget_fd() before
+ * close() on a descriptor that had ops. */
+#ifndef LB_EV_H
+#define LB_EV_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+enum ev_engine { EV_ENGINE_AUTO, EV_ENGINE_URING, EV_ENGINE_EPOLL };
+
+typedef struct ev_loop ev_loop;
+typedef struct ev_op ev_op;
+typedef void (*ev_cb)(ev_op *op, int res);
+
+enum ev_op_state { EV_OP_IDLE, EV_OP_PENDING, EV_OP_DONE };
+
+struct ev_op {
+    ev_cb cb;
+    void *ctx;
+    /* private to the loop */
+    uint8_t kind;
+    uint8_t state;
+    uint8_t flags;
+    int fd, fd_out;
+    int res;
+    void *buf;
+    size_t len;
+    const struct sockaddr *addr;
+    socklen_t addrlen;
+    ev_op *next;
+};
+
+typedef struct ev_timer ev_timer;
+struct ev_timer {
+    void (*cb)(ev_timer *t);
+    void *ctx;
+    uint64_t deadline_ms;
+    size_t heap_idx; /* 0: not armed */
+};
+
+/* Creates a loop. AUTO tries io_uring and falls back to epoll; *why_fallback
+ * (when not NULL) then says why io_uring could not be used. */
+ev_loop *ev_loop_new(enum ev_engine want, char *why_fallback, size_t why_len);
+void ev_loop_free(ev_loop *loop);
+enum ev_engine ev_loop_engine(const ev_loop *loop);
+const char *ev_engine_name(enum ev_engine e);
+/* Parses "auto", "uring" or "epoll"; -1 when unknown. */
+int ev_engine_parse(const char *s);
+
+/* Runs until ev_stop(); tick (if set) runs once per iteration. */
+void ev_run(ev_loop *loop);
+void ev_stop(ev_loop *loop);
+void ev_set_tick(ev_loop *loop, void (*tick)(ev_loop *, void *), void *arg);
+/* Monotonic milliseconds, refreshed once per iteration. */
+uint64_t ev_now_ms(const ev_loop *loop);
+uint64_t ev_clock_ms(void);
+uint64_t ev_clock_us(void);
+
+static inline void ev_op_init(ev_op *op, ev_cb cb, void *ctx) {
+    *op = (ev_op){.cb = cb, .ctx = ctx};
+}
+static inline int ev_op_busy(const ev_op *op) {
+    return op->state != EV_OP_IDLE;
+}
+
+void ev_accept(ev_loop *loop, ev_op *op, int listen_fd);
+void ev_connect(ev_loop *loop, ev_op *op, int fd, const struct sockaddr *sa, socklen_t len);
+void ev_recv(ev_loop *loop, ev_op *op, int fd, void *buf, size_t len);
+void ev_send(ev_loop *loop, ev_op *op, int fd, const void *buf, size_t len);
+/* Socket to pipe, and pipe to socket. Result: bytes moved, 0 at EOF. */
+void ev_splice_in(ev_loop *loop, ev_op *op, int sock, int pipe_w, size_t len);
+void ev_splice_out(ev_loop *loop, ev_op *op, int pipe_r, int sock, size_t len);
+/* Asks a pending op to finish early; its callback then gets -ECANCELED (or
+ * its real result if it completed first). No-op on an idle op. */
+void ev_cancel(ev_loop *loop, ev_op *op);
+void ev_forget_fd(ev_loop *loop, int fd);
+
+void ev_timer_init(ev_timer *t, void (*cb)(ev_timer *), void *ctx);
+void ev_timer_start(ev_loop *loop, ev_timer *t, uint64_t after_ms);
+void ev_timer_stop(ev_loop *loop, ev_timer *t);
+static inline int ev_timer_armed(const ev_timer *t) {
+    return t->heap_idx != 0;
+}
+
+/* Counters of bytes moved, per loop, for the exit summary. */
+struct ev_stats {
+    uint64_t splice_ops, splice_bytes, recv_bytes, send_bytes;
+};
+const struct ev_stats *ev_loop_stats(const ev_loop *loop);
+
+#endif

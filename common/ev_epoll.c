@@ -1,0 +1,175 @@
+/* epoll back end: each op is tried at once; one that would block waits,
+ * parked on its descriptor, for the edge-triggered readiness that lets it
+ * go on. Finished ops run their callbacks from a queue, never inline. */
+#define _GNU_SOURCE
+#include "ev_internal.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/epoll.h>
+
+struct fd_slot {
+    ev_op *rd, *wr;
+    int registered;
+};
+
+struct ep_state {
+    int epfd;
+    struct fd_slot *slots;
+    size_t nslots;
+    ev_op *done_head, *done_tail;
+};
+
+static struct ep_state *st(ev_loop *loop) {
+    return loop->be_state;
+}
+
+static int ep_init(ev_loop *loop, char *why, size_t why_len) {
+    struct ep_state *s = calloc(1, sizeof(*s));
+    if (!s) {
+        snprintf(why, why_len, "out of memory");
+        return -1;
+    }
+    s->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (s->epfd < 0) {
+        snprintf(why, why_len, "epoll_create1: %s", strerror(errno));
+        free(s);
+        return -1;
+    }
+    loop->be_state = s;
+    return 0;
+}
+
+static void ep_fini(ev_loop *loop) {
+    struct ep_state *s = st(loop);
+    close(s->epfd);
+    free(s->slots);
+    free(s);
+}
+
+static struct fd_slot *slot_for(struct ep_state *s, int fd) {
+    if ((size_t)fd >= s->nslots) {
+        size_t n = s->nslots ? s->nslots : 1024;
+        while (n <= (size_t)fd) n *= 2;
+        struct fd_slot *p = realloc(s->slots, n * sizeof(*p));
+        if (!p) abort(); /* an op we cannot park would hang forever */
+        memset(p + s->nslots, 0, (n - s->nslots) * sizeof(*p));
+        s->slots = p;
+        s->nslots = n;
+    }
+    return &s->slots[fd];
+}
+
+static int is_write_side(const ev_op *op) {
+    return op->kind == EVK_CONNECT || op->kind == EVK_SEND || op->kind == EVK_SPLICE_OUT;
+}
+
+static void queue_done(struct ep_state *s, ev_op *op, int res) {
+    op->res = res;
+    op->state = EV_OP_DONE;
+    op->next = NULL;
+    if (s->done_tail)
+        s->done_tail->next = op;
+    else
+        s->done_head = op;
+    s->done_tail = op;
+}
+
+static void park(struct ep_state *s, ev_op *op) {
+    struct fd_slot *slot = slot_for(s, op->fd);
+    if (!slot->registered) {
+        struct epoll_event e = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
+                                .data.fd = op->fd};
+        if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, op->fd, &e) < 0 && errno != EEXIST) {
+            queue_done(s, op, -errno);
+            return;
+        }
+        slot->registered = 1;
+    }
+    if (is_write_side(op))
+        slot->wr = op;
+    else
+        slot->rd = op;
+}
+
+static void attempt(struct ep_state *s, ev_op *op) {
+    int r = ev_try_op(op);
+    if (r == -EAGAIN)
+        park(s, op);
+    else
+        queue_done(s, op, r);
+}
+
+static void ep_submit(ev_loop *loop, ev_op *op) {
+    attempt(st(loop), op);
+}
+
+static void ep_cancel(ev_loop *loop, ev_op *op) {
+    struct ep_state *s = st(loop);
+    if ((size_t)op->fd >= s->nslots) return;
+    struct fd_slot *slot = &s->slots[op->fd];
+    if (slot->rd == op)
+        slot->rd = NULL;
+    else if (slot->wr == op)
+        slot->wr = NULL;
+    else
+        return; /* already queued with its result */
+    queue_done(s, op, -ECANCELED);
+}
+
+static void ep_forget_fd(ev_loop *loop, int fd) {
+    struct ep_state *s = st(loop);
+    if ((size_t)fd < s->nslots) s->slots[fd] = (struct fd_slot){0};
+}
+
+static void wake(struct ep_state *s, int fd, uint32_t events) {
+    if ((size_t)fd >= s->nslots) return;
+    struct fd_slot *slot = &s->slots[fd];
+    int err = events & (EPOLLERR | EPOLLHUP);
+    if (slot->rd && (err || (events & (EPOLLIN | EPOLLRDHUP)))) {
+        ev_op *op = slot->rd;
+        slot->rd = NULL;
+        attempt(s, op);
+    }
+    if (slot->wr && (err || (events & EPOLLOUT))) {
+        ev_op *op = slot->wr;
+        slot->wr = NULL;
+        attempt(s, op);
+    }
+}
+
+static void run_done(ev_loop *loop) {
+    struct ep_state *s = st(loop);
+    /* Only what is queued now: ops finishing at once while we run go to the
+     * next round, after epoll has had its say. */
+    ev_op *op = s->done_head;
+    s->done_head = s->done_tail = NULL;
+    while (op) {
+        ev_op *next = op->next;
+        ev_complete(loop, op, op->res);
+        op = next;
+    }
+}
+
+static void ep_wait(ev_loop *loop, int timeout_ms) {
+    struct ep_state *s = st(loop);
+    struct epoll_event evs[256];
+    if (s->done_head) timeout_ms = 0;
+    int n = epoll_wait(s->epfd, evs, 256, timeout_ms);
+    loop->now_ms = ev_clock_ms();
+    for (int i = 0; i < n; i++) wake(s, evs[i].data.fd, evs[i].events);
+    run_done(loop);
+}
+
+const struct ev_backend ev_epoll_backend = {
+    .name = "epoll",
+    .init = ep_init,
+    .fini = ep_fini,
+    .submit = ep_submit,
+    .cancel = ep_cancel,
+    .forget_fd = ep_forget_fd,
+    .wait = ep_wait,
+};

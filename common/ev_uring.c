@@ -1,0 +1,199 @@
+/* io_uring back end: one SQE per op. An op that reports EAGAIN (splice always
+ * goes this way first) waits on a POLL_ADD tagged with the op's address + 1
+ * and is issued again once the descriptor is ready. */
+#define _GNU_SOURCE
+#include "ev_internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <liburing.h>
+
+enum { OPF_POLLING = 1, OPF_CANCELLED = 2 };
+
+static struct io_uring *ring_of(ev_loop *loop) {
+    return loop->be_state;
+}
+
+static const int needed_ops[] = {IORING_OP_ACCEPT, IORING_OP_CONNECT,  IORING_OP_RECV,
+                                 IORING_OP_SEND,   IORING_OP_SPLICE,   IORING_OP_POLL_ADD,
+                                 IORING_OP_ASYNC_CANCEL};
+
+static int probe_ops(char *why, size_t why_len) {
+    struct io_uring_probe *p = io_uring_get_probe();
+    if (!p) {
+        snprintf(why, why_len, "io_uring probe failed");
+        return -1;
+    }
+    for (size_t i = 0; i < sizeof(needed_ops) / sizeof(needed_ops[0]); i++) {
+        if (!io_uring_opcode_supported(p, needed_ops[i])) {
+            snprintf(why, why_len, "io_uring lacks opcode %d", needed_ops[i]);
+            io_uring_free_probe(p);
+            return -1;
+        }
+    }
+    io_uring_free_probe(p);
+    return 0;
+}
+
+static int ur_init(ev_loop *loop, char *why, size_t why_len) {
+    struct io_uring *ring = calloc(1, sizeof(*ring));
+    if (!ring) {
+        snprintf(why, why_len, "out of memory");
+        return -1;
+    }
+    struct io_uring_params p = {.flags = IORING_SETUP_CQSIZE | IORING_SETUP_COOP_TASKRUN,
+                                .cq_entries = 16384};
+    int r = io_uring_queue_init_params(1024, ring, &p);
+    if (r == -EINVAL) { /* kernels before 5.19 lack COOP_TASKRUN */
+        p = (struct io_uring_params){.flags = IORING_SETUP_CQSIZE, .cq_entries = 16384};
+        r = io_uring_queue_init_params(1024, ring, &p);
+    }
+    if (r < 0) {
+        snprintf(why, why_len, "io_uring_setup: %s", strerror(-r));
+        free(ring);
+        return -1;
+    }
+    if (probe_ops(why, why_len) < 0) {
+        io_uring_queue_exit(ring);
+        free(ring);
+        return -1;
+    }
+    loop->be_state = ring;
+    return 0;
+}
+
+static void ur_fini(ev_loop *loop) {
+    io_uring_queue_exit(ring_of(loop));
+    free(ring_of(loop));
+}
+
+static struct io_uring_sqe *sqe_get(ev_loop *loop) {
+    struct io_uring *ring = ring_of(loop);
+    struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+    if (!sqe) {
+        io_uring_submit(ring);
+        sqe = io_uring_get_sqe(ring);
+    }
+    if (!sqe) abort(); /* the SQ was just emptied: cannot happen */
+    return sqe;
+}
+
+static int is_write_side(const ev_op *op) {
+    return op->kind == EVK_CONNECT || op->kind == EVK_SEND || op->kind == EVK_SPLICE_OUT;
+}
+
+static void arm_poll(ev_loop *loop, ev_op *op) {
+    struct io_uring_sqe *sqe = sqe_get(loop);
+    io_uring_prep_poll_add(sqe, op->fd, is_write_side(op) ? POLLOUT : POLLIN);
+    io_uring_sqe_set_data(sqe, (char *)op + 1);
+    op->flags |= OPF_POLLING;
+}
+
+static void issue(ev_loop *loop, ev_op *op) {
+    if ((op->kind == EVK_SPLICE_IN || op->kind == EVK_SPLICE_OUT) &&
+        !(op->flags & OPF_POLLING)) {
+        arm_poll(loop, op); /* splice from a socket would only say EAGAIN */
+        return;
+    }
+    op->flags &= (uint8_t)~OPF_POLLING;
+    struct io_uring_sqe *sqe = sqe_get(loop);
+    switch (op->kind) {
+    case EVK_ACCEPT:
+        io_uring_prep_accept(sqe, op->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        break;
+    case EVK_CONNECT: io_uring_prep_connect(sqe, op->fd, op->addr, op->addrlen); break;
+    case EVK_RECV: io_uring_prep_recv(sqe, op->fd, op->buf, op->len, 0); break;
+    case EVK_SEND: io_uring_prep_send(sqe, op->fd, op->buf, op->len, MSG_NOSIGNAL); break;
+    case EVK_SPLICE_IN:
+        io_uring_prep_splice(sqe, op->fd, -1, op->fd_out, -1, (unsigned)op->len,
+                             SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        break;
+    case EVK_SPLICE_OUT:
+        io_uring_prep_splice(sqe, op->fd_out, -1, op->fd, -1, (unsigned)op->len,
+                             SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        break;
+    }
+    io_uring_sqe_set_data(sqe, op);
+}
+
+static void ur_submit(ev_loop *loop, ev_op *op) {
+    op->flags = 0;
+    issue(loop, op);
+}
+
+static void ur_cancel(ev_loop *loop, ev_op *op) {
+    if (op->flags & OPF_CANCELLED) return;
+    op->flags |= OPF_CANCELLED;
+    struct io_uring_sqe *sqe = sqe_get(loop);
+    io_uring_prep_cancel(sqe, (op->flags & OPF_POLLING) ? (char *)op + 1 : (void *)op, 0);
+    io_uring_sqe_set_data(sqe, NULL);
+}
+
+static void ur_forget_fd(ev_loop *loop, int fd) {
+    (void)loop;
+    (void)fd;
+}
+
+static void on_poll_done(ev_loop *loop, ev_op *op, int res) {
+    if (res < 0 || (op->flags & OPF_CANCELLED)) {
+        ev_complete(loop, op, res < 0 ? res : -ECANCELED);
+        return;
+    }
+    if (op->kind == EVK_CONNECT) {
+        int err = 0;
+        socklen_t len = sizeof(err);
+        getsockopt(op->fd, SOL_SOCKET, SO_ERROR, &err, &len);
+        ev_complete(loop, op, -err);
+        return;
+    }
+    issue(loop, op);
+}
+
+static void on_cqe(ev_loop *loop, uintptr_t data, int res) {
+    if (!data) return;
+    ev_op *op = (ev_op *)(data & ~(uintptr_t)1);
+    if (data & 1) {
+        on_poll_done(loop, op, res);
+        return;
+    }
+    int again = res == -EAGAIN || (op->kind == EVK_CONNECT && (res == -EINPROGRESS || res == -EALREADY));
+    if (again && !(op->flags & OPF_CANCELLED)) {
+        arm_poll(loop, op);
+        return;
+    }
+    ev_complete(loop, op, res == -EAGAIN ? -ECANCELED : res);
+}
+
+static void ur_wait(ev_loop *loop, int timeout_ms) {
+    struct io_uring *ring = ring_of(loop);
+    struct io_uring_cqe *cqe;
+    struct __kernel_timespec ts = {.tv_sec = timeout_ms / 1000,
+                                   .tv_nsec = (long long)(timeout_ms % 1000) * 1000000};
+    io_uring_submit_and_wait_timeout(ring, &cqe, 1, &ts, NULL);
+    loop->now_ms = ev_clock_ms();
+    struct io_uring_cqe *batch[256];
+    uintptr_t data[256];
+    int res[256];
+    unsigned n = io_uring_peek_batch_cqe(ring, batch, 256);
+    for (unsigned i = 0; i < n; i++) {
+        data[i] = (uintptr_t)io_uring_cqe_get_data(batch[i]);
+        res[i] = batch[i]->res;
+    }
+    io_uring_cq_advance(ring, n);
+    for (unsigned i = 0; i < n; i++) on_cqe(loop, data[i], res[i]);
+}
+
+const struct ev_backend ev_uring_backend = {
+    .name = "uring",
+    .init = ur_init,
+    .fini = ur_fini,
+    .submit = ur_submit,
+    .cancel = ur_cancel,
+    .forget_fd = ur_forget_fd,
+    .wait = ur_wait,
+};

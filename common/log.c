@@ -1,0 +1,49 @@
+#define _GNU_SOURCE
+#include "log.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static const char *prog = "lb";
+static enum log_level max_level = LOG_INFO;
+static const char *const names[] = {"error", "warn", "info", "debug"};
+
+void log_init(const char *program, enum log_level level) {
+    prog = program;
+    max_level = level;
+}
+
+int log_level_parse(const char *s) {
+    for (int i = 0; i < 4; i++)
+        if (!strcmp(s, names[i])) return i;
+    return -1;
+}
+
+int log_enabled(enum log_level level) {
+    return level <= max_level;
+}
+
+void log_msg(enum log_level level, const char *fmt, ...) {
+    if (level > max_level) return;
+    char line[2048];
+    struct timespec ts;
+    struct tm tm;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    int n = snprintf(line, sizeof(line), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s[%d] %s: ",
+                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
+                     tm.tm_sec, ts.tv_nsec / 1000000, prog, (int)getpid(), names[level]);
+    va_list ap;
+    va_start(ap, fmt);
+    int m = vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
+    va_end(ap);
+    size_t len = (size_t)n + (m < 0 ? 0 : (size_t)m);
+    if (len > sizeof(line) - 2) len = sizeof(line) - 2;
+    line[len++] = '\n';
+    /* One write per line keeps lines whole across threads. */
+    ssize_t w = write(STDERR_FILENO, line, len);
+    (void)w;
+}

@@ -1,0 +1,104 @@
+/* The proxy's configuration: built from --config JSON and the flags, checked
+ * whole before anything starts. */
+#ifndef LB_CONFIG_H
+#define LB_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "net.h"
+
+enum strategy {
+    STRATEGY_PEAK_EWMA, /* the default */
+    STRATEGY_FASTEST,
+    STRATEGY_LEAST_OUTSTANDING,
+    STRATEGY_ROUND_ROBIN,
+    STRATEGY_RANDOM,
+};
+
+struct health_check {
+    char path[256];
+    int interval_ms, timeout_ms;
+    int healthy_threshold, unhealthy_threshold;
+    int expect_lo, expect_hi; /* expect_status "200-399" */
+};
+
+struct ec2_discovery {
+    int enabled;
+    char region[64];
+    int ntags;
+    char tag_keys[8][128], tag_values[8][256];
+    int port, interval_s;
+};
+
+struct backend_addr {
+    char text[80]; /* as written: "10.0.1.5:8000" */
+    struct net_addr addr;
+};
+
+struct cluster_config {
+    char name[64];
+    char path_prefix[256];
+    size_t prefix_len;
+    int strip_prefix;
+    enum strategy strategy;
+    int strategy_set; /* given in the config (a --strategy flag does not override it) */
+    struct backend_addr *backends;
+    size_t nbackends;
+    struct health_check health;
+    struct ec2_discovery discovery;
+    int retries;
+};
+
+struct cloudwatch_config {
+    int enabled;
+    char namespace_[128];
+    char region[64];
+    int interval_s;
+};
+
+struct proxy_config {
+    struct net_addr listen;
+    char listen_text[80];
+    int threads;
+    int engine; /* enum ev_engine */
+    int admin_set;
+    struct net_addr admin;
+    char admin_text[80];
+    char access_log[512]; /* "" = off, "-" = stdout */
+    int log_level;        /* enum log_level */
+    struct {
+        int max_header_bytes, max_headers, max_connections;
+    } limits;
+    struct {
+        int connect, client_header, idle, backend_response, drain;
+    } timeouts_ms;
+    struct {
+        int status;
+        char content_type[128];
+        char *body;
+        size_t body_len;
+    } default_response;
+    struct cluster_config *clusters;
+    size_t nclusters;
+    struct cloudwatch_config cloudwatch;
+    char config_path[512];
+    int check_only;
+};
+
+/* Fills cfg from argv (and the --config file it names). Returns 0 to run,
+ * 1 when it printed --help/--version (exit 0), 2 on a bad flag or config
+ * (message already printed, naming the flag or field). */
+int config_from_args(struct proxy_config *cfg, int argc, char **argv);
+/* Parses JSON text into cfg (on top of defaults). 0, or -1 with err naming
+ * the field, e.g. "clusters[0].health_check.interval_ms: expected an integer". */
+int config_parse_json(struct proxy_config *cfg, const char *json, char *err, size_t err_len);
+void config_defaults(struct proxy_config *cfg);
+void config_free(struct proxy_config *cfg);
+/* Writes a human-readable summary of what would run (for --check). */
+void config_print(const struct proxy_config *cfg, FILE *out);
+const char *strategy_name(enum strategy s);
+int strategy_parse(const char *s); /* -1 when unknown */
+
+#endif
