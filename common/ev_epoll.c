@@ -11,6 +11,8 @@
 #include <unistd.h>
 #include <sys/epoll.h>
 
+/* Ops waiting on a descriptor, per side; several accepts may wait on one
+ * listener, so each side is a list. */
 struct fd_slot {
     ev_op *rd, *wr;
     int registered;
@@ -89,10 +91,9 @@ static void park(struct ep_state *s, ev_op *op) {
         }
         slot->registered = 1;
     }
-    if (is_write_side(op))
-        slot->wr = op;
-    else
-        slot->rd = op;
+    ev_op **head = is_write_side(op) ? &slot->wr : &slot->rd;
+    op->next = *head;
+    *head = op;
 }
 
 static void attempt(struct ep_state *s, ev_op *op) {
@@ -111,13 +112,14 @@ static void ep_cancel(ev_loop *loop, ev_op *op) {
     struct ep_state *s = st(loop);
     if ((size_t)op->fd >= s->nslots) return;
     struct fd_slot *slot = &s->slots[op->fd];
-    if (slot->rd == op)
-        slot->rd = NULL;
-    else if (slot->wr == op)
-        slot->wr = NULL;
-    else
-        return; /* already queued with its result */
-    queue_done(s, op, -ECANCELED);
+    for (ev_op **pp = is_write_side(op) ? &slot->wr : &slot->rd; *pp; pp = &(*pp)->next) {
+        if (*pp == op) {
+            *pp = op->next;
+            queue_done(s, op, -ECANCELED);
+            return;
+        }
+    }
+    /* not parked: already queued with its result */
 }
 
 static void ep_forget_fd(ev_loop *loop, int fd) {
@@ -125,19 +127,29 @@ static void ep_forget_fd(ev_loop *loop, int fd) {
     if ((size_t)fd < s->nslots) s->slots[fd] = (struct fd_slot){0};
 }
 
+static void retry_all(struct ep_state *s, ev_op *list) {
+    while (list) {
+        ev_op *next = list->next;
+        attempt(s, list);
+        list = next;
+    }
+}
+
 static void wake(struct ep_state *s, int fd, uint32_t events) {
     if ((size_t)fd >= s->nslots) return;
     struct fd_slot *slot = &s->slots[fd];
     int err = events & (EPOLLERR | EPOLLHUP);
     if (slot->rd && (err || (events & (EPOLLIN | EPOLLRDHUP)))) {
-        ev_op *op = slot->rd;
+        ev_op *list = slot->rd;
         slot->rd = NULL;
-        attempt(s, op);
+        retry_all(s, list);
     }
+    /* the slot may have moved: attempt() can grow the table */
+    slot = &s->slots[fd];
     if (slot->wr && (err || (events & EPOLLOUT))) {
-        ev_op *op = slot->wr;
+        ev_op *list = slot->wr;
         slot->wr = NULL;
-        attempt(s, op);
+        retry_all(s, list);
     }
 }
 

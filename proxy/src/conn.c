@@ -1,0 +1,724 @@
+/* The client connection state machine, written once for both I/O engines.
+ *
+ *   C_HEAD   reading a request head (idle keep-alive or partial head)
+ *   C_TXN    a request in flight: connect, send the head, then two pumps in
+ *            both directions at once (request body, response body)
+ *   C_TUNNEL after a 101: bytes both ways until each side closes
+ *   C_REPLY  sending a response the proxy made itself (404, 4xx, 5xx)
+ *
+ * Every callback first checks that the connection is still in the state
+ * that issued the op: ops cancelled on the way out land in settle(), which
+ * frees what is no longer in use once no op of it is pending. */
+#define _GNU_SOURCE
+#include "worker.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "net.h"
+#include "route.h"
+
+enum cstate { C_HEAD, C_TXN, C_TUNNEL, C_REPLY };
+enum after_out { AFTER_INTERIM, AFTER_RESP_HEAD, AFTER_TUNNEL_HEAD, AFTER_REPLY };
+
+struct client {
+    struct worker *w;
+    struct client *prev, *next;
+    int fd;
+    ev_op rd, wr;
+    ev_timer timer;
+    struct iobuf in;
+    struct http_msg req;
+    enum cstate state;
+    int closing;
+    char ip[48];
+    /* the request in flight */
+    int cluster;
+    struct backend *be, *failed_be;
+    int tries, dead_retry_done, connecting, connect_timed_out;
+    struct upconn *up;
+    int up_discard; /* close it once its ops are idle */
+    struct sbuf reqhead;
+    size_t reqhead_off, reqhead_body;
+    struct sbuf out;
+    size_t out_off;
+    enum after_out after;
+    int keep;       /* the client connection may stay open after this request */
+    int close_after; /* local reply: close once it is sent */
+    struct pump reqp, respp;
+    int req_done, resp_done, req_err, resp_err;
+    int resp_started;
+    uint64_t t_start_us, t_sent_us;
+};
+
+static void start_head(struct client *c);
+static void parse_head(struct client *c);
+static void parse_resp(struct client *c);
+static void connect_backend(struct client *c, int fresh);
+static void client_close(struct client *c);
+static void reply_error(struct client *c, int status);
+static void fail(struct client *c, int status);
+
+static ev_loop *loop_of(struct client *c) {
+    return c->w->loop;
+}
+
+static const struct proxy_config *cfg_of(struct client *c) {
+    return c->w->cfg;
+}
+
+/* ---- lifetime ---- */
+
+static void client_free(struct client *c) {
+    struct worker *w = c->w;
+    ev_timer_stop(w->loop, &c->timer);
+    ev_forget_fd(w->loop, c->fd);
+    close(c->fd);
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        w->clients = c->next;
+    if (c->next) c->next->prev = c->prev;
+    w->nclients--;
+    atomic_fetch_sub_explicit(&g_connections, 1, memory_order_relaxed);
+    http_msg_free(&c->req);
+    sbuf_free(&c->reqhead);
+    sbuf_free(&c->out);
+    free(c->in.data);
+    free(c);
+}
+
+static int up_busy(const struct upconn *u) {
+    return ev_op_busy(&u->rd) || ev_op_busy(&u->wr);
+}
+
+/* Frees the backend connection and then the client once nothing of theirs
+ * is pending any more. */
+static void settle(struct client *c) {
+    if (c->up && c->up_discard && !up_busy(c->up)) {
+        upconn_free(c->w, c->up);
+        c->up = NULL;
+        c->up_discard = 0;
+    }
+    if (c->closing && !c->up && !ev_op_busy(&c->rd) && !ev_op_busy(&c->wr)) client_free(c);
+}
+
+/* Drops the backend connection: cancels what it has pending. */
+static void discard_up(struct client *c) {
+    struct upconn *u = c->up;
+    if (!u) return;
+    c->up_discard = 1;
+    ev_cancel(loop_of(c), &u->rd);
+    ev_cancel(loop_of(c), &u->wr);
+    if (u->fd >= 0) shutdown(u->fd, SHUT_RDWR);
+}
+
+static void client_close(struct client *c) {
+    if (c->closing) return;
+    c->closing = 1;
+    ev_timer_stop(loop_of(c), &c->timer);
+    pump_abort(&c->reqp);
+    pump_abort(&c->respp);
+    ev_cancel(loop_of(c), &c->rd);
+    ev_cancel(loop_of(c), &c->wr);
+    discard_up(c);
+    settle(c);
+}
+
+/* True when a callback belongs to a state the connection has left. */
+static int stale(struct client *c, enum cstate want) {
+    if (c->closing || c->state != want) {
+        settle(c);
+        return 1;
+    }
+    return 0;
+}
+
+/* ---- timers ---- */
+
+static void on_timer(ev_timer *t) {
+    struct client *c = t->ctx;
+    if (c->closing) return;
+    switch (c->state) {
+    case C_HEAD:
+        if (c->in.len > c->in.pos) {
+            reply_error(c, 408);
+        } else {
+            client_close(c); /* idle keep-alive connection */
+        }
+        break;
+    case C_TXN:
+        if (c->connecting) {
+            c->connect_timed_out = 1;
+            ev_cancel(loop_of(c), &c->up->wr); /* on_connect retries or fails */
+        } else if (!c->resp_started) {
+            balancer_report(c->w->bal, c->be, 0, 0);
+            fail(c, 504);
+        } else {
+            client_close(c); /* no progress mid-body */
+        }
+        break;
+    default: client_close(c); break;
+    }
+}
+
+static void arm(struct client *c, int ms) {
+    ev_timer_start(loop_of(c), &c->timer, (uint64_t)ms);
+}
+
+/* Bytes moved: the inactivity timeout starts again. */
+static void on_progress(struct pump *p, int err) {
+    (void)err;
+    struct client *c = p->owner;
+    const struct proxy_config *cfg = cfg_of(c);
+    arm(c, c->resp_started ? cfg->timeouts_ms.idle : cfg->timeouts_ms.backend_response);
+}
+
+/* ---- sending what the proxy writes itself ---- */
+
+static void on_out_sent(ev_op *op, int res);
+
+static void send_out(struct client *c, enum after_out after) {
+    c->after = after;
+    c->out_off = 0;
+    c->wr.cb = on_out_sent;
+    c->wr.ctx = c;
+    ev_send(loop_of(c), &c->wr, c->fd, c->out.data, c->out.len);
+}
+
+static void local_reply(struct client *c, int keep_alive) {
+    ev_timer_stop(loop_of(c), &c->timer);
+    c->state = C_REPLY;
+    c->close_after = !keep_alive;
+    ev_cancel(loop_of(c), &c->rd);
+    arm(c, cfg_of(c)->timeouts_ms.idle);
+    send_out(c, AFTER_REPLY);
+}
+
+static void reply_error(struct client *c, int status) {
+    c->out.len = 0;
+    http_write_error(&c->out, status, 0);
+    local_reply(c, 0);
+}
+
+static void reply_default(struct client *c) {
+    const struct proxy_config *cfg = cfg_of(c);
+    int keep = c->keep && c->req.framing == BODY_NONE;
+    c->out.len = 0;
+    http_write_simple(&c->out, cfg->default_response.status, cfg->default_response.content_type,
+                      cfg->default_response.body, cfg->default_response.body_len, keep);
+    local_reply(c, keep);
+}
+
+/* A request that went wrong on the backend side: an error response if none
+ * has started, then close (the request's framing may be lost). */
+static void fail(struct client *c, int status) {
+    if (c->resp_started || ev_op_busy(&c->wr)) {
+        client_close(c);
+        return;
+    }
+    pump_abort(&c->reqp);
+    discard_up(c);
+    reply_error(c, status);
+    settle(c);
+}
+
+/* ---- the request head ---- */
+
+static void on_head_read(ev_op *op, int res) {
+    struct client *c = op->ctx;
+    if (stale(c, C_HEAD)) return;
+    if (res <= 0) {
+        client_close(c);
+        return;
+    }
+    c->in.len += (size_t)res;
+    parse_head(c);
+}
+
+static void read_head(struct client *c) {
+    c->rd.cb = on_head_read;
+    c->rd.ctx = c;
+    ev_recv(loop_of(c), &c->rd, c->fd, c->in.data + c->in.len, c->in.cap - c->in.len);
+}
+
+static void start_head(struct client *c) {
+    c->state = C_HEAD;
+    if (c->w->draining) {
+        client_close(c);
+        return;
+    }
+    http_msg_reset(&c->req);
+    if (c->in.pos) {
+        memmove(c->in.data, c->in.data + c->in.pos, c->in.len - c->in.pos);
+        c->in.len -= c->in.pos;
+        c->in.pos = 0;
+    }
+    if (c->in.len) {
+        arm(c, cfg_of(c)->timeouts_ms.client_header);
+        parse_head(c);
+        return;
+    }
+    arm(c, cfg_of(c)->timeouts_ms.idle);
+    read_head(c);
+}
+
+static void start_txn(struct client *c);
+
+static void parse_head(struct client *c) {
+    const struct proxy_config *cfg = cfg_of(c);
+    int was_idle = c->req.parsed == 0;
+    int r = http_parse_head(&c->req, c->in.data, c->in.len, 0);
+    if (r == HTTP_NEED_MORE) {
+        if (c->in.len > (size_t)cfg->limits.max_header_bytes) {
+            reply_error(c, 431);
+            return;
+        }
+        if (was_idle) arm(c, cfg->timeouts_ms.client_header);
+        read_head(c);
+        return;
+    }
+    if (r < 0) {
+        reply_error(c, -r);
+        return;
+    }
+    if (c->req.head_len > (size_t)cfg->limits.max_header_bytes) {
+        reply_error(c, 431);
+        return;
+    }
+    c->in.pos = c->req.head_len;
+    start_txn(c);
+}
+
+/* ---- the transaction ---- */
+
+static void request_id(struct client *c, char out[33]) {
+    uint64_t a = worker_random(c->w), b = worker_random(c->w);
+    snprintf(out, 33, "%016llx%016llx", (unsigned long long)a, (unsigned long long)b);
+}
+
+static void build_request_head(struct client *c) {
+    const struct cluster_config *cc = &cfg_of(c)->clusters[c->cluster];
+    char id[33];
+    request_id(c, id);
+    struct forward_info fi = {.client_ip = c->ip,
+                              .listen_port = net_addr_port(&cfg_of(c)->listen),
+                              .request_id = id,
+                              .strip_len = cc->strip_prefix ? cc->prefix_len : 0};
+    c->reqhead.len = 0;
+    http_write_request(&c->reqhead, &c->req, &fi);
+    c->reqhead_body = 0;
+    if (c->req.framing == BODY_LENGTH) {
+        /* The body bytes that came with the head go out with it. */
+        size_t avail = c->in.len - c->in.pos;
+        size_t n = avail < c->req.content_length ? avail : (size_t)c->req.content_length;
+        sbuf_add(&c->reqhead, c->in.data + c->in.pos, n);
+        c->in.pos += n;
+        c->reqhead_body = n;
+        c->w->stats.copied_bytes += n;
+    }
+}
+
+static void start_txn(struct client *c) {
+    ev_timer_stop(loop_of(c), &c->timer);
+    c->w->stats.requests++;
+    c->t_start_us = ev_clock_us();
+    c->keep = c->req.keep_alive && !c->w->draining;
+    c->cluster = route_match(cfg_of(c), c->req.url, c->req.url_len);
+    if (c->cluster < 0) {
+        reply_default(c);
+        return;
+    }
+    pump_prepare(&c->reqp, &c->rd, c->fd, &c->in, NULL, -1,
+                 c->req.framing == BODY_CHUNKED ? &c->req : NULL);
+    /* A chunked body whose first bytes are already bad never reaches a backend. */
+    if (c->req.framing == BODY_CHUNKED && pump_check_chunked(&c->reqp) < 0) {
+        reply_error(c, 400);
+        return;
+    }
+    build_request_head(c);
+    c->state = C_TXN;
+    c->tries = c->dead_retry_done = 0;
+    c->failed_be = NULL;
+    c->req_done = c->resp_done = 0;
+    c->req_err = c->resp_err = 0;
+    c->resp_started = 0;
+    connect_backend(c, 0);
+}
+
+/* No byte of the request reached a backend: try another one, if allowed. */
+static void retry_or_fail(struct client *c, int status) {
+    upconn_free(c->w, c->up);
+    c->up = NULL;
+    if (c->tries < cfg_of(c)->clusters[c->cluster].retries) {
+        c->tries++;
+        c->failed_be = c->be;
+        connect_backend(c, 0);
+        return;
+    }
+    fail(c, status);
+}
+
+/* A pooled connection that turned out closed: for a request safe to repeat,
+ * once, on a new connection. */
+static int dead_pooled_retry(struct client *c) {
+    struct upconn *u = c->up;
+    if (!u->reused || c->dead_retry_done || c->req.framing != BODY_NONE || u->in.len ||
+        !http_method_idempotent(c->req.method))
+        return 0;
+    c->dead_retry_done = 1;
+    upconn_free(c->w, u);
+    c->up = NULL;
+    connect_backend(c, 1);
+    return 1;
+}
+
+static void send_reqhead(struct client *c);
+
+static void on_connect(ev_op *op, int res) {
+    struct client *c = op->ctx;
+    if (stale(c, C_TXN)) return;
+    c->connecting = 0;
+    if (res < 0) {
+        char addr[64];
+        log_debug("connect to %s: %s", net_addr_str(&c->be->addr, addr, sizeof(addr)),
+                  strerror(-res));
+        balancer_report(c->w->bal, c->be, 0, 0);
+        retry_or_fail(c, c->connect_timed_out ? 504 : 502);
+        return;
+    }
+    send_reqhead(c);
+}
+
+static void connect_backend(struct client *c, int fresh) {
+    struct worker *w = c->w;
+    c->connect_timed_out = 0;
+    struct backend *be = balancer_pick(w->bal, c->cluster, fresh ? NULL : c->failed_be);
+    if (fresh) be = c->be;
+    if (!be) {
+        fail(c, 503);
+        return;
+    }
+    c->be = be;
+    c->up = fresh ? NULL : pool_take(w, be);
+    if (c->up) {
+        send_reqhead(c);
+        return;
+    }
+    c->up = upconn_open(w, be);
+    if (!c->up) {
+        fail(c, 502);
+        return;
+    }
+    c->connecting = 1;
+    arm(c, cfg_of(c)->timeouts_ms.connect);
+    c->up->wr.cb = on_connect;
+    c->up->wr.ctx = c;
+    ev_connect(loop_of(c), &c->up->wr, c->up->fd, (const struct sockaddr *)&be->addr.ss,
+               be->addr.len);
+}
+
+static void on_reqhead_sent(ev_op *op, int res);
+static void on_resp_read(ev_op *op, int res);
+static void on_reqp_done(struct pump *p, int err);
+
+static void send_reqhead_more(struct client *c) {
+    c->up->wr.cb = on_reqhead_sent;
+    c->up->wr.ctx = c;
+    ev_send(loop_of(c), &c->up->wr, c->up->fd, c->reqhead.data + c->reqhead_off,
+            c->reqhead.len - c->reqhead_off);
+}
+
+static void send_reqhead(struct client *c) {
+    c->reqhead_off = 0;
+    c->t_sent_us = ev_clock_us();
+    arm(c, cfg_of(c)->timeouts_ms.backend_response);
+    send_reqhead_more(c);
+}
+
+static void read_resp(struct client *c) {
+    struct upconn *u = c->up;
+    u->rd.cb = on_resp_read;
+    u->rd.ctx = c;
+    ev_recv(loop_of(c), &u->rd, u->fd, u->in.data + u->in.len, u->in.cap - u->in.len);
+}
+
+static void on_reqhead_sent(ev_op *op, int res) {
+    struct client *c = op->ctx;
+    if (stale(c, C_TXN)) return;
+    if (res <= 0) {
+        if (dead_pooled_retry(c)) return;
+        balancer_report(c->w->bal, c->be, 0, 0);
+        fail(c, 502);
+        return;
+    }
+    c->reqhead_off += (size_t)res;
+    if (c->reqhead_off < c->reqhead.len) {
+        send_reqhead_more(c);
+        return;
+    }
+    struct upconn *u = c->up;
+    if (c->req.framing == BODY_NONE) {
+        c->req_done = 1;
+    } else {
+        c->reqp.wr = &u->wr;
+        c->reqp.dst = u->fd;
+        pump_start(&c->reqp, c->req.content_length - c->reqhead_body);
+    }
+    read_resp(c);
+}
+
+static void txn_done(struct client *c) {
+    struct upconn *u = c->up;
+    struct worker *w = c->w;
+    w->stats.copied_bytes += c->reqp.copied + c->respp.copied;
+    balancer_report(w->bal, c->be, 1, ev_clock_us() - c->t_sent_us);
+    c->up = NULL;
+    if (!c->req_err && !c->resp_err && u->resp.keep_alive && !w->draining)
+        pool_put(w, u);
+    else
+        upconn_free(w, u);
+    if (c->keep)
+        start_head(c);
+    else
+        client_close(c);
+}
+
+static void on_reqp_done(struct pump *p, int err) {
+    struct client *c = p->owner;
+    if (stale(c, C_TXN)) return;
+    c->req_done = 1;
+    c->req_err = err;
+    if (err == -EBADMSG) {
+        fail(c, 400); /* bad chunk framing */
+        return;
+    }
+    if (err && !p->failed_at_dst) {
+        client_close(c); /* the client went away mid-body */
+        return;
+    }
+    /* A backend that stopped reading may still answer: wait for it. */
+    if (c->resp_done) txn_done(c);
+}
+
+static void on_respp_done(struct pump *p, int err) {
+    struct client *c = p->owner;
+    if (stale(c, C_TXN)) return;
+    c->resp_done = 1;
+    c->resp_err = err;
+    if (err) {
+        if (!p->failed_at_dst) balancer_report(c->w->bal, c->be, 0, 0);
+        client_close(c); /* mid-body: nothing else to tell the client */
+        return;
+    }
+    if (c->req_done) txn_done(c);
+}
+
+static void start_resp_body(struct client *c) {
+    struct upconn *u = c->up;
+    struct http_msg *r = &u->resp;
+    if (r->framing == BODY_NONE) {
+        c->resp_done = 1;
+        if (c->req_done) txn_done(c);
+        return;
+    }
+    arm(c, cfg_of(c)->timeouts_ms.idle);
+    pump_prepare(&c->respp, &u->rd, u->fd, &u->in, &c->wr, c->fd,
+                 r->framing == BODY_CHUNKED ? r : NULL);
+    uint64_t left = r->framing == BODY_LENGTH ? r->content_length - (u->in.pos - r->head_len)
+                                              : PUMP_UNTIL_EOF;
+    pump_start(&c->respp, left);
+}
+
+static void on_tunnel_done(struct pump *p, int err);
+
+static void start_tunnel(struct client *c) {
+    struct upconn *u = c->up;
+    c->state = C_TUNNEL;
+    arm(c, cfg_of(c)->timeouts_ms.idle);
+    pump_init(&c->reqp, loop_of(c), c, on_tunnel_done);
+    pump_init(&c->respp, loop_of(c), c, on_tunnel_done);
+    c->reqp.progress = c->respp.progress = on_progress;
+    pump_prepare(&c->reqp, &c->rd, c->fd, &c->in, &u->wr, u->fd, NULL);
+    pump_prepare(&c->respp, &u->rd, u->fd, &u->in, &c->wr, c->fd, NULL);
+    pump_start(&c->reqp, PUMP_UNTIL_EOF);
+    pump_start(&c->respp, PUMP_UNTIL_EOF);
+}
+
+static void on_tunnel_done(struct pump *p, int err) {
+    struct client *c = p->owner;
+    if (stale(c, C_TUNNEL)) return;
+    if (err) {
+        client_close(c);
+        return;
+    }
+    shutdown(p->dst, SHUT_WR); /* pass the half-close on */
+    if (!c->reqp.active && !c->respp.active) {
+        c->w->stats.copied_bytes += c->reqp.copied + c->respp.copied;
+        client_close(c);
+    }
+}
+
+/* After a 1xx: the final response head follows. */
+static void next_resp_head(struct client *c) {
+    struct upconn *u = c->up;
+    memmove(u->in.data, u->in.data + u->in.pos, u->in.len - u->in.pos);
+    u->in.len -= u->in.pos;
+    u->in.pos = 0;
+    http_msg_reset(&u->resp);
+    if (u->in.len)
+        parse_resp(c);
+    else
+        read_resp(c);
+}
+
+static void on_out_sent(ev_op *op, int res) {
+    struct client *c = op->ctx;
+    if (c->closing) {
+        settle(c);
+        return;
+    }
+    if (res <= 0) {
+        client_close(c);
+        return;
+    }
+    c->out_off += (size_t)res;
+    if (c->out_off < c->out.len) {
+        ev_send(loop_of(c), &c->wr, c->fd, c->out.data + c->out_off, c->out.len - c->out_off);
+        return;
+    }
+    switch (c->after) {
+    case AFTER_REPLY:
+        if (c->close_after || c->state != C_REPLY)
+            client_close(c);
+        else
+            start_head(c);
+        break;
+    case AFTER_INTERIM:
+        if (stale(c, C_TXN)) return;
+        next_resp_head(c);
+        break;
+    case AFTER_RESP_HEAD:
+        if (stale(c, C_TXN)) return;
+        start_resp_body(c);
+        break;
+    case AFTER_TUNNEL_HEAD:
+        if (stale(c, C_TXN)) return;
+        start_tunnel(c);
+        break;
+    }
+}
+
+static void send_resp_head(struct client *c) {
+    struct upconn *u = c->up;
+    struct http_msg *r = &u->resp;
+    c->out.len = 0;
+    if (r->status == 101) {
+        http_write_response(&c->out, r, c->req.minor, 1);
+        c->resp_started = 1;
+        ev_timer_stop(loop_of(c), &c->timer);
+        send_out(c, AFTER_TUNNEL_HEAD);
+        return;
+    }
+    if (r->status < 200) { /* interim: only HTTP/1.1 clients understand it */
+        if (c->req.minor == 0) {
+            next_resp_head(c);
+            return;
+        }
+        http_write_response(&c->out, r, c->req.minor, 1);
+        send_out(c, AFTER_INTERIM);
+        return;
+    }
+    if (r->framing == BODY_UNTIL_CLOSE || c->w->draining) c->keep = 0;
+    http_write_response(&c->out, r, c->req.minor, c->keep);
+    if (r->framing == BODY_LENGTH) {
+        size_t avail = u->in.len - u->in.pos;
+        size_t n = avail < r->content_length ? avail : (size_t)r->content_length;
+        sbuf_add(&c->out, u->in.data + u->in.pos, n);
+        u->in.pos += n;
+        c->w->stats.copied_bytes += n;
+    }
+    c->resp_started = 1;
+    send_out(c, AFTER_RESP_HEAD);
+}
+
+static void parse_resp(struct client *c) {
+    struct upconn *u = c->up;
+    int r = http_parse_head(&u->resp, u->in.data, u->in.len, c->req.method == HTTP_HEAD);
+    if (r == HTTP_NEED_MORE) {
+        if (u->in.len == u->in.cap) {
+            fail(c, 502);
+            return;
+        }
+        read_resp(c);
+        return;
+    }
+    if (r < 0 || (u->resp.status == 101 && !c->req.upgrade)) {
+        log_debug("backend %s sent a malformed response", c->be->name);
+        fail(c, 502);
+        return;
+    }
+    u->in.pos = u->resp.head_len;
+    send_resp_head(c);
+}
+
+static void on_resp_read(ev_op *op, int res) {
+    struct client *c = op->ctx;
+    if (stale(c, C_TXN)) return;
+    if (res <= 0) {
+        if (res == 0 && dead_pooled_retry(c)) return;
+        if (res < 0 && res != -ECANCELED && dead_pooled_retry(c)) return;
+        balancer_report(c->w->bal, c->be, 0, 0);
+        fail(c, 502);
+        return;
+    }
+    c->up->in.len += (size_t)res;
+    parse_resp(c);
+}
+
+/* ---- accept and drain ---- */
+
+void client_accept(struct worker *w, int fd) {
+    const struct proxy_config *cfg = w->cfg;
+    struct client *c = calloc(1, sizeof(*c));
+    size_t cap = (size_t)cfg->limits.max_header_bytes + 1;
+    if (cap < 16384) cap = 16384;
+    if (!c || !(c->in.data = malloc(cap)) ||
+        http_msg_init(&c->req, HTTP_REQUEST, cfg->limits.max_headers) < 0) {
+        if (c) free(c->in.data);
+        free(c);
+        close(fd);
+        return;
+    }
+    c->in.cap = cap;
+    c->w = w;
+    c->fd = fd;
+    net_set_nodelay(fd);
+    net_peer_ip(fd, c->ip, sizeof(c->ip));
+    ev_op_init(&c->rd, on_head_read, c);
+    ev_op_init(&c->wr, on_out_sent, c);
+    ev_timer_init(&c->timer, on_timer, c);
+    pump_init(&c->reqp, w->loop, c, on_reqp_done);
+    pump_init(&c->respp, w->loop, c, on_respp_done);
+    c->reqp.progress = c->respp.progress = on_progress;
+    c->next = w->clients;
+    if (w->clients) w->clients->prev = c;
+    w->clients = c;
+    w->nclients++;
+    w->stats.accepted++;
+    start_head(c);
+}
+
+void clients_close_idle(struct worker *w) {
+    struct client *c = w->clients;
+    while (c) {
+        struct client *next = c->next;
+        if (c->state == C_HEAD && c->in.len == c->in.pos) client_close(c);
+        c = next;
+    }
+}

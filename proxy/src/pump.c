@@ -1,0 +1,213 @@
+#define _GNU_SOURCE
+#include "pump.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#define PIPE_SIZE  (256 * 1024)
+#define PIPE_CACHE 64
+
+/* Empty pipes kept per thread: creating one costs two syscalls and a resize. */
+static __thread int pipe_cache[PIPE_CACHE][2];
+static __thread int pipe_cached;
+
+static int pipe_get(struct pump *p) {
+    if (p->pipe_r >= 0) return 0;
+    if (pipe_cached) {
+        pipe_cached--;
+        p->pipe_r = pipe_cache[pipe_cached][0];
+        p->pipe_w = pipe_cache[pipe_cached][1];
+        return 0;
+    }
+    int fds[2];
+    if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) < 0) return -errno;
+    fcntl(fds[1], F_SETPIPE_SZ, PIPE_SIZE); /* best effort: the default 64 KiB works too */
+    p->pipe_r = fds[0];
+    p->pipe_w = fds[1];
+    return 0;
+}
+
+static void pump_release(struct pump *p) {
+    if (p->pipe_r < 0) return;
+    if (p->piped == 0 && pipe_cached < PIPE_CACHE) {
+        pipe_cache[pipe_cached][0] = p->pipe_r;
+        pipe_cache[pipe_cached][1] = p->pipe_w;
+        pipe_cached++;
+    } else {
+        close(p->pipe_r);
+        close(p->pipe_w);
+    }
+    p->pipe_r = p->pipe_w = -1;
+    p->piped = 0;
+}
+
+void pump_thread_cleanup(void) {
+    while (pipe_cached) {
+        pipe_cached--;
+        close(pipe_cache[pipe_cached][0]);
+        close(pipe_cache[pipe_cached][1]);
+    }
+}
+
+static void finish(struct pump *p, int err) {
+    p->active = 0;
+    pump_release(p);
+    p->done(p, err);
+}
+
+static void step(struct pump *p);
+
+static void moved(struct pump *p, size_t n, int from_user) {
+    p->moved += n;
+    if (from_user) p->copied += n;
+    if (p->left != PUMP_UNTIL_EOF && !p->msg) p->left -= n;
+    if (p->progress) p->progress(p, 0);
+}
+
+static void on_write(ev_op *op, int res) {
+    struct pump *p = op->ctx;
+    if (res <= 0) {
+        p->failed_at_dst = 1;
+        finish(p, res < 0 ? res : -EPIPE);
+        return;
+    }
+    if (p->from_buffer) {
+        p->in->pos += (size_t)res;
+        if (p->msg) p->checked -= (size_t)res;
+        moved(p, (size_t)res, 1);
+    } else {
+        p->piped -= (size_t)res;
+        p->moved += (size_t)res;
+        if (p->progress) p->progress(p, 0);
+    }
+    step(p);
+}
+
+static void on_read(ev_op *op, int res) {
+    struct pump *p = op->ctx;
+    if (res < 0) {
+        finish(p, res);
+        return;
+    }
+    if (res == 0) { /* EOF: the end for a tunnel, a truncation otherwise */
+        finish(p, p->left == PUMP_UNTIL_EOF && !p->msg ? 0 : -ECONNRESET);
+        return;
+    }
+    if (p->msg) {
+        p->in->len += (size_t)res;
+    } else {
+        p->piped += (size_t)res;
+        if (p->left != PUMP_UNTIL_EOF) p->left -= (size_t)res;
+    }
+    step(p);
+}
+
+static void send_buffered(struct pump *p, size_t n) {
+    p->from_buffer = 1;
+    p->wr->cb = on_write;
+    p->wr->ctx = p;
+    ev_send(p->loop, p->wr, p->dst, p->in->data + p->in->pos, n);
+}
+
+static void step_length(struct pump *p) {
+    if (p->piped) {
+        p->from_buffer = 0;
+        p->wr->cb = on_write;
+        p->wr->ctx = p;
+        ev_splice_out(p->loop, p->wr, p->pipe_r, p->dst, p->piped);
+        return;
+    }
+    size_t avail = p->in->len - p->in->pos;
+    if (avail && p->left) {
+        send_buffered(p, p->left < avail ? (size_t)p->left : avail);
+        return;
+    }
+    if (!p->left) {
+        finish(p, 0);
+        return;
+    }
+    int r = pipe_get(p);
+    if (r < 0) {
+        finish(p, r);
+        return;
+    }
+    p->rd->cb = on_read;
+    p->rd->ctx = p;
+    ev_splice_in(p->loop, p->rd, p->src, p->pipe_w, p->left < PIPE_SIZE ? (size_t)p->left : PIPE_SIZE);
+}
+
+int pump_check_chunked(struct pump *p) {
+    size_t avail = p->in->len - p->in->pos;
+    if (p->complete || p->checked >= avail) return 0;
+    size_t used;
+    int r = http_parse_chunked(p->msg, p->in->data + p->in->pos + p->checked, avail - p->checked,
+                               &used);
+    if (r < 0) return -EBADMSG;
+    p->checked += used;
+    if (r == HTTP_BODY_DONE) p->complete = 1;
+    return 0;
+}
+
+static void step_chunked(struct pump *p) {
+    if (pump_check_chunked(p) < 0) {
+        finish(p, -EBADMSG);
+        return;
+    }
+    if (p->checked) {
+        send_buffered(p, p->checked);
+        return;
+    }
+    if (p->complete) {
+        finish(p, 0);
+        return;
+    }
+    p->in->pos = p->in->len = 0;
+    p->rd->cb = on_read;
+    p->rd->ctx = p;
+    ev_recv(p->loop, p->rd, p->src, p->in->data, p->in->cap);
+}
+
+static void step(struct pump *p) {
+    if (p->aborted) {
+        finish(p, -ECANCELED);
+        return;
+    }
+    if (p->msg)
+        step_chunked(p);
+    else
+        step_length(p);
+}
+
+void pump_init(struct pump *p, ev_loop *loop, void *owner, pump_fn done) {
+    *p = (struct pump){.loop = loop, .owner = owner, .done = done, .pipe_r = -1, .pipe_w = -1};
+}
+
+void pump_prepare(struct pump *p, ev_op *rd, int src, struct iobuf *in, ev_op *wr, int dst,
+                  struct http_msg *chunked_msg) {
+    p->rd = rd;
+    p->src = src;
+    p->in = in;
+    p->wr = wr;
+    p->dst = dst;
+    p->msg = chunked_msg;
+    p->checked = 0;
+    p->complete = 0;
+    p->moved = p->copied = 0;
+    p->aborted = 0;
+    p->failed_at_dst = 0;
+}
+
+void pump_start(struct pump *p, uint64_t length) {
+    p->left = p->msg ? PUMP_UNTIL_EOF : length;
+    p->active = 1;
+    step(p);
+}
+
+void pump_abort(struct pump *p) {
+    if (!p->active) return;
+    p->aborted = 1;
+    if (ev_op_busy(p->rd) && p->rd->ctx == p) ev_cancel(p->loop, p->rd);
+    if (ev_op_busy(p->wr) && p->wr->ctx == p) ev_cancel(p->loop, p->wr);
+}

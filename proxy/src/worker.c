@@ -1,0 +1,111 @@
+/* Worker threads: each runs its own loop with its own SO_REUSEPORT listener. */
+#define _GNU_SOURCE
+#include "worker.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "net.h"
+
+atomic_int g_draining;
+atomic_int g_stop_now;
+atomic_long g_connections;
+
+static void on_accept(ev_op *op, int res);
+
+uint64_t worker_random(struct worker *w) {
+    /* xorshift64*: request ids and tie-breaks, not secrets */
+    w->rng ^= w->rng >> 12;
+    w->rng ^= w->rng << 25;
+    w->rng ^= w->rng >> 27;
+    return w->rng * 2685821657736338717ull;
+}
+
+int worker_init(struct worker *w, int id, const struct proxy_config *cfg, struct balancer *bal) {
+    memset(w, 0, sizeof(*w));
+    w->id = id;
+    w->cfg = cfg;
+    w->bal = bal;
+    w->listen_fd = -1;
+    if (getrandom(&w->rng, sizeof(w->rng), 0) != sizeof(w->rng) || !w->rng)
+        w->rng = 0x9e3779b97f4a7c15ull ^ (uint64_t)(id + 1);
+    w->pools = calloc(bal->nbackends ? bal->nbackends : 1, sizeof(*w->pools));
+    if (!w->pools) return -1;
+    w->loop = ev_loop_new(cfg->engine, w->engine_note, sizeof(w->engine_note));
+    if (!w->loop) {
+        log_error("cannot start the %s engine: %s", ev_engine_name(cfg->engine), w->engine_note);
+        return -1;
+    }
+    w->listen_fd = net_listen(&cfg->listen, 1, 4096);
+    if (w->listen_fd < 0) {
+        log_error("cannot listen on %s: %s", cfg->listen_text, strerror(-w->listen_fd));
+        return -1;
+    }
+    for (int i = 0; i < ACCEPTS_IN_FLIGHT; i++) ev_op_init(&w->accept_op[i], on_accept, w);
+    return 0;
+}
+
+void worker_fini(struct worker *w) {
+    if (w->listen_fd >= 0) close(w->listen_fd);
+    ev_loop_free(w->loop);
+    free(w->pools);
+}
+
+static int accepts_idle(const struct worker *w) {
+    for (int i = 0; i < ACCEPTS_IN_FLIGHT; i++)
+        if (ev_op_busy(&w->accept_op[i])) return 0;
+    return 1;
+}
+
+static void on_accept(ev_op *op, int res) {
+    struct worker *w = op->ctx;
+    if (res >= 0) {
+        long n = atomic_fetch_add_explicit(&g_connections, 1, memory_order_relaxed);
+        if (w->draining || n >= w->cfg->limits.max_connections) {
+            atomic_fetch_sub_explicit(&g_connections, 1, memory_order_relaxed);
+            close(res);
+        } else {
+            client_accept(w, res);
+        }
+    } else if (res != -ECANCELED && res != -EAGAIN && res != -ECONNABORTED && res != -EINTR) {
+        log_warn("accept: %s", strerror(-res));
+    }
+    if (!w->draining && w->listen_fd >= 0) ev_accept(w->loop, op, w->listen_fd);
+}
+
+static void start_drain(struct worker *w) {
+    w->draining = 1;
+    for (int i = 0; i < ACCEPTS_IN_FLIGHT; i++) ev_cancel(w->loop, &w->accept_op[i]);
+    clients_close_idle(w);
+    pool_close_all(w);
+}
+
+static void tick(ev_loop *loop, void *arg) {
+    struct worker *w = arg;
+    if (atomic_load_explicit(&g_stop_now, memory_order_relaxed)) {
+        ev_stop(loop);
+        return;
+    }
+    if (!w->draining && atomic_load_explicit(&g_draining, memory_order_relaxed)) start_drain(w);
+    if (!w->draining || !accepts_idle(w)) return;
+    if (w->listen_fd >= 0) {
+        ev_forget_fd(loop, w->listen_fd);
+        close(w->listen_fd);
+        w->listen_fd = -1;
+    }
+    if (!w->nclients) ev_stop(loop);
+}
+
+void *worker_main(void *arg) {
+    struct worker *w = arg;
+    ev_set_tick(w->loop, tick, w);
+    for (int i = 0; i < ACCEPTS_IN_FLIGHT; i++) ev_accept(w->loop, &w->accept_op[i], w->listen_fd);
+    ev_run(w->loop);
+    pool_close_all(w);
+    pump_thread_cleanup();
+    return NULL;
+}
