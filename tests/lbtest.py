@@ -23,6 +23,8 @@ ENGINE = os.environ.get("LB_ENGINE", "any")
 SANITIZE = os.environ.get("LB_SANITIZE", "0") in ("1", "ON", "true")
 
 _used_ports = set()
+# (Process.signal, a method, hides the module inside the class body.)
+_SIGTERM = signal.SIGTERM
 
 
 def free_port():
@@ -75,7 +77,7 @@ class Process:
     def wait(self, timeout=30):
         return self.proc.wait(timeout=timeout)
 
-    def stop(self, sig=signal.SIGTERM, timeout=30):
+    def stop(self, sig=_SIGTERM, timeout=30):
         """Signals the process and returns its exit code (killed after timeout)."""
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
@@ -238,3 +240,373 @@ def pattern(n, offset=0):
         out += block[start:start + take]
         pos += take
     return bytes(out)
+
+
+# --------------------------------------------------------------------------
+# Added helpers (the functions above are used as they are by other tests).
+
+REQUEST_LINE = re.compile(r"instance=(\S+) cluster=(\S+) conn=(\d+) ([A-Z]+) (\S+) (\d{3}) "
+                          r"(\d+)B (\d+)us")
+
+
+def request_log(backend):
+    """The backend's request log lines as tuples (instance, cluster, conn,
+    method, path, status, bytes, us), strings as logged."""
+    out = []
+    for line in backend.log().splitlines():
+        m = REQUEST_LINE.search(line)
+        if m:
+            out.append(m.groups())
+    return out
+
+
+def wait_until(pred, timeout=5.0, interval=0.02):
+    """Polls pred() until it returns something true or timeout passes;
+    returns its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v or time.monotonic() >= deadline:
+            return v
+        time.sleep(interval)
+
+
+def wait_status(port, path, status=200, timeout=10.0):
+    """Polls GET path (a new connection each time) until it answers `status`
+    (a proxy may wait for its first health checks before routing); returns
+    the last status seen (None when nothing answered)."""
+    last = [None]
+
+    def probe():
+        try:
+            last[0] = get(port, path, timeout=2)[0]
+        except (OSError, http.client.HTTPException):
+            last[0] = None
+        return last[0] == status
+
+    wait_until(probe, timeout, 0.05)
+    return last[0]
+
+
+_CRASH_SIGNALS = tuple(-int(getattr(signal, n)) for n in
+                       ("SIGSEGV", "SIGABRT", "SIGBUS", "SIGFPE", "SIGILL"))
+
+
+def clean_exit_problem(proc, expect_zero=False):
+    """Stops proc (SIGTERM) and returns why its end was not clean (a
+    sanitizer report in its log, a crash, or with expect_zero a status other
+    than 0), or None."""
+    rc = proc.stop()
+    log = proc.log()
+    for marker in ("AddressSanitizer", "LeakSanitizer", "runtime error:"):
+        if marker in log:
+            return "%s reported %s:\n%s" % (proc.name, marker, log[-6000:])
+    if rc in _CRASH_SIGNALS:
+        return "%s died of signal %d:\n%s" % (proc.name, -rc, log[-4000:])
+    if expect_zero and rc != 0:
+        return "%s exited %r after SIGTERM, not 0:\n%s" % (proc.name, rc, log[-4000:])
+    return None
+
+
+def check_clean_exit(testcase, proc, expect_zero=False):
+    """clean_exit_problem() as a test failure."""
+    problem = clean_exit_problem(proc, expect_zero)
+    if problem:
+        testcase.fail(problem)
+
+
+class SharedLBTestCase(LBTestCase):
+    """An LBTestCase whose class also has processes shared by all its tests:
+    started by the classmethod start_shared() (with shared_backend() and
+    shared_proxy()), checked alive before each test, stopped by PID after
+    the last. Every process, shared or not, fails the test (or the class)
+    when it crashed or its log has a sanitizer report."""
+
+    shared = ()
+
+    @classmethod
+    def start_shared(cls):
+        pass
+
+    @classmethod
+    def shared_backend(cls, *a, **kw):
+        b = Backend(*a, **kw)
+        cls.shared.append(b)
+        return b
+
+    @classmethod
+    def shared_proxy(cls, *a, **kw):
+        p = Proxy(*a, **kw)
+        cls.shared.append(p)
+        return p
+
+    @classmethod
+    def setUpClass(cls):
+        cls.shared = []
+        cls.cleanups = []
+        try:
+            cls.start_shared()
+        except Exception as e:
+            cls._stop_shared()
+            if "io_uring" in str(e) and ENGINE == "uring":
+                raise unittest.SkipTest("io_uring refused on this machine: %s" % e)
+            raise
+
+    @classmethod
+    def _stop_shared(cls):
+        problems = []
+        for p in reversed(cls.shared):
+            problem = clean_exit_problem(p)
+            if problem:
+                problems.append(problem)
+            p.cleanup()
+        cls.shared = []
+        for fn in reversed(cls.cleanups):
+            fn()
+        cls.cleanups = []
+        return problems
+
+    @classmethod
+    def tearDownClass(cls):
+        problems = cls._stop_shared()
+        if problems:
+            raise AssertionError("\n\n".join(problems))
+
+    def setUp(self):
+        super().setUp()
+        for p in self.shared:
+            if p.proc.poll() is not None:
+                self.fail("%s exited with %r before this test:\n%s"
+                          % (p.name, p.proc.returncode, p.log()[-4000:]))
+
+    def tearDown(self):
+        problems = [clean_exit_problem(p) for p in reversed(self._procs)]
+        super().tearDown()
+        problems = [p for p in problems if p]
+        if problems:
+            self.fail("\n\n".join(problems))
+
+
+class HTTPReader:
+    """Reads HTTP/1.x responses (or WebSocket frames) from a socket, keeping
+    the bytes read past one message for the next: for pipelining, upgrades
+    and bodies too large to hold (a sink receives them piece by piece)."""
+
+    def __init__(self, sock, chunk=1 << 20):
+        self.sock = sock
+        self.buf = bytearray()
+        self.chunk = chunk
+
+    def _fill(self):
+        b = self.sock.recv(self.chunk)
+        if not b:
+            raise EOFError("peer closed the connection")
+        self.buf += b
+
+    def read_until(self, sep, limit=1 << 20):
+        while True:
+            i = self.buf.find(sep)
+            if i >= 0:
+                out = bytes(self.buf[:i + len(sep)])
+                del self.buf[:i + len(sep)]
+                return out
+            if len(self.buf) > limit:
+                raise ValueError("no %r within %d bytes" % (sep, limit))
+            self._fill()
+
+    def read_exact(self, n, sink=None):
+        """n bytes: returned, or passed to sink(bytes-like) piece by piece."""
+        parts = [] if sink is None else None
+        take = min(n, len(self.buf))
+        if take:
+            piece = bytes(self.buf[:take])
+            del self.buf[:take]
+            n -= take
+            if sink is None:
+                parts.append(piece)
+            else:
+                sink(piece)
+        if n:
+            buf = bytearray(min(n, self.chunk))
+            view = memoryview(buf)
+            while n:
+                got = self.sock.recv_into(view[:min(n, len(buf))])
+                if not got:
+                    raise EOFError("peer closed with %d bytes missing" % n)
+                n -= got
+                if sink is None:
+                    parts.append(bytes(view[:got]))
+                else:
+                    sink(view[:got])
+        return b"".join(parts) if sink is None else None
+
+    def read_to_eof(self, sink=None):
+        parts = []
+        if self.buf:
+            (parts.append if sink is None else sink)(bytes(self.buf))
+            self.buf.clear()
+        while True:
+            b = self.sock.recv(self.chunk)
+            if not b:
+                break
+            (parts.append if sink is None else sink)(b)
+        return b"".join(parts) if sink is None else None
+
+    def read_head(self):
+        """(status, reason, headers as [(name lower-case, value)])."""
+        head = self.read_until(b"\r\n\r\n", limit=1 << 20).decode("latin-1")
+        lines = head.split("\r\n")
+        m = re.match(r"HTTP/1\.[01] (\d{3}) ?(.*)$", lines[0])
+        if not m:
+            raise ValueError("not a status line: %r" % lines[0])
+        headers = []
+        for line in lines[1:]:
+            if line:
+                k, _, v = line.partition(":")
+                headers.append((k.strip().lower(), v.strip()))
+        return int(m.group(1)), m.group(2), headers
+
+    def read_chunked(self, sink=None):
+        """Decodes a chunked body; returns (body or None, raw chunk sizes)."""
+        parts = []
+        sizes = []
+        put = parts.append if sink is None else sink
+        while True:
+            line = self.read_until(b"\r\n", limit=4096)
+            size = int(line.split(b";")[0].strip(), 16)
+            sizes.append(size)
+            if size == 0:
+                while self.read_until(b"\r\n", limit=65536) != b"\r\n":
+                    pass  # trailers
+                break
+            self.read_exact(size, put)
+            if self.read_exact(2) != b"\r\n":
+                raise ValueError("chunk not followed by CRLF")
+        return (b"".join(parts) if sink is None else None), sizes
+
+    def read_response(self, method="GET", sink=None):
+        """One response: a Response with status, headers (dict, lower-case
+        names, repeated ones joined with ", "), header_list, body (None when a
+        sink took it), chunked, chunk_sizes."""
+        status, reason, hl = self.read_head()
+        r = Response(status, reason, hl)
+        if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
+            r.body = b"" if sink is None else None
+        elif "chunked" in r.headers.get("transfer-encoding", "").lower():
+            r.chunked = True
+            r.body, r.chunk_sizes = self.read_chunked(sink)
+        elif "content-length" in r.headers:
+            r.body = self.read_exact(int(r.headers["content-length"]), sink)
+        else:
+            r.body = self.read_to_eof(sink)
+        return r
+
+
+class Response:
+    def __init__(self, status, reason, header_list):
+        self.status = status
+        self.reason = reason
+        self.header_list = header_list
+        self.headers = {}
+        for k, v in header_list:
+            self.headers[k] = self.headers[k] + ", " + v if k in self.headers else v
+        self.body = None
+        self.chunked = False
+        self.chunk_sizes = []
+
+    def json(self):
+        return json.loads(self.body)
+
+
+def connect(port, timeout=10.0):
+    """A socket to 127.0.0.1:port and an HTTPReader on it."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    return s, HTTPReader(s)
+
+
+# WebSocket (RFC 6455) client pieces for raw sockets.
+
+WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def ws_accept_for(key):
+    import base64
+    import hashlib
+    return base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
+
+
+def ws_frame(opcode, payload=b"", fin=True, mask=True):
+    """One frame; clients mask (RFC 6455 5.3)."""
+    import struct
+    b0 = (0x80 if fin else 0) | opcode
+    n = len(payload)
+    mbit = 0x80 if mask else 0
+    if n < 126:
+        head = struct.pack("!BB", b0, mbit | n)
+    elif n < 65536:
+        head = struct.pack("!BBH", b0, mbit | 126, n)
+    else:
+        head = struct.pack("!BBQ", b0, mbit | 127, n)
+    if not mask:
+        return head + payload
+    key = os.urandom(4)
+    if n:
+        k = int.from_bytes((key * (n // 4 + 1))[:n], "big")
+        payload = (int.from_bytes(payload, "big") ^ k).to_bytes(n, "big")
+    return head + key + payload
+
+
+def ws_read_frame(reader):
+    """(fin, opcode, payload, masked) of the next frame."""
+    import struct
+    b0, b1 = reader.read_exact(2)
+    n = b1 & 0x7F
+    if n == 126:
+        n = struct.unpack("!H", reader.read_exact(2))[0]
+    elif n == 127:
+        n = struct.unpack("!Q", reader.read_exact(8))[0]
+    key = reader.read_exact(4) if b1 & 0x80 else None
+    payload = reader.read_exact(n) if n else b""
+    if key and n:
+        k = int.from_bytes((key * (n // 4 + 1))[:n], "big")
+        payload = (int.from_bytes(payload, "big") ^ k).to_bytes(n, "big")
+    return bool(b0 & 0x80), b0 & 0x0F, payload, key is not None
+
+
+def ws_read_message(reader, max_frames=100000):
+    """(opcode, payload) of the next message, continuation frames joined;
+    a control frame (close, ping, pong) is returned as its own message, also
+    when it arrived between the fragments of a data message."""
+    pending = reader.__dict__.setdefault("ws_pending", [])
+    if pending:
+        return pending.pop(0)
+    fin, op, payload, _ = ws_read_frame(reader)
+    if fin or op >= 8:
+        return op, payload
+    parts = [payload]
+    for _ in range(max_frames):
+        fin, cop, p, _ = ws_read_frame(reader)
+        if cop >= 8:
+            pending.append((cop, p))
+            continue
+        if cop != 0:
+            raise ValueError("expected a continuation frame, got opcode %d" % cop)
+        parts.append(p)
+        if fin:
+            return op, b"".join(parts)
+    raise ValueError("message of more than %d frames" % max_frames)
+
+
+def ws_connect(port, path, timeout=10.0, extra_headers=b""):
+    """Sends a WebSocket upgrade; returns (socket, reader, Response head, key).
+    The Response has no body read (a 101 has none)."""
+    import base64
+    key = base64.b64encode(os.urandom(16)).decode()
+    s, rd = connect(port, timeout)
+    s.sendall(("GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\n"
+               "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
+               "Sec-WebSocket-Version: 13\r\n" % (path, port, key)).encode()
+              + extra_headers + b"\r\n")
+    status, reason, hl = rd.read_head()
+    r = Response(status, reason, hl)
+    return s, rd, r, key

@@ -1,0 +1,333 @@
+/* backend: flags, start-up, one event-loop thread per --threads, signals. */
+#define _GNU_SOURCE
+#include "backend.h"
+
+#include "log.h"
+#include "net.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/resource.h>
+
+#ifndef LB_VERSION
+#define LB_VERSION "0"
+#endif
+
+struct config cfg;
+
+static atomic_int stop_flag;
+
+int backend_stop_requested(void) {
+    return atomic_load_explicit(&stop_flag, memory_order_relaxed);
+}
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: backend [--host ADDR] [--port 8000] [--instance-id ID] [--cluster NAME]\n"
+               "               [--threads N] [--delay-ms N] [--work-us N] [--quiet]\n"
+               "               [--engine auto|uring|epoll] [--help] [--version]\n"
+               "\n"
+               "The HTTP service of a cluster instance. Endpoints: GET /health, GET /bytes/N\n"
+               "(?chunked=1), POST|PUT /echo, GET /status/CODE, GET /delay/MS, WebSocket echo\n"
+               "(any path), and a JSON greeting for anything else.\n"
+               "\n"
+               "  --host ADDR         address to listen on (default 0.0.0.0)\n"
+               "  --port N            port (default 8000)\n"
+               "  --instance-id ID    default $INSTANCE_ID, else the host name\n"
+               "  --cluster NAME      default $CLUSTER_NAME, else \"default\"\n"
+               "  --threads N         event-loop threads (default: online CPUs)\n"
+               "  --delay-ms N        wait N ms before every reply\n"
+               "  --work-us N         burn N us of CPU before every reply\n"
+               "  --quiet             no per-request log lines on stdout\n"
+               "  --engine E          I/O engine: auto (io_uring, else epoll), uring, epoll\n");
+}
+
+static void die_usage(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+static void die_usage(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("backend: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputs(" (see --help)\n", stderr);
+    va_end(ap);
+    exit(2);
+}
+
+static unsigned long long parse_num(const char *flag, const char *v, unsigned long long min,
+                                    unsigned long long max) {
+    char *end;
+    errno = 0;
+    unsigned long long n = strtoull(v, &end, 10);
+    if (!*v || *v == '-' || *end || errno || n < min || n > max)
+        die_usage("%s: invalid value '%s' (expected an integer from %llu to %llu)", flag, v, min,
+                  max);
+    return n;
+}
+
+/* Names go into headers and log lines: printable, no spaces, not too long. */
+static void check_name(const char *flag, const char *v) {
+    size_t n = strlen(v);
+    if (!n || n > 128) die_usage("%s: must be 1 to 128 characters", flag);
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)v[i] <= ' ' || (unsigned char)v[i] == 0x7f)
+            die_usage("%s: '%s' must not contain spaces or control characters", flag, v);
+}
+
+static const char *env_or(const char *name, const char *fallback) {
+    const char *v = getenv(name);
+    return v && *v ? v : fallback;
+}
+
+static void parse_args(int argc, char **argv) {
+    static char hostname[256];
+    if (gethostname(hostname, sizeof(hostname) - 1) < 0 || !hostname[0])
+        snprintf(hostname, sizeof(hostname), "backend");
+    cfg.host = "0.0.0.0";
+    cfg.port = 8000;
+    cfg.instance_id = env_or("INSTANCE_ID", hostname);
+    cfg.cluster = env_or("CLUSTER_NAME", "default");
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    cfg.threads = ncpu > 0 ? (int)ncpu : 1;
+    cfg.engine = EV_ENGINE_AUTO;
+
+    for (int i = 1; i < argc; i++) {
+        char flag[64];
+        const char *arg = argv[i], *val = NULL, *eq = strchr(arg, '=');
+        if (strncmp(arg, "--", 2) != 0) die_usage("unexpected argument '%s'", arg);
+        size_t flen = eq ? (size_t)(eq - arg) : strlen(arg);
+        if (flen >= sizeof(flag)) die_usage("unknown flag '%s'", arg);
+        memcpy(flag, arg, flen);
+        flag[flen] = 0;
+        if (!strcmp(flag, "--help")) {
+            usage(stdout);
+            exit(0);
+        }
+        if (!strcmp(flag, "--version")) {
+            printf("backend %s\n", LB_VERSION);
+            exit(0);
+        }
+        if (!strcmp(flag, "--quiet")) {
+            if (eq) die_usage("--quiet takes no value");
+            cfg.quiet = 1;
+            continue;
+        }
+        static const char *const with_value[] = {"--host",    "--port",    "--instance-id",
+                                                 "--cluster", "--threads", "--delay-ms",
+                                                 "--work-us", "--engine",  NULL};
+        int known = 0;
+        for (int k = 0; with_value[k]; k++)
+            known |= !strcmp(flag, with_value[k]);
+        if (!known) die_usage("unknown flag '%s'", flag);
+        if (eq)
+            val = eq + 1;
+        else if (i + 1 < argc)
+            val = argv[++i];
+        else
+            die_usage("%s needs a value", flag);
+
+        if (!strcmp(flag, "--host")) {
+            if (!*val) die_usage("--host: empty address");
+            cfg.host = val;
+        } else if (!strcmp(flag, "--port")) {
+            cfg.port = (int)parse_num(flag, val, 1, 65535);
+        } else if (!strcmp(flag, "--instance-id")) {
+            cfg.instance_id = val;
+        } else if (!strcmp(flag, "--cluster")) {
+            cfg.cluster = val;
+        } else if (!strcmp(flag, "--threads")) {
+            cfg.threads = (int)parse_num(flag, val, 1, 1024);
+        } else if (!strcmp(flag, "--delay-ms")) {
+            cfg.delay_ms = (unsigned)parse_num(flag, val, 0, 3600000);
+        } else if (!strcmp(flag, "--work-us")) {
+            cfg.work_us = (unsigned)parse_num(flag, val, 0, 10000000);
+        } else if (!strcmp(flag, "--engine")) {
+            int e = ev_engine_parse(val);
+            if (e < 0)
+                die_usage("--engine: invalid value '%s' (expected auto, uring or epoll)", val);
+            cfg.engine = (enum ev_engine)e;
+        }
+    }
+    check_name("--instance-id (or $INSTANCE_ID)", cfg.instance_id);
+    check_name("--cluster (or $CLUSTER_NAME)", cfg.cluster);
+}
+
+static void listen_addr(struct net_addr *addr) {
+    char s[300];
+    if (strchr(cfg.host, ':') && cfg.host[0] != '[')
+        snprintf(s, sizeof(s), "[%s]:%d", cfg.host, cfg.port);
+    else
+        snprintf(s, sizeof(s), "%s:%d", cfg.host, cfg.port);
+    const char *err = NULL;
+    if (net_parse_addr(s, NULL, addr, &err) < 0) die_usage("--host: '%s': %s", cfg.host, err);
+}
+
+/* SO_REUSEPORT would let us share a port some other process (of the same
+ * user) listens on, splitting its connections with it: a plain bind says
+ * whether the port is free. */
+static int port_taken(const struct net_addr *a) {
+    int fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return 0; /* the listeners will say what is wrong */
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    int taken = bind(fd, (const struct sockaddr *)&a->ss, a->len) < 0 && errno == EADDRINUSE;
+    close(fd);
+    return taken;
+}
+
+/* ---- threads ---- */
+
+struct thread {
+    pthread_t tid;
+    struct worker w;
+    const struct net_addr *addr;
+    atomic_int done;
+};
+
+static pthread_mutex_t start_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t start_cv = PTHREAD_COND_INITIALIZER;
+static int started, start_failed;
+
+static void on_wake(int sig) {
+    (void)sig; /* only interrupts the loop's wait */
+}
+
+static void *thread_main(void *arg) {
+    struct thread *t = arg;
+    sigset_t wake;
+    sigemptyset(&wake);
+    sigaddset(&wake, SIGUSR1);
+    pthread_sigmask(SIG_UNBLOCK, &wake, NULL);
+    int rc = worker_setup(&t->w, t->addr);
+    pthread_mutex_lock(&start_mu);
+    started++;
+    if (rc < 0) start_failed = 1;
+    pthread_cond_signal(&start_cv);
+    pthread_mutex_unlock(&start_mu);
+    if (rc == 0) worker_run(&t->w);
+    worker_teardown(&t->w);
+    atomic_store(&t->done, 1);
+    return NULL;
+}
+
+static void raise_nofile(void) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
+/* Stops every loop: the flag is read in each loop's tick, SIGUSR1 cuts its
+ * wait short (sent again until the thread is gone, so none is missed). */
+static void stop_all(struct thread *ts, int n) {
+    atomic_store(&stop_flag, 1);
+    for (;;) {
+        int alive = 0;
+        for (int i = 0; i < n; i++) {
+            if (atomic_load(&ts[i].done)) continue;
+            alive++;
+            pthread_kill(ts[i].tid, SIGUSR1);
+        }
+        if (!alive) break;
+        nanosleep(&(struct timespec){0, 20 * 1000 * 1000}, NULL);
+    }
+    for (int i = 0; i < n; i++)
+        pthread_join(ts[i].tid, NULL);
+}
+
+int main(int argc, char **argv) {
+    /* From the start: the threads inherit the mask, and a SIGTERM that comes
+     * early still ends in the orderly stop (sigwait below). */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGUSR1);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL); /* the threads unblock SIGUSR1 */
+    log_init("backend", LOG_INFO);
+    parse_args(argc, argv);
+    struct net_addr addr;
+    listen_addr(&addr);
+    if (port_taken(&addr)) {
+        char abuf[128];
+        log_error("cannot listen on %s: %s", net_addr_str(&addr, abuf, sizeof(abuf)),
+                  strerror(EADDRINUSE));
+        return 1;
+    }
+    if (handlers_init() < 0) {
+        log_error("out of memory");
+        return 1;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    raise_nofile();
+
+    struct sigaction sa = {.sa_handler = on_wake}; /* no SA_RESTART */
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGUSR1, &sa, NULL);
+
+    struct thread *ts = calloc((size_t)cfg.threads, sizeof(*ts));
+    if (!ts) {
+        log_error("out of memory");
+        return 1;
+    }
+    int n = 0;
+    for (; n < cfg.threads; n++) {
+        ts[n].w.idx = n;
+        ts[n].addr = &addr;
+        int rc = pthread_create(&ts[n].tid, NULL, thread_main, &ts[n]);
+        if (rc) {
+            log_error("pthread_create: %s", strerror(rc));
+            pthread_mutex_lock(&start_mu);
+            start_failed = 1;
+            pthread_mutex_unlock(&start_mu);
+            break;
+        }
+    }
+    pthread_mutex_lock(&start_mu);
+    while (started < n)
+        pthread_cond_wait(&start_cv, &start_mu);
+    int failed = start_failed;
+    pthread_mutex_unlock(&start_mu);
+    if (failed) {
+        for (int i = 0; i < n; i++)
+            if (ts[i].w.errmsg[0]) {
+                log_error("%s", ts[i].w.errmsg);
+                break;
+            }
+        stop_all(ts, n);
+        return 1;
+    }
+
+    char abuf[128];
+    struct worker *w0 = &ts[0].w;
+    if (cfg.engine == EV_ENGINE_AUTO && ev_loop_engine(w0->loop) == EV_ENGINE_EPOLL)
+        log_warn("io_uring unavailable (%s): using epoll", w0->why_fallback);
+    log_info("listening on %s: %d threads, engine %s, instance %s, cluster %s%s",
+             net_addr_str(&addr, abuf, sizeof(abuf)), cfg.threads,
+             ev_engine_name(ev_loop_engine(w0->loop)), cfg.instance_id, cfg.cluster,
+             cfg.quiet ? ", quiet" : "");
+
+    sigset_t term;
+    sigemptyset(&term);
+    sigaddset(&term, SIGTERM);
+    sigaddset(&term, SIGINT);
+    int sig = 0;
+    while (sigwait(&term, &sig) != 0) {
+    }
+    log_info("signal %d: stopping", sig);
+    stop_all(ts, n);
+    free(ts);
+    free((void *)pattern_block);
+    free(cfg.id_json);
+    free(cfg.cluster_json);
+    free(cfg.health_body);
+    free(cfg.default_prefix);
+    return 0;
+}

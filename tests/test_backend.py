@@ -1,0 +1,360 @@
+"""The backend alone, against its contract (DESIGN.md, "backend"): every
+endpoint, the environment defaults, keep-alive, its log, its flags and its
+static linking. Runs once (not per engine)."""
+
+import contextlib
+import http.client
+import json
+import os
+import subprocess
+import threading
+import time
+import unittest
+
+from lbtest import (BACKEND_BIN, SANITIZE, Process, SharedLBTestCase, connect, free_port, get,
+                    pattern, request_log, wait_port, wait_until, ws_accept_for, ws_connect,
+                    ws_frame, ws_read_message)
+
+
+@contextlib.contextmanager
+def environ(**env):
+    """Sets (value str) or removes (value None) environment variables for the
+    processes started inside the block."""
+    saved = {k: os.environ.get(k) for k in env}
+    try:
+        for k, v in env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+class BackendCase(SharedLBTestCase):
+    """Fails a test whose backend crashed or logged a sanitizer report."""
+
+
+class Endpoints(BackendCase):
+    def setUp(self):
+        super().setUp()
+        self.b = self.backend("b-7", "clusterX")
+
+    def test_health(self):
+        st, h, body = get(self.b.port, "/health")
+        self.assertEqual(st, 200)
+        self.assertIn("json", h.get("content-type", ""))
+        j = json.loads(body)
+        self.assertEqual(j["status"], "ok")
+        self.assertEqual(j["instance_id"], "b-7")
+        self.assertEqual(j["cluster"], "clusterX")
+
+    def test_default_reply(self):
+        for path in ("/", "/anything/else", "/x?y=1"):
+            st, h, body = get(self.b.port, path)
+            self.assertEqual(st, 200, path)
+            j = json.loads(body)
+            self.assertEqual(j["message"], "Instance b-7 from clusterX has received the request")
+            self.assertEqual(j["instance_id"], "b-7")
+            self.assertEqual(j["cluster"], "clusterX")
+            self.assertTrue(path.startswith(j["path"]), (path, j["path"]))
+        st, _, body = get(self.b.port, "/some/path")
+        self.assertEqual(json.loads(body)["path"], "/some/path")
+        st, _, body = get(self.b.port, "/p", method="DELETE")
+        self.assertEqual(st, 200)
+        self.assertEqual(json.loads(body)["path"], "/p")
+
+    def test_instance_header(self):
+        for path in ("/", "/health", "/bytes/3", "/status/404"):
+            st, h, _ = get(self.b.port, path)
+            self.assertEqual(h.get("x-instance-id"), "b-7", path)
+
+    def test_bytes_exact(self):
+        for n in (0, 1, 250, 251, 252, 65536, 1000003, 10 << 20):
+            st, h, body = get(self.b.port, "/bytes/%d" % n)
+            self.assertEqual(st, 200, n)
+            self.assertEqual(h.get("content-length"), str(n))
+            self.assertEqual(len(body), n)
+            self.assertTrue(body == pattern(n), "pattern mismatch for /bytes/%d" % n)
+
+    def test_bytes_chunked(self):
+        for n in (0, 1, 1000, 251 * 1024 + 7, 3 << 20):
+            s, rd = connect(self.b.port)
+            with s:
+                s.sendall(b"GET /bytes/%d?chunked=1 HTTP/1.1\r\nHost: x\r\n\r\n" % n)
+                r = rd.read_response()
+            self.assertEqual(r.status, 200, n)
+            self.assertTrue(r.chunked, "no Transfer-Encoding: chunked for n=%d: %r"
+                            % (n, r.header_list))
+            self.assertNotIn("content-length", r.headers)
+            self.assertEqual(len(r.body), n)
+            self.assertTrue(r.body == pattern(n), "pattern mismatch for chunked n=%d" % n)
+
+    def test_echo_post_put(self):
+        for method in ("POST", "PUT"):
+            for body in (b"", b"x", os.urandom(100000), os.urandom(5 << 20)):
+                st, h, got = get(self.b.port, "/echo", method=method, body=body)
+                self.assertEqual(st, 200, (method, len(body)))
+                self.assertEqual(len(got), len(body))
+                self.assertTrue(got == body, "%s /echo of %d bytes differs" % (method, len(body)))
+
+    def test_echo_chunked_request(self):
+        parts = [b"hello ", os.urandom(70000), b"", b"!", os.urandom(3)]
+        c = http.client.HTTPConnection("127.0.0.1", self.b.port, timeout=30)
+        try:
+            c.request("POST", "/echo", body=iter(parts), encode_chunked=True,
+                      headers={"Transfer-Encoding": "chunked"})
+            r = c.getresponse()
+            got = r.read()
+        finally:
+            c.close()
+        self.assertEqual(r.status, 200)
+        self.assertTrue(got == b"".join(parts))
+
+    def test_echo_chunked_raw_then_keepalive(self):
+        s, rd = connect(self.b.port)
+        with s:
+            s.sendall(b"PUT /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                      b"3\r\nabc\r\na\r\n0123456789\r\n0\r\n\r\n"
+                      b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            r1 = rd.read_response()
+            r2 = rd.read_response()
+        self.assertEqual((r1.status, r1.body), (200, b"abc0123456789"))
+        self.assertEqual(r2.status, 200)
+        self.assertEqual(r2.json()["status"], "ok")
+
+    def test_status_code(self):
+        for code in (418, 200, 404, 503):
+            st, h, _ = get(self.b.port, "/status/%d" % code)
+            self.assertEqual(st, code)
+
+    def test_delay(self):
+        t0 = time.monotonic()
+        st, _, _ = get(self.b.port, "/delay/200")
+        dt = time.monotonic() - t0
+        self.assertEqual(st, 200)
+        self.assertGreaterEqual(dt, 0.2)
+        self.assertLess(dt, 2.0)
+
+    def test_head_has_no_body(self):
+        # HEAD then GET on one connection: if HEAD sent a body, the second
+        # response would not start where the first head ends.
+        s, rd = connect(self.b.port)
+        with s:
+            s.sendall(b"HEAD /health HTTP/1.1\r\nHost: x\r\n\r\n"
+                      b"HEAD /bytes/1000 HTTP/1.1\r\nHost: x\r\n\r\n"
+                      b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            r1 = rd.read_response("HEAD")
+            r2 = rd.read_response("HEAD")
+            r3 = rd.read_response()
+        self.assertEqual(r1.status, 200)
+        self.assertEqual(r2.status, 200)
+        self.assertEqual(r2.headers.get("content-length"), "1000")
+        self.assertEqual(r3.status, 200)
+        self.assertEqual(r3.json()["instance_id"], "b-7")
+
+    def test_endpoints_under_cluster_prefix(self):
+        # The proxy forwards /cluster1/echo unchanged: the backend answers its
+        # endpoints under a leading cluster segment too.
+        st, _, body = get(self.b.port, "/clusterX/bytes/1000")
+        self.assertEqual(st, 200)
+        self.assertTrue(body == pattern(1000))
+        st, _, body = get(self.b.port, "/clusterX/echo", method="POST", body=b"abc")
+        self.assertEqual((st, body), (200, b"abc"))
+        st, _, _ = get(self.b.port, "/clusterX/status/418")
+        self.assertEqual(st, 418)
+
+    def test_http10(self):
+        s, rd = connect(self.b.port)
+        with s:
+            s.sendall(b"GET /health HTTP/1.0\r\n\r\n")
+            r = rd.read_response()
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.json()["status"], "ok")
+
+    def test_websocket_echo(self):
+        s, rd, r, key = ws_connect(self.b.port, "/ws")
+        with s:
+            self.assertEqual(r.status, 101, r.header_list)
+            self.assertEqual(r.headers.get("sec-websocket-accept"), ws_accept_for(key))
+            s.sendall(ws_frame(1, b"hello"))
+            self.assertEqual(ws_read_message(rd), (1, b"hello"))
+            data = os.urandom(200000)
+            s.sendall(ws_frame(2, data))
+            self.assertEqual(ws_read_message(rd), (2, data))
+            s.sendall(ws_frame(9, b"p"))
+            self.assertEqual(ws_read_message(rd), (10, b"p"))
+            s.sendall(ws_frame(8, b"\x03\xe8"))
+            op, _ = ws_read_message(rd)
+            self.assertEqual(op, 8)
+
+
+class Timers(BackendCase):
+    def test_delay_does_not_block_thread(self):
+        # One thread: two /delay/500 and a /health at once finish together
+        # (the delay is a timer, not a blocked thread).
+        b = self.backend("t1", "c", threads=1)
+        results = {}
+
+        def req(name, path):
+            t0 = time.monotonic()
+            results[name] = (get(b.port, path, timeout=10)[0], time.monotonic() - t0)
+
+        ts = [threading.Thread(target=req, args=("d1", "/delay/500")),
+              threading.Thread(target=req, args=("d2", "/delay/500"))]
+        t0 = time.monotonic()
+        for t in ts:
+            t.start()
+        time.sleep(0.05)
+        req("h", "/health")
+        for t in ts:
+            t.join(10)
+        total = time.monotonic() - t0
+        self.assertEqual(results["d1"][0], 200)
+        self.assertEqual(results["d2"][0], 200)
+        self.assertLess(results["h"][1], 0.3, "/health waited behind a /delay")
+        self.assertLess(total, 0.95, "two /delay/500 on one thread took %.2fs" % total)
+
+    def test_delay_ms_flag(self):
+        b = self.backend("t2", "c", args=["--delay-ms", "150"])
+        t0 = time.monotonic()
+        st, _, _ = get(b.port, "/")
+        self.assertEqual(st, 200)
+        self.assertGreaterEqual(time.monotonic() - t0, 0.15)
+
+    def test_work_us_flag(self):
+        b = self.backend("t3", "c", args=["--work-us", "30000"])
+        get(b.port, "/")  # warm up
+        t0 = time.monotonic()
+        st, _, _ = get(b.port, "/")
+        self.assertEqual(st, 200)
+        self.assertGreaterEqual(time.monotonic() - t0, 0.024)
+
+
+class Environment(BackendCase):
+    def start_plain(self, args=()):
+        port = free_port()
+        p = Process([BACKEND_BIN, "--host", "127.0.0.1", "--port", str(port)] + list(args),
+                    "backend-env")
+        self._procs.append(p)
+        wait_port(port, p.proc)
+        return port
+
+    def test_env_defaults(self):
+        with environ(INSTANCE_ID="env-3", CLUSTER_NAME="envcluster"):
+            port = self.start_plain()
+        j = json.loads(get(port, "/health")[2])
+        self.assertEqual((j["instance_id"], j["cluster"]), ("env-3", "envcluster"))
+        j = json.loads(get(port, "/")[2])
+        self.assertEqual(j["message"], "Instance env-3 from envcluster has received the request")
+
+    def test_flags_override_env(self):
+        with environ(INSTANCE_ID="env-3", CLUSTER_NAME="envcluster"):
+            port = self.start_plain(["--instance-id", "flag-1", "--cluster", "flagc"])
+        j = json.loads(get(port, "/health")[2])
+        self.assertEqual((j["instance_id"], j["cluster"]), ("flag-1", "flagc"))
+
+
+class Logging(BackendCase):
+    def test_keepalive_one_connection(self):
+        b = self.backend("k1", "ck")
+        # The harness's readiness probe (connect, close) was one connection.
+        wait_until(b.connections_accepted, 2)
+        time.sleep(0.1)
+        base = b.connections_accepted()
+        c = http.client.HTTPConnection("127.0.0.1", b.port, timeout=10)
+        try:
+            for path in ("/ka/one", "/ka/two"):
+                c.request("GET", path)
+                r = c.getresponse()
+                r.read()
+                self.assertEqual(r.status, 200)
+                self.assertFalse(r.will_close)
+        finally:
+            c.close()
+        def ka_lines():
+            ls = [l for l in request_log(b) if l[4].startswith("/ka/")]
+            return ls if len(ls) >= 2 else None
+
+        lines = wait_until(ka_lines, 5)
+        self.assertTrue(lines, b.log()[-2000:])
+        self.assertEqual(b.connections_accepted() - base, 1, b.log()[-2000:])
+        self.assertEqual(len({l[2] for l in lines}), 1, lines)
+
+    def test_request_line_format(self):
+        b = self.backend("f1", "cf")
+        get(b.port, "/fmt/x?q=1")
+        get(b.port, "/bytes/1234")
+        get(b.port, "/status/418")
+        get(b.port, "/echo", method="POST", body=b"12345")
+
+        def lines():
+            ls = request_log(b)
+            return ls if len(ls) >= 4 else None
+
+        ls = wait_until(lines, 5)
+        self.assertTrue(ls, "request lines not in the expected format:\n" + b.log()[-2000:])
+        by_path = {l[4].split("?")[0]: l for l in ls}
+        inst, cl, conn, method, path, status, nbytes, us = by_path["/fmt/x"]
+        self.assertEqual((inst, cl, method, status), ("f1", "cf", "GET", "200"))
+        _, _, _, method, _, status, nbytes, _ = by_path["/bytes/1234"]
+        self.assertEqual((method, status), ("GET", "200"))
+        self.assertGreaterEqual(int(nbytes), 1234)
+        _, _, _, method, _, status, _, _ = by_path["/status/418"]
+        self.assertEqual((method, status), ("GET", "418"))
+        _, _, _, method, _, status, nbytes, _ = by_path["/echo"]
+        self.assertEqual((method, status), ("POST", "200"))
+        self.assertEqual(len({l[2] for l in ls}), 4, "each get() is a new connection: %r" % ls)
+        full = [l for l in b.log().splitlines() if "/fmt/x" in l][0]
+        self.assertRegex(full, r"instance=f1 cluster=cf conn=\d+ GET /fmt/x\S* 200 \d+B \d+us")
+
+    def test_quiet(self):
+        b = self.backend("q1", "cq", args=["--quiet"])
+        for path in ("/", "/health", "/bytes/10"):
+            self.assertEqual(get(b.port, path)[0], 200)
+        time.sleep(0.3)
+        self.assertEqual(request_log(b), [], b.log()[-2000:])
+        self.assertNotIn("/bytes/10", b.log())
+
+
+class Flags(unittest.TestCase):
+    def run_backend(self, *args):
+        p = subprocess.run([BACKEND_BIN] + list(args), stdin=subprocess.DEVNULL,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=10)
+        return p.returncode, p.stdout.decode(errors="replace")
+
+    def test_unknown_flag(self):
+        rc, out = self.run_backend("--no-such-flag")
+        self.assertEqual(rc, 2, out)
+        self.assertIn("--no-such-flag", out)
+
+    def test_bad_port(self):
+        rc, out = self.run_backend("--port", "notaport")
+        self.assertEqual(rc, 2, out)
+        self.assertIn("--port", out)
+
+    def test_missing_value(self):
+        rc, out = self.run_backend("--threads")
+        self.assertEqual(rc, 2, out)
+        self.assertIn("--threads", out)
+
+    def test_statically_linked(self):
+        if SANITIZE:
+            self.skipTest("the sanitizer build links dynamically")
+        f = subprocess.run(["file", "-L", BACKEND_BIN], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, timeout=10).stdout.decode(errors="replace")
+        ldd = subprocess.run(["ldd", BACKEND_BIN], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, timeout=10).stdout.decode(errors="replace")
+        static = "ELF" in f and ("statically linked" in f or "static-pie linked" in f
+                                 or "not a dynamic executable" in ldd
+                                 or "statically linked" in ldd)
+        self.assertTrue(static, "backend is not static:\nfile: %s\nldd: %s" % (f, ldd))
+
+
+if __name__ == "__main__":
+    unittest.main()
