@@ -160,11 +160,15 @@ static void run_timers(ev_loop *loop) {
     }
 }
 
+/* The tick runs at least this often, so that a flag another thread sets
+ * (drain, stop) is seen within that time without a wake-up channel. */
+#define EV_MAX_WAIT_MS 100
+
 static int next_timeout(const ev_loop *loop) {
-    if (!loop->heap_len) return 1000;
+    if (!loop->heap_len) return EV_MAX_WAIT_MS;
     uint64_t d = loop->heap[1]->deadline_ms;
     if (d <= loop->now_ms) return 0;
-    return d - loop->now_ms > 1000 ? 1000 : (int)(d - loop->now_ms);
+    return d - loop->now_ms > EV_MAX_WAIT_MS ? EV_MAX_WAIT_MS : (int)(d - loop->now_ms);
 }
 
 void ev_run(ev_loop *loop) {

@@ -7,10 +7,12 @@
  * would block. Callbacks never run inside the submitting call, so the code
  * above (protocol state machines) is written once for both.
  *
- * Rules for callers: at most one read-side op (accept, recv, splice_in) and
- * one write-side op (connect, send, splice_out) pending per descriptor; an op
- * must stay allocated until its callback ran; call ev_forget_fd() before
- * close() on a descriptor that had ops. */
+ * Rules for callers: at most one read-side op (recv, splice_in) and one
+ * write-side op (connect, send, splice_out) pending per socket (several
+ * accepts may wait on one listener); splice_in only into an empty pipe (the
+ * loop waits on the socket, not the pipe); an op must stay allocated until
+ * its callback ran; call ev_forget_fd() before close() on a descriptor that
+ * had ops. */
 #ifndef LB_EV_H
 #define LB_EV_H
 

@@ -55,7 +55,8 @@ static void ep_fini(ev_loop *loop) {
 static struct fd_slot *slot_for(struct ep_state *s, int fd) {
     if ((size_t)fd >= s->nslots) {
         size_t n = s->nslots ? s->nslots : 1024;
-        while (n <= (size_t)fd) n *= 2;
+        while (n <= (size_t)fd)
+            n *= 2;
         struct fd_slot *p = realloc(s->slots, n * sizeof(*p));
         if (!p) abort(); /* an op we cannot park would hang forever */
         memset(p + s->nslots, 0, (n - s->nslots) * sizeof(*p));
@@ -172,7 +173,8 @@ static void ep_wait(ev_loop *loop, int timeout_ms) {
     if (s->done_head) timeout_ms = 0;
     int n = epoll_wait(s->epfd, evs, 256, timeout_ms);
     loop->now_ms = ev_clock_ms();
-    for (int i = 0; i < n; i++) wake(s, evs[i].data.fd, evs[i].events);
+    for (int i = 0; i < n; i++)
+        wake(s, evs[i].data.fd, evs[i].events);
     run_done(loop);
 }
 

@@ -19,8 +19,8 @@ static struct io_uring *ring_of(ev_loop *loop) {
     return loop->be_state;
 }
 
-static const int needed_ops[] = {IORING_OP_ACCEPT, IORING_OP_CONNECT,  IORING_OP_RECV,
-                                 IORING_OP_SEND,   IORING_OP_SPLICE,   IORING_OP_POLL_ADD,
+static const int needed_ops[] = {IORING_OP_ACCEPT,      IORING_OP_CONNECT, IORING_OP_RECV,
+                                 IORING_OP_SEND,        IORING_OP_SPLICE,  IORING_OP_POLL_ADD,
                                  IORING_OP_ASYNC_CANCEL};
 
 static int probe_ops(char *why, size_t why_len) {
@@ -95,8 +95,7 @@ static void arm_poll(ev_loop *loop, ev_op *op) {
 }
 
 static void issue(ev_loop *loop, ev_op *op) {
-    if ((op->kind == EVK_SPLICE_IN || op->kind == EVK_SPLICE_OUT) &&
-        !(op->flags & OPF_POLLING)) {
+    if ((op->kind == EVK_SPLICE_IN || op->kind == EVK_SPLICE_OUT) && !(op->flags & OPF_POLLING)) {
         arm_poll(loop, op); /* splice from a socket would only say EAGAIN */
         return;
     }
@@ -161,7 +160,8 @@ static void on_cqe(ev_loop *loop, uintptr_t data, int res) {
         on_poll_done(loop, op, res);
         return;
     }
-    int again = res == -EAGAIN || (op->kind == EVK_CONNECT && (res == -EINPROGRESS || res == -EALREADY));
+    int again =
+        res == -EAGAIN || (op->kind == EVK_CONNECT && (res == -EINPROGRESS || res == -EALREADY));
     if (again && !(op->flags & OPF_CANCELLED)) {
         arm_poll(loop, op);
         return;
@@ -185,7 +185,8 @@ static void ur_wait(ev_loop *loop, int timeout_ms) {
         res[i] = batch[i]->res;
     }
     io_uring_cq_advance(ring, n);
-    for (unsigned i = 0; i < n; i++) on_cqe(loop, data[i], res[i]);
+    for (unsigned i = 0; i < n; i++)
+        on_cqe(loop, data[i], res[i]);
 }
 
 const struct ev_backend ev_uring_backend = {

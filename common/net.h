@@ -14,8 +14,7 @@ struct net_addr {
 /* Parses "[HOST:]PORT", "HOST:PORT" or "[V6]:PORT" with a numeric host (or
  * "localhost"); default_host is used when only a port is given (NULL: the
  * port alone is an error). 0 on success, -1 with *err set. */
-int net_parse_addr(const char *s, const char *default_host, struct net_addr *out,
-                   const char **err);
+int net_parse_addr(const char *s, const char *default_host, struct net_addr *out, const char **err);
 /* "HOST:PORT" of an address, into buf. */
 const char *net_addr_str(const struct net_addr *a, char *buf, size_t len);
 int net_addr_port(const struct net_addr *a);

@@ -27,7 +27,8 @@ int balancer_init(struct balancer *b, const struct proxy_config *cfg) {
 }
 
 void balancer_free(struct balancer *b) {
-    for (size_t i = 0; i < b->nclusters; i++) free(b->clusters[i].backends);
+    for (size_t i = 0; i < b->nclusters; i++)
+        free(b->clusters[i].backends);
     free(b->clusters);
     *b = (struct balancer){0};
 }

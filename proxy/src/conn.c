@@ -48,7 +48,7 @@ struct client {
     struct sbuf out;
     size_t out_off;
     enum after_out after;
-    int keep;       /* the client connection may stay open after this request */
+    int keep;        /* the client connection may stay open after this request */
     int close_after; /* local reply: close once it is sent */
     struct pump reqp, respp;
     int req_done, resp_done, req_err, resp_err;
@@ -530,8 +530,8 @@ static void start_resp_body(struct client *c) {
     arm(c, cfg_of(c)->timeouts_ms.idle);
     pump_prepare(&c->respp, &u->rd, u->fd, &u->in, &c->wr, c->fd,
                  r->framing == BODY_CHUNKED ? r : NULL);
-    uint64_t left = r->framing == BODY_LENGTH ? r->content_length - (u->in.pos - r->head_len)
-                                              : PUMP_UNTIL_EOF;
+    uint64_t left =
+        r->framing == BODY_LENGTH ? r->content_length - (u->in.pos - r->head_len) : PUMP_UNTIL_EOF;
     pump_start(&c->respp, left);
 }
 

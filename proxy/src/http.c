@@ -148,10 +148,13 @@ static int each_token(const char *s, size_t len, int (*fn)(const char *, size_t,
     size_t i = 0;
     while (i < len) {
         size_t start = i;
-        while (i < len && s[i] != ',') i++;
+        while (i < len && s[i] != ',')
+            i++;
         size_t end = i;
-        while (start < end && is_ows(s[start])) start++;
-        while (end > start && is_ows(s[end - 1])) end--;
+        while (start < end && is_ows(s[start]))
+            start++;
+        while (end > start && is_ows(s[end - 1]))
+            end--;
         if (end > start && fn(s + start, end - start, arg)) return 1;
         i++;
     }
@@ -198,10 +201,13 @@ static int te_ends_in_chunked(const struct http_msg *m, int *only_chunked) {
         size_t k = 0;
         while (k < h->vlen) {
             size_t s = k;
-            while (k < h->vlen && h->value[k] != ',') k++;
+            while (k < h->vlen && h->value[k] != ',')
+                k++;
             size_t e = k++;
-            while (s < e && is_ows(h->value[s])) s++;
-            while (e > s && is_ows(h->value[e - 1])) e--;
+            while (s < e && is_ows(h->value[s]))
+                s++;
+            while (e > s && is_ows(h->value[e - 1]))
+                e--;
             if (e == s) continue;
             codings++;
             chunked_last = span_eq(h->value + s, e - s, "chunked");
@@ -306,7 +312,8 @@ int http_parse_chunked(struct http_msg *m, const char *data, size_t len, size_t 
 void sbuf_add(struct sbuf *b, const void *p, size_t n) {
     if (b->len + n + 1 > b->cap) {
         size_t cap = b->cap ? b->cap : 1024;
-        while (cap < b->len + n + 1) cap *= 2;
+        while (cap < b->len + n + 1)
+            cap *= 2;
         char *d = realloc(b->data, cap);
         if (!d) abort(); /* a head we cannot build: nothing sane to do */
         b->data = d;
@@ -396,7 +403,8 @@ static void add_target(struct sbuf *out, const struct http_msg *req, size_t stri
     sbuf_add(out, rest, rlen);
 }
 
-void http_write_request(struct sbuf *out, const struct http_msg *req, const struct forward_info *fi) {
+void http_write_request(struct sbuf *out, const struct http_msg *req,
+                        const struct forward_info *fi) {
     sbuf_adds(out, llhttp_method_name((llhttp_method_t)req->method));
     sbuf_add(out, " ", 1);
     add_target(out, req, fi->strip_len);

@@ -21,19 +21,19 @@ struct http_msg {
     llhttp_t parser;
     struct http_hdr *hdr;
     int nhdr, max_hdr;
-    int span;           /* 0: between headers, 1: in a name, 2: in a value */
+    int span; /* 0: between headers, 1: in a name, 2: in a value */
     const char *url, *reason;
     size_t url_len, reason_len;
-    size_t parsed;      /* bytes of the head fed to llhttp so far */
-    size_t head_len;    /* set when the head is complete */
+    size_t parsed;   /* bytes of the head fed to llhttp so far */
+    size_t head_len; /* set when the head is complete */
     int head_done;
     int too_many;
     /* what the head says, set when it is complete */
     int method, status, major, minor;
     enum http_framing framing;
     uint64_t content_length;
-    int keep_alive;     /* persistent per the version and Connection */
-    int upgrade;        /* request: asks to upgrade; response: 101 */
+    int keep_alive; /* persistent per the version and Connection */
+    int upgrade;    /* request: asks to upgrade; response: 101 */
     int expect_continue;
 };
 
@@ -76,7 +76,8 @@ struct forward_info {
 };
 
 /* The request head to send to the backend. */
-void http_write_request(struct sbuf *out, const struct http_msg *req, const struct forward_info *fi);
+void http_write_request(struct sbuf *out, const struct http_msg *req,
+                        const struct forward_info *fi);
 /* The response head to send to the client; keep_alive says whether the
  * client connection stays open after this response. */
 void http_write_response(struct sbuf *out, const struct http_msg *resp, int client_minor,

@@ -44,7 +44,8 @@ static void wait_drain(struct worker *w, int n, int drain_ms) {
         if (pthread_timedjoin_np(w[i].thread, NULL, &deadline) == 0) continue;
         log_warn("drain timeout (%d ms): closing the remaining connections", drain_ms);
         atomic_store(&g_stop_now, 1);
-        for (int j = i; j < n; j++) pthread_join(w[j].thread, NULL);
+        for (int j = i; j < n; j++)
+            pthread_join(w[j].thread, NULL);
         return;
     }
 }
@@ -57,7 +58,8 @@ static int run(const struct proxy_config *cfg, struct balancer *bal) {
     for (int i = 0; i < n; i++) {
         if (worker_init(&w[i], i, cfg, bal) < 0) {
             worker_fini(&w[i]);
-            for (int j = 0; j < i; j++) worker_fini(&w[j]);
+            for (int j = 0; j < i; j++)
+                worker_fini(&w[j]);
             free(w);
             return 1;
         }
@@ -89,9 +91,11 @@ static int run(const struct proxy_config *cfg, struct balancer *bal) {
             break;
         }
     }
-    if (!rc) wait_drain(w, started, cfg->timeouts_ms.drain);
+    if (!rc)
+        wait_drain(w, started, cfg->timeouts_ms.drain);
     else
-        for (int i = 0; i < started; i++) pthread_join(w[i].thread, NULL);
+        for (int i = 0; i < started; i++)
+            pthread_join(w[i].thread, NULL);
     struct ev_stats total = {0};
     unsigned long long copied = 0, requests = 0;
     for (int i = 0; i < n; i++) {

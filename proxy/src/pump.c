@@ -135,7 +135,8 @@ static void step_length(struct pump *p) {
     }
     p->rd->cb = on_read;
     p->rd->ctx = p;
-    ev_splice_in(p->loop, p->rd, p->src, p->pipe_w, p->left < PIPE_SIZE ? (size_t)p->left : PIPE_SIZE);
+    ev_splice_in(p->loop, p->rd, p->src, p->pipe_w,
+                 p->left < PIPE_SIZE ? (size_t)p->left : PIPE_SIZE);
 }
 
 int pump_check_chunked(struct pump *p) {

@@ -31,7 +31,7 @@ struct pump {
     int complete;         /* chunked: the last chunk was seen */
     int active, aborted;
     int failed_at_dst; /* set with an error: the sink, not the source, failed */
-    int from_buffer; /* the pending write is a send from in, not a splice */
+    int from_buffer;   /* the pending write is a send from in, not a splice */
     int pipe_r, pipe_w;
     size_t piped;
     uint64_t moved, copied; /* bytes delivered; of which from user space */

@@ -12,8 +12,8 @@
 #include "log.h"
 #include "net.h"
 
-#define UPCONN_BUF     16384
-#define POOL_MAX_IDLE  256
+#define UPCONN_BUF      16384
+#define POOL_MAX_IDLE   256
 #define POOL_MAX_AGE_MS 10000 /* below common backend keep-alive timeouts */
 
 struct upconn *upconn_open(struct worker *w, struct backend *be) {

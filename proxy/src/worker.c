@@ -45,7 +45,8 @@ int worker_init(struct worker *w, int id, const struct proxy_config *cfg, struct
         log_error("cannot listen on %s: %s", cfg->listen_text, strerror(-w->listen_fd));
         return -1;
     }
-    for (int i = 0; i < ACCEPTS_IN_FLIGHT; i++) ev_op_init(&w->accept_op[i], on_accept, w);
+    for (int i = 0; i < ACCEPTS_IN_FLIGHT; i++)
+        ev_op_init(&w->accept_op[i], on_accept, w);
     return 0;
 }
 
@@ -79,7 +80,8 @@ static void on_accept(ev_op *op, int res) {
 
 static void start_drain(struct worker *w) {
     w->draining = 1;
-    for (int i = 0; i < ACCEPTS_IN_FLIGHT; i++) ev_cancel(w->loop, &w->accept_op[i]);
+    for (int i = 0; i < ACCEPTS_IN_FLIGHT; i++)
+        ev_cancel(w->loop, &w->accept_op[i]);
     clients_close_idle(w);
     pool_close_all(w);
 }
@@ -103,7 +105,8 @@ static void tick(ev_loop *loop, void *arg) {
 void *worker_main(void *arg) {
     struct worker *w = arg;
     ev_set_tick(w->loop, tick, w);
-    for (int i = 0; i < ACCEPTS_IN_FLIGHT; i++) ev_accept(w->loop, &w->accept_op[i], w->listen_fd);
+    for (int i = 0; i < ACCEPTS_IN_FLIGHT; i++)
+        ev_accept(w->loop, &w->accept_op[i], w->listen_fd);
     ev_run(w->loop);
     pool_close_all(w);
     pump_thread_cleanup();

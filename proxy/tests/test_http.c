@@ -24,8 +24,8 @@ static char *rewrite(const char *head, size_t strip) {
         http_msg_free(&m);
         return NULL;
     }
-    struct forward_info fi = {.client_ip = "10.1.2.3", .listen_port = 8000,
-                              .request_id = "abc123", .strip_len = strip};
+    struct forward_info fi = {
+        .client_ip = "10.1.2.3", .listen_port = 8000, .request_id = "abc123", .strip_len = strip};
     http_write_request(&out, &m, &fi);
     http_msg_free(&m);
     return out.data;
@@ -39,7 +39,7 @@ static void test_smuggling_refused(void) {
                      "Content-Length: 6\r\n\r\n") == -400);
     CHECK(req_status("GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n") == -400); /* obs-fold */
     CHECK(req_status("GET / HTTP/1.1\r\nHost : a\r\n\r\n") == -400);
-    CHECK(req_status("GET / HTTP/1.1\r\nX: y\r\n\r\n") == -400);                   /* no Host */
+    CHECK(req_status("GET / HTTP/1.1\r\nX: y\r\n\r\n") == -400); /* no Host */
     CHECK(req_status("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n") == -400);
     CHECK(req_status("GET / HTTP/1.0\r\n\r\n") == HTTP_HEAD_DONE); /* 1.0 needs no Host */
     CHECK(req_status("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n") ==
@@ -103,11 +103,12 @@ static void test_too_many_headers(void) {
 }
 
 static void test_request_rewrite(void) {
-    char *out = rewrite("GET /cluster1/x HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, X-Secret\r\n"
-                        "X-Secret: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nTrailer: X\r\n"
-                        "Proxy-Connection: keep-alive\r\nUpgrade: h2c\r\n"
-                        "X-Forwarded-For: 1.1.1.1\r\nX-Forwarded-Proto: https\r\nAccept: */*\r\n\r\n",
-                        0);
+    char *out =
+        rewrite("GET /cluster1/x HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, X-Secret\r\n"
+                "X-Secret: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nTrailer: X\r\n"
+                "Proxy-Connection: keep-alive\r\nUpgrade: h2c\r\n"
+                "X-Forwarded-For: 1.1.1.1\r\nX-Forwarded-Proto: https\r\nAccept: */*\r\n\r\n",
+                0);
     CHECK(out != NULL);
     if (!out) return;
     CHECK(!strncmp(out, "GET /cluster1/x HTTP/1.1\r\n", 26));
@@ -141,8 +142,8 @@ static void test_request_rewrite_keeps(void) {
     CHECK(strstr(out, "X-Request-Id: given\r\n") != NULL);
     CHECK(strstr(out, "abc123") == NULL);
     free(out);
-    out = rewrite("GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
-                  0);
+    out = rewrite(
+        "GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", 0);
     CHECK(out && strstr(out, "Connection: Upgrade\r\nUpgrade: websocket\r\n") != NULL);
     free(out);
     out = rewrite("GET /x HTTP/1.0\r\n\r\n", 0);
