@@ -314,8 +314,8 @@ static char *begin_response(struct conn *c, size_t need) {
     return p;
 }
 
-/* Queues the end of a response whose head starts at `start` and whose
- * body (body_len bytes) follows it. */
+/* Commits a response built from `start` to `end`, counting for the log
+ * what it takes plus `more_body` bytes streamed after it. */
 static int end_response(struct conn *c, int status, const char *start, char *end,
                         uint64_t more_body) {
     out_commit(c, end);

@@ -415,7 +415,8 @@ class HTTPReader:
             self._fill()
 
     def read_exact(self, n, sink=None):
-        """n bytes: returned, or passed to sink(bytes-like) piece by piece."""
+        """n bytes: returned, or passed to sink(bytes-like) piece by piece
+        (a view valid only during the call: copy what must be kept)."""
         parts = [] if sink is None else None
         take = min(n, len(self.buf))
         if take:
@@ -470,7 +471,8 @@ class HTTPReader:
         """Decodes a chunked body; returns (body or None, raw chunk sizes)."""
         parts = []
         sizes = []
-        put = parts.append if sink is None else sink
+        # (read_exact hands a sink a view of a buffer it reuses: copy it.)
+        put = (lambda b: parts.append(bytes(b))) if sink is None else sink
         while True:
             line = self.read_until(b"\r\n", limit=4096)
             size = int(line.split(b";")[0].strip(), 16)
@@ -610,3 +612,17 @@ def ws_connect(port, path, timeout=10.0, extra_headers=b""):
     status, reason, hl = rd.read_head()
     r = Response(status, reason, hl)
     return s, rd, r, key
+
+
+def first_difference(got, want):
+    """A short description of where two byte strings first differ, or None."""
+    if got == want:
+        return None
+    n = min(len(got), len(want))
+    i = next((k for k in range(0, n, 4096)
+              if got[k:min(k + 4096, n)] != want[k:min(k + 4096, n)]), None)
+    if i is not None:
+        i = next(k for k in range(i, min(i + 4096, n)) if got[k] != want[k])
+        return "%d vs %d bytes, first difference at offset %d: got %s, want %s" % (
+            len(got), len(want), i, bytes(got[i:i + 12]).hex(), bytes(want[i:i + 12]).hex())
+    return "%d vs %d bytes, equal up to the shorter length" % (len(got), len(want))

@@ -8,8 +8,8 @@ import socket
 import threading
 import unittest
 
-from lbtest import (SharedLBTestCase, get, wait_status, ws_accept_for, ws_connect, ws_frame,
-                    ws_read_message)
+from lbtest import (SharedLBTestCase, first_difference, get, wait_status, ws_accept_for,
+                    ws_connect, ws_frame, ws_read_message)
 
 TEXT, BINARY, CLOSE, PING, PONG = 1, 2, 8, 9, 10
 
@@ -63,13 +63,13 @@ class WebSocket(SharedLBTestCase):
         t.join(15)
         self.assertEqual(op, BINARY)
         self.assertEqual(len(got), len(data))
-        self.assertTrue(got == data, "1 MiB binary echo differs")
+        self.assertIsNone(first_difference(got, data), "1 MiB binary echo")
         text = (b"0123456789abcdef" * 65536)
         t = self.send_bg(s, ws_frame(TEXT, text))
         op, got = ws_read_message(rd)
         t.join(15)
         self.assertEqual(op, TEXT)
-        self.assertTrue(got == text, "1 MiB text echo differs")
+        self.assertIsNone(first_difference(got, text), "1 MiB text echo")
 
     def test_fragmented_message(self):
         s, rd = self.open()
