@@ -168,19 +168,6 @@ static void listen_addr(struct net_addr *addr) {
     if (net_parse_addr(s, NULL, addr, &err) < 0) die_usage("--host: '%s': %s", cfg.host, err);
 }
 
-/* SO_REUSEPORT would let us share a port some other process (of the same
- * user) listens on, splitting its connections with it: a plain bind says
- * whether the port is free. */
-static int port_taken(const struct net_addr *a) {
-    int fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) return 0; /* the listeners will say what is wrong */
-    int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    int taken = bind(fd, (const struct sockaddr *)&a->ss, a->len) < 0 && errno == EADDRINUSE;
-    close(fd);
-    return taken;
-}
-
 /* ---- threads ---- */
 
 struct thread {
@@ -255,7 +242,7 @@ int main(int argc, char **argv) {
     parse_args(argc, argv);
     struct net_addr addr;
     listen_addr(&addr);
-    if (port_taken(&addr)) {
+    if (net_port_taken(&addr)) {
         char abuf[128];
         log_error("cannot listen on %s: %s", net_addr_str(&addr, abuf, sizeof(abuf)),
                   strerror(EADDRINUSE));

@@ -127,6 +127,16 @@ fail:;
     return -e;
 }
 
+int net_port_taken(const struct net_addr *a) {
+    int fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return 0; /* the listeners will say what is wrong */
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    int taken = bind(fd, (const struct sockaddr *)&a->ss, a->len) < 0 && errno == EADDRINUSE;
+    close(fd);
+    return taken;
+}
+
 const char *net_peer_ip(int fd, char *buf, size_t len) {
     struct sockaddr_storage ss;
     socklen_t sl = sizeof(ss);

@@ -21,6 +21,9 @@ int net_addr_port(const struct net_addr *a);
 /* A non-blocking listening socket with SO_REUSEADDR (and SO_REUSEPORT when
  * reuseport); -errno on failure. */
 int net_listen(const struct net_addr *a, int reuseport, int backlog);
+/* Whether another socket is bound to a: SO_REUSEPORT listeners would
+ * otherwise silently share the port (and its connections) with it. */
+int net_port_taken(const struct net_addr *a);
 /* A non-blocking TCP socket for a's family with TCP_NODELAY; -errno. */
 int net_socket_for(const struct net_addr *a);
 void net_set_nodelay(int fd);

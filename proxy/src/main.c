@@ -13,6 +13,7 @@
 #include "config.h"
 #include "ev.h"
 #include "log.h"
+#include "net.h"
 #include "worker.h"
 
 static void log_start(const struct proxy_config *cfg, const struct worker *w0) {
@@ -55,6 +56,11 @@ static int run(const struct proxy_config *cfg, struct balancer *bal) {
     struct worker *w = calloc((size_t)n, sizeof(*w));
     if (!w) return 1;
     int started = 0, rc = 0;
+    if (net_port_taken(&cfg->listen)) {
+        log_error("cannot listen on %s: address already in use", cfg->listen_text);
+        free(w);
+        return 1;
+    }
     for (int i = 0; i < n; i++) {
         if (worker_init(&w[i], i, cfg, bal) < 0) {
             worker_fini(&w[i]);
