@@ -123,8 +123,10 @@ int main(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
     struct proxy_config cfg;
     int r = config_from_args(&cfg, argc, argv);
-    if (r == 1) return 0;
-    if (r) return 2;
+    if (r) {
+        config_free(&cfg);
+        return r == 1 ? 0 : 2;
+    }
     log_init("proxy", (enum log_level)cfg.log_level);
     if (cfg.check_only) {
         config_print(&cfg, stdout);
