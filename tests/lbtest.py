@@ -127,10 +127,11 @@ class Proxy(Process):
     "host:port"; `config` is a dict written to a JSON file (its listen is
     set to the chosen port)."""
 
-    def __init__(self, routes=None, config=None, args=(), threads=2, engine=None, wait=True):
+    def __init__(self, routes=None, config=None, args=(), threads=2, engine=None, wait=True,
+                 wrapper=()):
         self.port = free_port()
         engine = engine or (ENGINE if ENGINE != "any" else "auto")
-        argv = [PROXY_BIN, "--listen", "127.0.0.1:%d" % self.port, "--threads", str(threads),
+        argv = list(wrapper) + [PROXY_BIN, "--listen", "127.0.0.1:%d" % self.port, "--threads", str(threads),
                 "--engine", engine, "--log-level", "info"]
         self.config_path = None
         if config is not None:

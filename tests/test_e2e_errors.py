@@ -284,6 +284,13 @@ class MalformedRequests(CheckedTestCase):
             time.sleep(0.05)
         self.assertTrue(backend_requests(self.b), self.b.log()[-2000:])
 
+    def test_control_http10_without_host_accepted(self):
+        # Host is required of HTTP/1.1 only.
+        resp, closed, _ = exchange(self.p.port, b"GET /cluster1/h10 HTTP/1.0\r\n\r\n",
+                                   timeout=4.0)
+        self.assertEqual(status_of(resp), 200, resp[:300])
+        self.assertTrue(closed, "HTTP/1.0 without keep-alive: the connection stays open")
+
     def test_cl_and_te_chunked(self):
         self.assert_rejected(b"POST /cluster1/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
                              b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
@@ -563,6 +570,15 @@ class BackendFailures(CheckedTestCase):
             c.close()
 
     def test_dead_pooled_connection_retried(self):
+        self.dead_pool(sleep=0.05)
+
+    def test_dead_pooled_connection_retried_back_to_back(self):
+        # No pause: the backend's FIN may not be seen yet when the proxy
+        # reuses the connection; the send or read then fails and the GET
+        # (idempotent, no body) is retried on a new connection.
+        self.dead_pool(sleep=0, n=30)
+
+    def dead_pool(self, sleep, n=10):
         served = []
 
         def one_shot(conn):
@@ -582,13 +598,14 @@ class BackendFailures(CheckedTestCase):
         self.assertEqual(wait_routable(p.port), 200, "cluster1 never became routable")
         c = http.client.HTTPConnection("127.0.0.1", p.port, timeout=5)
         try:
-            for i in range(10):
+            for i in range(n):
                 c.request("GET", "/cluster1/pool%d" % i)
                 r = c.getresponse()
                 body = r.read()
                 self.assertEqual(r.status, 200, "request %d: %d %r" % (i, r.status, body[:200]))
                 self.assertEqual(body, b"ok")
-                time.sleep(0.05)
+                if sleep:
+                    time.sleep(sleep)
         finally:
             c.close()
 
