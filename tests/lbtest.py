@@ -159,14 +159,19 @@ class Proxy(Process):
 
 
 class LBTestCase(unittest.TestCase):
-    """Stops every process it started, by PID, after each test."""
+    """Stops every process it started, by PID, after each test, and fails the
+    test when one of them crashed or its log has a sanitizer report."""
 
     def setUp(self):
         self._procs = []
 
     def tearDown(self):
+        problems = [clean_exit_problem(p) for p in reversed(self._procs)]
         for p in reversed(self._procs):
             p.cleanup()
+        problems = [p for p in problems if p]
+        if problems:
+            self.fail("\n\n".join(problems))
 
     def backend(self, *a, **kw):
         b = Backend(*a, **kw)
@@ -379,13 +384,6 @@ class SharedLBTestCase(LBTestCase):
             if p.proc.poll() is not None:
                 self.fail("%s exited with %r before this test:\n%s"
                           % (p.name, p.proc.returncode, p.log()[-4000:]))
-
-    def tearDown(self):
-        problems = [clean_exit_problem(p) for p in reversed(self._procs)]
-        super().tearDown()
-        problems = [p for p in problems if p]
-        if problems:
-            self.fail("\n\n".join(problems))
 
 
 class HTTPReader:

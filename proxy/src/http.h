@@ -10,6 +10,8 @@
 
 #include <llhttp.h>
 
+#include "http_status.h"
+
 struct http_hdr {
     const char *name, *value;
     uint32_t nlen, vlen;
@@ -86,7 +88,6 @@ void http_write_response(struct sbuf *out, const struct http_msg *resp, int clie
 void http_write_error(struct sbuf *out, int status, int keep_alive);
 void http_write_simple(struct sbuf *out, int status, const char *content_type, const char *body,
                        size_t body_len, int keep_alive);
-const char *http_reason(int status);
 int http_method_idempotent(int method);
 
 #endif
