@@ -37,7 +37,9 @@ struct config {
     int threads;
     unsigned delay_ms;
     unsigned work_us;
+    unsigned slow_ms; /* extra delay per reply while slow mode is on (SIGUSR2) */
     int quiet;
+    int health_flip; /* GET /health alternates 200 and 503 */
     enum ev_engine engine;
     /* Precomputed at start-up (handlers_init). */
     char *id_json; /* JSON-escaped instance id and cluster */
@@ -86,7 +88,7 @@ struct req {
     uint8_t keepalive, has_body, chunked_in, expect_continue, head_only;
     uint8_t msg_complete, delay_done, head_done, ws_upgrade;
     enum route route;
-    uint64_t arg; /* N of /bytes/N, code of /status, ms of /delay */
+    uint64_t arg; /* N of /bytes/N, code of /status, ms of /delay, 1: /health fails */
     uint8_t chunked_out;
     uint64_t content_length;
     /* Copies of the head's fields that outlive the input buffer. */
@@ -184,6 +186,10 @@ void log_line(struct worker *w, const char *line, size_t len);
 void conn_start_delay(struct conn *c, uint64_t ms);
 int conn_open_pipe(struct conn *c);
 extern int backend_stop_requested(void);
+/* Slow mode (toggled by SIGUSR2): the extra ms for a reply now, 0 when off. */
+unsigned backend_slow_ms(void);
+/* --health-flip: 1 when this /health request gets 503 (every other one). */
+int backend_health_flip_fails(void);
 
 /* http.c */
 void http_conn_init(struct conn *c);

@@ -204,6 +204,8 @@ void route_request(struct conn *c) {
     const char *second = n > 1 ? memchr(url + 1, '/', n - 1) : NULL;
     if (r->route == R_DEFAULT && second)
         r->route = match_endpoint(c, second, n - (size_t)(second - url), query, qlen);
+    /* Decided once per request: a response can be attempted more than once. */
+    if (r->route == R_HEALTH && cfg.health_flip) r->arg = (uint64_t)backend_health_flip_fails();
 }
 
 /* ---- responses ---- */
@@ -390,7 +392,9 @@ static int respond_echo(struct conn *c) {
 
 int handler_respond(struct conn *c) {
     switch (c->req.route) {
-    case R_HEALTH: return respond_json(c, 200, cfg.health_body, cfg.health_len);
+    case R_HEALTH:
+        if (c->req.arg) return respond_error(c, 503, "unhealthy (health flip)");
+        return respond_json(c, 200, cfg.health_body, cfg.health_len);
     case R_STATUS: return respond_status(c);
     case R_BYTES: return respond_bytes(c);
     case R_ECHO: return respond_echo(c);

@@ -24,15 +24,26 @@
 struct config cfg;
 
 static atomic_int stop_flag;
+static atomic_int slow_mode;          /* toggled by SIGUSR2 */
+static atomic_uint_fast64_t health_n; /* /health requests seen, for --health-flip */
 
 int backend_stop_requested(void) {
     return atomic_load_explicit(&stop_flag, memory_order_relaxed);
 }
 
+unsigned backend_slow_ms(void) {
+    return atomic_load_explicit(&slow_mode, memory_order_relaxed) ? cfg.slow_ms : 0;
+}
+
+int backend_health_flip_fails(void) {
+    return (int)(atomic_fetch_add_explicit(&health_n, 1, memory_order_relaxed) & 1);
+}
+
 static void usage(FILE *f) {
     fprintf(f, "usage: backend [--host ADDR] [--port 8000] [--instance-id ID] [--cluster NAME]\n"
-               "               [--threads N] [--delay-ms N] [--work-us N] [--quiet]\n"
-               "               [--engine auto|uring|epoll] [--help] [--version]\n"
+               "               [--threads N] [--delay-ms N] [--work-us N] [--slow-ms N]\n"
+               "               [--health-flip] [--quiet] [--engine auto|uring|epoll]\n"
+               "               [--help] [--version]\n"
                "\n"
                "The HTTP service of a cluster instance. Endpoints: GET /health, GET /bytes/N\n"
                "(?chunked=1), POST|PUT /echo, GET /status/CODE, GET /delay/MS, WebSocket echo\n"
@@ -45,8 +56,14 @@ static void usage(FILE *f) {
                "  --threads N         event-loop threads (default: online CPUs)\n"
                "  --delay-ms N        wait N ms before every reply\n"
                "  --work-us N         burn N us of CPU before every reply\n"
+               "  --slow-ms N         extra wait before every reply while slow mode is on\n"
+               "                      (default 50); SIGUSR2 turns slow mode on and off\n"
+               "  --health-flip       GET /health answers 200 and 503 in turn (a flapping\n"
+               "                      instance, for health-check tests)\n"
                "  --quiet             no per-request log lines on stdout\n"
-               "  --engine E          I/O engine: auto (io_uring, else epoll), uring, epoll\n");
+               "  --engine E          I/O engine: auto (io_uring, else epoll), uring, epoll\n"
+               "\n"
+               "Signals: SIGTERM, SIGINT stop; SIGUSR2 toggles slow mode (--slow-ms).\n");
 }
 
 static void die_usage(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
@@ -96,6 +113,7 @@ static void parse_args(int argc, char **argv) {
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     cfg.threads = ncpu > 0 ? (int)ncpu : 1;
     cfg.engine = EV_ENGINE_AUTO;
+    cfg.slow_ms = 50;
 
     for (int i = 1; i < argc; i++) {
         char flag[64];
@@ -118,9 +136,14 @@ static void parse_args(int argc, char **argv) {
             cfg.quiet = 1;
             continue;
         }
-        static const char *const with_value[] = {"--host",    "--port",    "--instance-id",
-                                                 "--cluster", "--threads", "--delay-ms",
-                                                 "--work-us", "--engine",  NULL};
+        if (!strcmp(flag, "--health-flip")) {
+            if (eq) die_usage("--health-flip takes no value");
+            cfg.health_flip = 1;
+            continue;
+        }
+        static const char *const with_value[] = {
+            "--host",     "--port",    "--instance-id", "--cluster", "--threads",
+            "--delay-ms", "--work-us", "--slow-ms",     "--engine",  NULL};
         int known = 0;
         for (int k = 0; with_value[k]; k++)
             known |= !strcmp(flag, with_value[k]);
@@ -147,6 +170,8 @@ static void parse_args(int argc, char **argv) {
             cfg.delay_ms = (unsigned)parse_num(flag, val, 0, 3600000);
         } else if (!strcmp(flag, "--work-us")) {
             cfg.work_us = (unsigned)parse_num(flag, val, 0, 10000000);
+        } else if (!strcmp(flag, "--slow-ms")) {
+            cfg.slow_ms = (unsigned)parse_num(flag, val, 0, 3600000);
         } else if (!strcmp(flag, "--engine")) {
             int e = ev_engine_parse(val);
             if (e < 0)
@@ -237,6 +262,7 @@ int main(int argc, char **argv) {
     sigaddset(&sigs, SIGTERM);
     sigaddset(&sigs, SIGINT);
     sigaddset(&sigs, SIGUSR1);
+    sigaddset(&sigs, SIGUSR2);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL); /* the threads unblock SIGUSR1 */
     log_init("backend", LOG_INFO);
     parse_args(argc, argv);
@@ -296,17 +322,24 @@ int main(int argc, char **argv) {
     struct worker *w0 = &ts[0].w;
     if (cfg.engine == EV_ENGINE_AUTO && ev_loop_engine(w0->loop) == EV_ENGINE_EPOLL)
         log_warn("io_uring unavailable (%s): using epoll", w0->why_fallback);
-    log_info("listening on %s: %d threads, engine %s, instance %s, cluster %s%s",
+    log_info("listening on %s: %d threads, engine %s, instance %s, cluster %s%s%s",
              net_addr_str(&addr, abuf, sizeof(abuf)), cfg.threads,
              ev_engine_name(ev_loop_engine(w0->loop)), cfg.instance_id, cfg.cluster,
-             cfg.quiet ? ", quiet" : "");
+             cfg.quiet ? ", quiet" : "", cfg.health_flip ? ", health flip" : "");
 
+    /* SIGUSR2 (blocked in every thread) toggles slow mode; the workers read
+     * the flag for each reply (backend_slow_ms). */
     sigset_t term;
     sigemptyset(&term);
     sigaddset(&term, SIGTERM);
     sigaddset(&term, SIGINT);
+    sigaddset(&term, SIGUSR2);
     int sig = 0;
-    while (sigwait(&term, &sig) != 0) {
+    for (;;) {
+        if (sigwait(&term, &sig) != 0) continue;
+        if (sig != SIGUSR2) break;
+        int on = !atomic_fetch_xor(&slow_mode, 1);
+        log_info("SIGUSR2: slow mode %s (+%u ms per reply)", on ? "on" : "off", cfg.slow_ms);
     }
     log_info("signal %d: stopping", sig);
     stop_all(ts, n);

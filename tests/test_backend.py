@@ -6,6 +6,7 @@ import contextlib
 import http.client
 import json
 import os
+import signal
 import socket
 import subprocess
 import threading
@@ -265,6 +266,90 @@ class Timers(BackendCase):
         self.assertGreaterEqual(time.monotonic() - t0, 0.024)
 
 
+class Modes(BackendCase):
+    """--health-flip (a flapping instance) and slow mode (SIGUSR2)."""
+
+    def test_health_flip_alternates(self):
+        b = self.backend("hf1", "c", args=["--health-flip"])
+        # Keep-alive and new connections, both threads: one process-wide count.
+        got = [get(b.port, "/health")[0] for _ in range(6)]
+        c = http.client.HTTPConnection("127.0.0.1", b.port, timeout=10)
+        try:
+            for _ in range(6):
+                c.request("GET", "/cluster1/health")
+                r = c.getresponse()
+                r.read()
+                got.append(r.status)
+        finally:
+            c.close()
+        self.assertEqual(got, [200, 503] * 6)
+        # Other endpoints are not affected and do not advance the count.
+        self.assertEqual(get(b.port, "/x")[0], 200)
+        self.assertEqual(get(b.port, "/health")[0], 200)
+
+    def test_health_without_flip_stays_200(self):
+        b = self.backend("hf2", "c")
+        self.assertEqual([get(b.port, "/health")[0] for _ in range(4)], [200] * 4)
+
+    def timed_get(self, port, path="/x"):
+        t0 = time.monotonic()
+        st = get(port, path)[0]
+        return st, time.monotonic() - t0
+
+    def wait_logged(self, b, text, count):
+        return wait_until(lambda: b.log().count(text) >= count, 5)
+
+    def test_sigusr2_toggles_slow_mode(self):
+        b = self.backend("sl1", "c", threads=1)
+        st, dt = self.timed_get(b.port)
+        self.assertEqual(st, 200)
+        self.assertLess(dt, 0.045, "fast before SIGUSR2")
+        b.signal(signal.SIGUSR2)
+        self.assertTrue(self.wait_logged(b, "slow mode on", 1), b.log()[-2000:])
+        for path in ("/x", "/health", "/cluster1/x"):
+            st, dt = self.timed_get(b.port, path)
+            self.assertEqual(st, 200, path)
+            self.assertGreaterEqual(dt, 0.05, "%s in slow mode took %.3fs" % (path, dt))
+        b.signal(signal.SIGUSR2)
+        self.assertTrue(self.wait_logged(b, "slow mode off", 1), b.log()[-2000:])
+        times = [self.timed_get(b.port)[1] for _ in range(3)]
+        self.assertLess(min(times), 0.045, "still slow after the second SIGUSR2: %r" % times)
+        # It still stops cleanly on SIGTERM.
+        self.assertEqual(b.stop(), 0, b.log()[-2000:])
+
+    def test_slow_ms_flag_and_timer(self):
+        # --slow-ms sets the delay; it is a timer: on one thread, concurrent
+        # requests in slow mode overlap rather than queue.
+        b = self.backend("sl2", "c", threads=1, args=["--slow-ms", "200"])
+        b.signal(signal.SIGUSR2)
+        self.assertTrue(self.wait_logged(b, "slow mode on", 1), b.log()[-2000:])
+        results = []
+        ts = [threading.Thread(target=lambda: results.append(self.timed_get(b.port)))
+              for _ in range(4)]
+        t0 = time.monotonic()
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(10)
+        total = time.monotonic() - t0
+        self.assertEqual(sorted(r[0] for r in results), [200] * 4)
+        self.assertGreaterEqual(min(r[1] for r in results), 0.2)
+        self.assertLess(total, 0.6, "four slow replies on one thread took %.2fs" % total)
+
+    def test_signal_storm_keeps_serving(self):
+        # Many SIGUSR2 (an even number: ends off), requests in between. Each
+        # waits for the last to be logged: pending signals of one kind merge.
+        b = self.backend("sl3", "c")
+        for i in range(20):
+            b.signal(signal.SIGUSR2)
+            self.assertTrue(self.wait_logged(b, "slow mode", i + 1), b.log()[-2000:])
+            self.assertEqual(get(b.port, "/x")[0], 200)
+        self.assertEqual(b.log().count("slow mode off"), 10)
+        st, dt = self.timed_get(b.port)
+        self.assertEqual(st, 200)
+        self.assertLess(dt, 0.045)
+
+
 class Environment(BackendCase):
     def start_plain(self, args=()):
         port = free_port()
@@ -366,6 +451,18 @@ class Flags(unittest.TestCase):
         rc, out = self.run_backend("--port", "notaport")
         self.assertEqual(rc, 2, out)
         self.assertIn("--port", out)
+
+    def test_flag_values(self):
+        rc, out = self.run_backend("--slow-ms", "-1")
+        self.assertEqual(rc, 2, out)
+        self.assertIn("--slow-ms", out)
+        rc, out = self.run_backend("--health-flip=1")
+        self.assertEqual(rc, 2, out)
+        self.assertIn("--health-flip", out)
+        rc, out = self.run_backend("--help")
+        self.assertEqual(rc, 0, out)
+        for word in ("--health-flip", "--slow-ms", "SIGUSR2"):
+            self.assertIn(word, out)
 
     def test_missing_value(self):
         rc, out = self.run_backend("--threads")

@@ -39,7 +39,8 @@ struct client {
     char ip[48];
     /* the request in flight */
     int cluster;
-    struct backend *be, *failed_be;
+    struct backend *be; /* picked: counted in flight until release_be() */
+    const struct backend *failed_be;
     int tries, dead_retry_done, connecting, connect_timed_out;
     struct upconn *up;
     int up_discard; /* close it once its ops are idle */
@@ -53,13 +54,13 @@ struct client {
     struct pump reqp, respp;
     int req_done, resp_done, req_err, resp_err;
     int resp_started;
-    uint64_t t_start_us, t_sent_us;
+    uint64_t t_start_us, t_sent_us, ttfb_us;
 };
 
 static void start_head(struct client *c);
 static void parse_head(struct client *c);
 static void parse_resp(struct client *c);
-static void connect_backend(struct client *c, int fresh);
+static void connect_backend(struct client *c, struct backend *be, int fresh);
 static void client_close(struct client *c);
 static void reply_error(struct client *c, int status);
 static void fail(struct client *c, int status);
@@ -70,6 +71,13 @@ static ev_loop *loop_of(struct client *c) {
 
 static const struct proxy_config *cfg_of(struct client *c) {
     return c->w->cfg;
+}
+
+/* Ends the request's hold on its backend, telling the table how it went. */
+static void release_be(struct client *c, enum outcome o, const char *why) {
+    if (!c->be) return;
+    balancer_done(c->be, o, c->ttfb_us, why);
+    c->be = NULL;
 }
 
 /* ---- lifetime ---- */
@@ -121,6 +129,7 @@ static void discard_up(struct client *c) {
 static void client_close(struct client *c) {
     if (c->closing) return;
     c->closing = 1;
+    release_be(c, OUTCOME_NEUTRAL, NULL);
     ev_timer_stop(loop_of(c), &c->timer);
     pump_abort(&c->reqp);
     pump_abort(&c->respp);
@@ -157,7 +166,7 @@ static void on_timer(ev_timer *t) {
             c->connect_timed_out = 1;
             ev_cancel(loop_of(c), &c->up->wr); /* on_connect retries or fails */
         } else if (!c->resp_started) {
-            balancer_report(c->w->bal, c->be, 0, 0);
+            release_be(c, OUTCOME_FAILED, "response timeout");
             fail(c, 504);
         } else {
             client_close(c); /* no progress mid-body */
@@ -222,6 +231,7 @@ static void fail(struct client *c, int status) {
         client_close(c);
         return;
     }
+    release_be(c, OUTCOME_NEUTRAL, NULL);
     pump_abort(&c->reqp);
     discard_up(c);
     reply_error(c, status);
@@ -348,18 +358,29 @@ static void start_txn(struct client *c) {
     c->req_done = c->resp_done = 0;
     c->req_err = c->resp_err = 0;
     c->resp_started = 0;
-    connect_backend(c, 0);
+    c->ttfb_us = 0;
+    struct backend *be = balancer_pick(c->w->bal, c->cluster, NULL, worker_random(c->w));
+    if (!be) {
+        fail(c, 503); /* nothing healthy: no connect attempt */
+        return;
+    }
+    connect_backend(c, be, 0);
 }
 
 /* No byte of the request reached a backend: try another one, if allowed. */
-static void retry_or_fail(struct client *c, int status) {
+static void retry_or_fail(struct client *c, int status, const char *why) {
     upconn_free(c->w, c->up);
     c->up = NULL;
+    c->failed_be = c->be;
+    release_be(c, OUTCOME_FAILED, why);
     if (c->tries < cfg_of(c)->clusters[c->cluster].retries) {
-        c->tries++;
-        c->failed_be = c->be;
-        connect_backend(c, 0);
-        return;
+        struct backend *be =
+            balancer_pick(c->w->bal, c->cluster, c->failed_be, worker_random(c->w));
+        if (be) {
+            c->tries++;
+            connect_backend(c, be, 0);
+            return;
+        }
     }
     fail(c, status);
 }
@@ -374,7 +395,7 @@ static int dead_pooled_retry(struct client *c) {
     c->dead_retry_done = 1;
     upconn_free(c->w, u);
     c->up = NULL;
-    connect_backend(c, 1);
+    connect_backend(c, c->be, 1);
     return 1;
 }
 
@@ -385,25 +406,21 @@ static void on_connect(ev_op *op, int res) {
     if (stale(c, C_TXN)) return;
     c->connecting = 0;
     if (res < 0) {
-        char addr[64];
-        log_debug("connect to %s: %s", net_addr_str(&c->be->addr, addr, sizeof(addr)),
-                  strerror(-res));
-        balancer_report(c->w->bal, c->be, 0, 0);
-        retry_or_fail(c, c->connect_timed_out ? 504 : 502);
+        char why[96];
+        snprintf(why, sizeof(why), "connect: %s",
+                 c->connect_timed_out ? "timed out" : strerror(-res));
+        log_debug("backend %s: %s", c->be->name, why);
+        retry_or_fail(c, c->connect_timed_out ? 504 : 502, why);
         return;
     }
     send_reqhead(c);
 }
 
-static void connect_backend(struct client *c, int fresh) {
+/* Sends the request to be (picked, held by c): on a pooled connection
+ * unless fresh, else on a new one. */
+static void connect_backend(struct client *c, struct backend *be, int fresh) {
     struct worker *w = c->w;
     c->connect_timed_out = 0;
-    struct backend *be = balancer_pick(w->bal, c->cluster, fresh ? NULL : c->failed_be);
-    if (fresh) be = c->be;
-    if (!be) {
-        fail(c, 503);
-        return;
-    }
     c->be = be;
     c->up = fresh ? NULL : pool_take(w, be);
     if (c->up) {
@@ -453,7 +470,7 @@ static void on_reqhead_sent(ev_op *op, int res) {
     if (stale(c, C_TXN)) return;
     if (res <= 0) {
         if (dead_pooled_retry(c)) return;
-        balancer_report(c->w->bal, c->be, 0, 0);
+        release_be(c, OUTCOME_FAILED, "connection reset sending the request");
         fail(c, 502);
         return;
     }
@@ -477,7 +494,7 @@ static void txn_done(struct client *c) {
     struct upconn *u = c->up;
     struct worker *w = c->w;
     w->stats.copied_bytes += c->reqp.copied + c->respp.copied;
-    balancer_report(w->bal, c->be, 1, ev_clock_us() - c->t_sent_us);
+    release_be(c, OUTCOME_OK, NULL);
     c->up = NULL;
     if (!c->req_err && !c->resp_err && u->resp.keep_alive && !w->draining)
         pool_put(w, u);
@@ -512,7 +529,7 @@ static void on_respp_done(struct pump *p, int err) {
     c->resp_done = 1;
     c->resp_err = err;
     if (err) {
-        if (!p->failed_at_dst) balancer_report(c->w->bal, c->be, 0, 0);
+        if (!p->failed_at_dst) release_be(c, OUTCOME_FAILED, "reset mid-response");
         client_close(c); /* mid-body: nothing else to tell the client */
         return;
     }
@@ -540,6 +557,7 @@ static void on_tunnel_done(struct pump *p, int err);
 static void start_tunnel(struct client *c) {
     struct upconn *u = c->up;
     c->state = C_TUNNEL;
+    release_be(c, OUTCOME_OK, NULL); /* answered; the tunnel is not a request in flight */
     arm(c, cfg_of(c)->timeouts_ms.idle);
     pump_init(&c->reqp, loop_of(c), c, on_tunnel_done);
     pump_init(&c->respp, loop_of(c), c, on_tunnel_done);
@@ -660,10 +678,12 @@ static void parse_resp(struct client *c) {
     }
     if (r < 0 || (u->resp.status == 101 && !c->req.upgrade)) {
         log_debug("backend %s sent a malformed response", c->be->name);
+        release_be(c, OUTCOME_FAILED, "malformed response");
         fail(c, 502);
         return;
     }
     u->in.pos = u->resp.head_len;
+    if (!c->ttfb_us) c->ttfb_us = ev_clock_us() - c->t_sent_us;
     send_resp_head(c);
 }
 
@@ -673,7 +693,7 @@ static void on_resp_read(ev_op *op, int res) {
     if (res <= 0) {
         if (res == 0 && dead_pooled_retry(c)) return;
         if (res < 0 && res != -ECANCELED && dead_pooled_retry(c)) return;
-        balancer_report(c->w->bal, c->be, 0, 0);
+        release_be(c, OUTCOME_FAILED, res ? "connection reset" : "connection closed");
         fail(c, 502);
         return;
     }

@@ -14,6 +14,7 @@
 #include "ev.h"
 #include "log.h"
 #include "net.h"
+#include "probe.h"
 #include "worker.h"
 
 static void log_start(const struct proxy_config *cfg, const struct worker *w0) {
@@ -79,8 +80,9 @@ static int run(const struct proxy_config *cfg, struct balancer *bal) {
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     for (; started < n; started++)
         if (pthread_create(&w[started].thread, NULL, worker_main, &w[started]) != 0) break;
-    if (started < n) {
-        log_error("cannot start worker threads");
+    struct prober *prober = started == n ? prober_start(bal, cfg, n) : NULL;
+    if (!prober) {
+        log_error("cannot start the worker and health-check threads");
         atomic_store(&g_stop_now, 1);
         rc = 1;
     }
@@ -102,6 +104,7 @@ static int run(const struct proxy_config *cfg, struct balancer *bal) {
     else
         for (int i = 0; i < started; i++)
             pthread_join(w[i].thread, NULL);
+    prober_stop(prober);
     struct ev_stats total = {0};
     unsigned long long copied = 0, requests = 0;
     for (int i = 0; i < n; i++) {
@@ -134,7 +137,7 @@ int main(int argc, char **argv) {
         return 0;
     }
     struct balancer bal;
-    if (balancer_init(&bal, &cfg) < 0) {
+    if (balancer_init(&bal, &cfg, cfg.threads) < 0) {
         log_error("out of memory");
         return 1;
     }

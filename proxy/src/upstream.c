@@ -1,11 +1,12 @@
 /* Backend connections: opening, and per-worker pools of idle keep-alive
- * connections, checked before reuse. */
+ * connections (a slot per backend row, and one list per worker, oldest
+ * first, for the sweep), checked before reuse. */
 #define _GNU_SOURCE
 #include "worker.h"
 
 #include <errno.h>
-#include <string.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -26,7 +27,6 @@ struct upconn *upconn_open(struct worker *w, struct backend *be) {
         return NULL;
     }
     u->in.cap = UPCONN_BUF;
-    u->be = be;
     u->fd = net_socket_for(&be->addr);
     if (u->fd < 0) {
         log_warn("socket for backend %s: %s", be->name, strerror(-u->fd));
@@ -35,12 +35,15 @@ struct upconn *upconn_open(struct worker *w, struct backend *be) {
         free(u);
         return NULL;
     }
+    u->be = be;
+    backend_ref(be);
     return u;
 }
 
 void upconn_free(struct worker *w, struct upconn *u) {
     ev_forget_fd(w->loop, u->fd);
     close(u->fd);
+    backend_unref(u->be);
     http_msg_free(&u->resp);
     free(u->in.data);
     free(u);
@@ -54,13 +57,31 @@ static int still_open(int fd) {
     return r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
 }
 
+static void unlink_idle(struct worker *w, struct upconn *u) {
+    struct idle_pool *p = &u->be->pools[w->id];
+    if (u->prev_idle)
+        u->prev_idle->next_idle = u->next_idle;
+    else
+        p->head = u->next_idle;
+    if (u->next_idle) u->next_idle->prev_idle = u->prev_idle;
+    p->n--;
+    if (u->prev_lru)
+        u->prev_lru->next_lru = u->next_lru;
+    else
+        w->lru_head = u->next_lru;
+    if (u->next_lru)
+        u->next_lru->prev_lru = u->prev_lru;
+    else
+        w->lru_tail = u->prev_lru;
+    u->prev_idle = u->next_idle = u->prev_lru = u->next_lru = NULL;
+}
+
 struct upconn *pool_take(struct worker *w, struct backend *be) {
-    struct idle_pool *p = &w->pools[be->index];
+    struct idle_pool *p = &be->pools[w->id];
     uint64_t now = ev_now_ms(w->loop);
     while (p->head) {
         struct upconn *u = p->head;
-        p->head = u->next_idle;
-        p->n--;
+        unlink_idle(w, u);
         if (now - u->idle_since_ms < POOL_MAX_AGE_MS && still_open(u->fd)) {
             u->reused = 1;
             return u;
@@ -71,27 +92,45 @@ struct upconn *pool_take(struct worker *w, struct backend *be) {
 }
 
 void pool_put(struct worker *w, struct upconn *u) {
-    struct idle_pool *p = &w->pools[u->be->index];
-    if (p->n >= POOL_MAX_IDLE || w->draining) {
+    struct idle_pool *p = &u->be->pools[w->id];
+    if (p->n >= POOL_MAX_IDLE || w->draining || atomic_load(&u->be->removed)) {
         upconn_free(w, u);
         return;
     }
     u->in.pos = u->in.len = 0;
     http_msg_reset(&u->resp);
     u->idle_since_ms = ev_now_ms(w->loop);
+    u->prev_idle = NULL;
     u->next_idle = p->head;
+    if (p->head) p->head->prev_idle = u;
     p->head = u;
     p->n++;
+    u->next_lru = NULL;
+    u->prev_lru = w->lru_tail;
+    if (w->lru_tail)
+        w->lru_tail->next_lru = u;
+    else
+        w->lru_head = u;
+    w->lru_tail = u;
+}
+
+void pool_sweep(struct worker *w) {
+    uint64_t now = ev_now_ms(w->loop);
+    struct upconn *u = w->lru_head;
+    while (u) {
+        struct upconn *next = u->next_lru;
+        if (now - u->idle_since_ms >= POOL_MAX_AGE_MS || atomic_load(&u->be->removed)) {
+            unlink_idle(w, u);
+            upconn_free(w, u);
+        }
+        u = next;
+    }
 }
 
 void pool_close_all(struct worker *w) {
-    for (size_t i = 0; i < w->bal->nbackends; i++) {
-        struct idle_pool *p = &w->pools[i];
-        while (p->head) {
-            struct upconn *u = p->head;
-            p->head = u->next_idle;
-            upconn_free(w, u);
-        }
-        p->n = 0;
+    while (w->lru_head) {
+        struct upconn *u = w->lru_head;
+        unlink_idle(w, u);
+        upconn_free(w, u);
     }
 }

@@ -33,8 +33,6 @@ int worker_init(struct worker *w, int id, const struct proxy_config *cfg, struct
     w->listen_fd = -1;
     if (getrandom(&w->rng, sizeof(w->rng), 0) != sizeof(w->rng) || !w->rng)
         w->rng = 0x9e3779b97f4a7c15ull ^ (uint64_t)(id + 1);
-    w->pools = calloc(bal->nbackends ? bal->nbackends : 1, sizeof(*w->pools));
-    if (!w->pools) return -1;
     w->loop = ev_loop_new(cfg->engine, w->engine_note, sizeof(w->engine_note));
     if (!w->loop) {
         log_error("cannot start the %s engine: %s", ev_engine_name(cfg->engine), w->engine_note);
@@ -53,7 +51,6 @@ int worker_init(struct worker *w, int id, const struct proxy_config *cfg, struct
 void worker_fini(struct worker *w) {
     if (w->listen_fd >= 0) close(w->listen_fd);
     ev_loop_free(w->loop);
-    free(w->pools);
 }
 
 static int accepts_idle(const struct worker *w) {
@@ -86,8 +83,15 @@ static void start_drain(struct worker *w) {
     pool_close_all(w);
 }
 
+static void on_sweep(ev_timer *t) {
+    struct worker *w = t->ctx;
+    pool_sweep(w);
+    ev_timer_start(w->loop, t, 1000);
+}
+
 static void tick(ev_loop *loop, void *arg) {
     struct worker *w = arg;
+    balancer_quiescent(w->bal, w->id);
     if (atomic_load_explicit(&g_stop_now, memory_order_relaxed)) {
         ev_stop(loop);
         return;
@@ -99,12 +103,17 @@ static void tick(ev_loop *loop, void *arg) {
         close(w->listen_fd);
         w->listen_fd = -1;
     }
-    if (!w->nclients) ev_stop(loop);
+    if (!w->nclients) {
+        ev_timer_stop(loop, &w->sweep);
+        ev_stop(loop);
+    }
 }
 
 void *worker_main(void *arg) {
     struct worker *w = arg;
     ev_set_tick(w->loop, tick, w);
+    ev_timer_init(&w->sweep, on_sweep, w);
+    ev_timer_start(w->loop, &w->sweep, 1000);
     for (int i = 0; i < ACCEPTS_IN_FLIGHT; i++)
         ev_accept(w->loop, &w->accept_op[i], w->listen_fd);
     ev_run(w->loop);

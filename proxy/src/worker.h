@@ -25,12 +25,8 @@ struct upconn {
     struct http_msg resp;
     int reused;
     uint64_t idle_since_ms;
-    struct upconn *next_idle;
-};
-
-struct idle_pool {
-    struct upconn *head;
-    int n;
+    struct upconn *prev_idle, *next_idle; /* in its backend's pool slot */
+    struct upconn *prev_lru, *next_lru;   /* in its worker's idle list, oldest first */
 };
 
 struct client;
@@ -46,8 +42,9 @@ struct worker {
     struct balancer *bal;
     int listen_fd;
     ev_op accept_op[ACCEPTS_IN_FLIGHT];
-    struct idle_pool *pools; /* by backend index */
-    struct client *clients;  /* every open client connection */
+    struct upconn *lru_head, *lru_tail; /* every idle backend connection, oldest first */
+    ev_timer sweep;                     /* closes idle connections too old to trust */
+    struct client *clients;             /* every open client connection */
     size_t nclients;
     int draining;
     uint64_t rng;
@@ -72,6 +69,8 @@ struct upconn *upconn_open(struct worker *w, struct backend *be);
 struct upconn *pool_take(struct worker *w, struct backend *be);
 void pool_put(struct worker *w, struct upconn *u);
 void pool_close_all(struct worker *w);
+/* Closes idle connections past their age or whose backend was removed. */
+void pool_sweep(struct worker *w);
 /* Closes and frees; its ops must be idle. */
 void upconn_free(struct worker *w, struct upconn *u);
 

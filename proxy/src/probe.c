@@ -1,0 +1,289 @@
+#define _GNU_SOURCE
+#include "probe.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "ev.h"
+#include "log.h"
+#include "net.h"
+
+struct probe {
+    struct prober *pr;
+    struct backend *be; /* a reference is held */
+    const struct health_check *hc;
+    int fd;
+    int running; /* a check in progress */
+    ev_op rd, wr;
+    ev_timer timer; /* next check, or the running check's deadline */
+    char req[384];
+    size_t req_len, sent;
+    char buf[64];
+    size_t got;
+    uint64_t t0_us;  /* the check started */
+    uint64_t t_req_us; /* connected: the request goes out */
+};
+
+struct prober {
+    ev_loop *loop;
+    struct balancer *b;
+    int reader_id;
+    const struct proxy_config *cfg;
+    struct lb_table *table; /* the membership the probes were made for */
+    struct probe *probes;
+    size_t n;
+    int rebuilding;
+    atomic_int stop;
+    pthread_t thread;
+};
+
+static void start_check(struct probe *p);
+
+static void schedule(struct probe *p, uint64_t after_ms) {
+    ev_timer_start(p->pr->loop, &p->timer, after_ms);
+}
+
+/* Ends a check: its ops must be idle (or become so) before the socket goes. */
+static void end_check(struct probe *p, int ok, const char *why) {
+    struct prober *pr = p->pr;
+    ev_cancel(pr->loop, &p->rd);
+    ev_cancel(pr->loop, &p->wr);
+    if (p->running == 1) {
+        /* From the request to its status line, like a live request on a pooled
+         * connection: connect time would make idle backends look slower. */
+        uint64_t us = ev_clock_us() - p->t_req_us;
+        if (ok) {
+            atomic_store_explicit(&p->be->probe_us, (unsigned)(us ? us : 1), memory_order_relaxed);
+            backend_sample(p->be, us);
+        }
+        backend_observe(p->be, ok, why);
+        p->running = 2; /* finished, waiting for its ops */
+    }
+    if (ev_op_busy(&p->rd) || ev_op_busy(&p->wr)) return;
+    ev_forget_fd(pr->loop, p->fd);
+    close(p->fd);
+    p->fd = -1;
+    p->running = 0;
+    if (pr->rebuilding) return;
+    uint64_t spent_ms = (ev_clock_us() - p->t0_us) / 1000;
+    uint64_t interval = (uint64_t)p->hc->interval_ms;
+    schedule(p, spent_ms < interval ? interval - spent_ms : 0);
+}
+
+static void fail_errno(struct probe *p, const char *what, int res) {
+    char why[96];
+    snprintf(why, sizeof(why), "%s: %s", what, strerror(-res));
+    end_check(p, 0, why);
+}
+
+static void on_recv(ev_op *op, int res) {
+    struct probe *p = op->ctx;
+    if (p->running != 1) {
+        end_check(p, 0, NULL);
+        return;
+    }
+    if (res <= 0) {
+        if (res == 0)
+            end_check(p, 0, "closed before a status line");
+        else
+            fail_errno(p, "recv", res);
+        return;
+    }
+    p->got += (size_t)res;
+    if (p->got < 12 && p->got < sizeof(p->buf)) {
+        ev_recv(p->pr->loop, &p->rd, p->fd, p->buf + p->got, sizeof(p->buf) - p->got);
+        return;
+    }
+    int status = 0;
+    if (!memcmp(p->buf, "HTTP/1.", 7) && p->buf[8] == ' ') status = atoi(p->buf + 9);
+    if (status < 100 || status > 599) {
+        end_check(p, 0, "not an HTTP response");
+        return;
+    }
+    char why[48];
+    snprintf(why, sizeof(why), "status %d", status);
+    end_check(p, status >= p->hc->expect_lo && status <= p->hc->expect_hi, why);
+}
+
+static void on_sent(ev_op *op, int res) {
+    struct probe *p = op->ctx;
+    if (p->running != 1) {
+        end_check(p, 0, NULL);
+        return;
+    }
+    if (res <= 0) {
+        fail_errno(p, "send", res ? res : -EPIPE);
+        return;
+    }
+    p->sent += (size_t)res;
+    if (p->sent < p->req_len) {
+        ev_send(p->pr->loop, &p->wr, p->fd, p->req + p->sent, p->req_len - p->sent);
+        return;
+    }
+    p->rd.cb = on_recv;
+    ev_recv(p->pr->loop, &p->rd, p->fd, p->buf, sizeof(p->buf));
+}
+
+static void on_connect(ev_op *op, int res) {
+    struct probe *p = op->ctx;
+    if (p->running != 1) {
+        end_check(p, 0, NULL);
+        return;
+    }
+    if (res < 0) {
+        fail_errno(p, "connect", res);
+        return;
+    }
+    p->wr.cb = on_sent;
+    p->t_req_us = ev_clock_us();
+    ev_send(p->pr->loop, &p->wr, p->fd, p->req, p->req_len);
+}
+
+static void on_timer(ev_timer *t) {
+    struct probe *p = t->ctx;
+    if (p->running == 1) {
+        char why[48];
+        snprintf(why, sizeof(why), "timeout after %d ms", p->hc->timeout_ms);
+        end_check(p, 0, why);
+    } else if (!p->running) {
+        start_check(p);
+    }
+}
+
+static void start_check(struct probe *p) {
+    struct prober *pr = p->pr;
+    p->t0_us = ev_clock_us();
+    p->fd = net_socket_for(&p->be->addr);
+    if (p->fd < 0) {
+        log_warn("health check of %s: socket: %s", p->be->name, strerror(-p->fd));
+        schedule(p, (uint64_t)p->hc->interval_ms);
+        return;
+    }
+    p->running = 1;
+    p->sent = p->got = 0;
+    schedule(p, (uint64_t)p->hc->timeout_ms);
+    p->wr.cb = on_connect;
+    ev_connect(pr->loop, &p->wr, p->fd, (const struct sockaddr *)&p->be->addr.ss,
+               p->be->addr.len);
+}
+
+static void free_probes(struct prober *pr) {
+    for (size_t i = 0; i < pr->n; i++) {
+        ev_timer_stop(pr->loop, &pr->probes[i].timer);
+        backend_unref(pr->probes[i].be);
+    }
+    free(pr->probes);
+    pr->probes = NULL;
+    pr->n = 0;
+}
+
+/* One probe per row of t; the first checks of a cluster are spread evenly
+ * over its interval so they never all go at the same instant. */
+static int build_probes(struct prober *pr, struct lb_table *t) {
+    size_t n = 0;
+    for (size_t i = 0; i < t->nclusters; i++) n += t->clusters[i].n;
+    pr->probes = calloc(n ? n : 1, sizeof(*pr->probes));
+    if (!pr->probes) return -1;
+    pr->table = t;
+    for (size_t i = 0; i < t->nclusters; i++) {
+        const struct cluster_rt *c = &t->clusters[i];
+        for (size_t j = 0; j < c->n; j++) {
+            struct probe *p = &pr->probes[pr->n++];
+            p->pr = pr;
+            p->be = c->rows[j];
+            backend_ref(p->be);
+            p->hc = &c->cfg->health;
+            p->fd = -1;
+            ev_op_init(&p->rd, on_recv, p);
+            ev_op_init(&p->wr, on_connect, p);
+            ev_timer_init(&p->timer, on_timer, p);
+            p->req_len = (size_t)snprintf(p->req, sizeof(p->req),
+                                          "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: lb-probe\r\n"
+                                          "Connection: close\r\n\r\n",
+                                          p->hc->path, p->be->name);
+            schedule(p, (uint64_t)p->hc->interval_ms * j / c->n);
+        }
+    }
+    return 0;
+}
+
+/* A new membership: the running checks finish (cancelled), then new probes. */
+static void follow_table(struct prober *pr) {
+    struct lb_table *t = balancer_table(pr->b);
+    if (t == pr->table && !pr->rebuilding) return;
+    if (!pr->rebuilding) {
+        pr->rebuilding = 1;
+        for (size_t i = 0; i < pr->n; i++) {
+            struct probe *p = &pr->probes[i];
+            ev_timer_stop(pr->loop, &p->timer);
+            if (p->running) {
+                p->running = 2; /* abandoned, not failed: nothing to record */
+                end_check(p, 0, NULL);
+            }
+        }
+    }
+    for (size_t i = 0; i < pr->n; i++)
+        if (pr->probes[i].running) return;
+    free_probes(pr);
+    pr->rebuilding = 0;
+    if (build_probes(pr, t) < 0) log_error("health checks: out of memory");
+}
+
+static void tick(ev_loop *loop, void *arg) {
+    struct prober *pr = arg;
+    if (atomic_load(&pr->stop)) {
+        ev_stop(loop);
+        return;
+    }
+    follow_table(pr);
+    balancer_quiescent(pr->b, pr->reader_id);
+}
+
+static void *prober_main(void *arg) {
+    struct prober *pr = arg;
+    ev_run(pr->loop);
+    for (size_t i = 0; i < pr->n; i++) {
+        struct probe *p = &pr->probes[i];
+        if (p->fd >= 0) {
+            ev_forget_fd(pr->loop, p->fd);
+            close(p->fd);
+        }
+    }
+    free_probes(pr);
+    return NULL;
+}
+
+struct prober *prober_start(struct balancer *b, const struct proxy_config *cfg, int reader_id) {
+    struct prober *pr = calloc(1, sizeof(*pr));
+    if (!pr) return NULL;
+    char why[256];
+    pr->b = b;
+    pr->cfg = cfg;
+    pr->reader_id = reader_id;
+    pr->loop = ev_loop_new(cfg->engine, why, sizeof(why));
+    if (!pr->loop || build_probes(pr, balancer_table(b)) < 0) {
+        if (pr->loop) ev_loop_free(pr->loop);
+        free(pr);
+        return NULL;
+    }
+    ev_set_tick(pr->loop, tick, pr);
+    if (pthread_create(&pr->thread, NULL, prober_main, pr) != 0) {
+        free_probes(pr);
+        ev_loop_free(pr->loop);
+        free(pr);
+        return NULL;
+    }
+    return pr;
+}
+
+void prober_stop(struct prober *pr) {
+    if (!pr) return;
+    atomic_store(&pr->stop, 1);
+    pthread_join(pr->thread, NULL);
+    ev_loop_free(pr->loop);
+    free(pr);
+}
