@@ -165,6 +165,7 @@ struct worker {
      * back to epoll. */
     char errmsg[256];
     char why_fallback[256];
+    enum ev_engine engine; /* the engine the loop got, for main's start-up line */
 };
 
 /* server.c */

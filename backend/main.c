@@ -320,12 +320,12 @@ int main(int argc, char **argv) {
 
     char abuf[128];
     struct worker *w0 = &ts[0].w;
-    if (cfg.engine == EV_ENGINE_AUTO && ev_loop_engine(w0->loop) == EV_ENGINE_EPOLL)
+    if (cfg.engine == EV_ENGINE_AUTO && w0->engine == EV_ENGINE_EPOLL)
         log_warn("io_uring unavailable (%s): using epoll", w0->why_fallback);
     log_info("listening on %s: %d threads, engine %s, instance %s, cluster %s%s%s",
-             net_addr_str(&addr, abuf, sizeof(abuf)), cfg.threads,
-             ev_engine_name(ev_loop_engine(w0->loop)), cfg.instance_id, cfg.cluster,
-             cfg.quiet ? ", quiet" : "", cfg.health_flip ? ", health flip" : "");
+             net_addr_str(&addr, abuf, sizeof(abuf)), cfg.threads, ev_engine_name(w0->engine),
+             cfg.instance_id, cfg.cluster, cfg.quiet ? ", quiet" : "",
+             cfg.health_flip ? ", health flip" : "");
 
     /* SIGUSR2 (blocked in every thread) toggles slow mode; the workers read
      * the flag for each reply (backend_slow_ms). */

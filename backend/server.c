@@ -459,6 +459,7 @@ int worker_setup(struct worker *w, const struct net_addr *addr) {
                  ev_engine_name(cfg.engine), w->why_fallback);
         return -1;
     }
+    w->engine = ev_loop_engine(w->loop);
     w->lfd = net_listen(addr, 1, 4096);
     if (w->lfd < 0) {
         char buf[128];

@@ -304,7 +304,7 @@ def clean_exit_problem(proc, expect_zero=False):
     than 0), or None."""
     rc = proc.stop()
     log = proc.log()
-    for marker in ("AddressSanitizer", "LeakSanitizer", "runtime error:"):
+    for marker in ("AddressSanitizer", "LeakSanitizer", "ThreadSanitizer", "runtime error:"):
         if marker in log:
             return "%s reported %s:\n%s" % (proc.name, marker, log[-6000:])
     if rc in _CRASH_SIGNALS:

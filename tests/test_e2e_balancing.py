@@ -241,7 +241,9 @@ class DeadBackend(LBTestCase):
         finally:
             results = load.stop()
 
-        self.assertFalse(failures(results), describe_failures(results, t0))
+        self.assertFalse(failures(results), describe_failures(results, t0) + (
+            "\n(killed at %.3f, marked unhealthy by %.3f, restarted at %.3f)\n%s"
+            % (t_kill - t0, t_out - t0, t_restart - t0, p.log()[-3000:])))
         self.assertTrue(served, "the restarted backend got no request in 3s:\n" + again.log()[-2000:])
         # Between "unhealthy" and the restart, the three others served everything;
         # afterwards the victim (a new process, same id) served again.
@@ -349,12 +351,17 @@ class AllDown(LBTestCase):
         for a in addrs:
             self.assertEqual([t[3] for t in transitions(p, a)], ["unhealthy"], p.log()[-3000:])
 
-    def test_fast_503_keepalive(self):
-        # The same on one keep-alive connection: 503 keeps it open.
+    def all_down_proxy(self):
         addrs = ["127.0.0.1:%d" % free_port() for _ in range(2)]
         p = self.proxy(config=cluster_config(addrs))
+        # The checks alone mark them: 2 failures at 200 ms.
         self.assertTrue(wait_until(lambda: all(has_transition(p, a, "unhealthy") for a in addrs),
                                    3.0), p.log()[-3000:])
+        return p
+
+    def test_fast_503_keepalive(self):
+        # The same with a keep-alive client (reconnecting if the proxy closes).
+        p = self.all_down_proxy()
         c = http.client.HTTPConnection("127.0.0.1", p.port, timeout=5)
         try:
             times = []
@@ -365,11 +372,26 @@ class AllDown(LBTestCase):
                 r.read()
                 times.append(time.monotonic() - t)
                 self.assertEqual(r.status, 503)
-                self.assertFalse(r.will_close)
+                if r.will_close:
+                    c.close()
         finally:
             c.close()
         self.assertLess(statistics.median(times), 0.05, times)
 
+    def test_503_keeps_connection(self):
+        # README, "Errors": 503 (no healthy backend) keeps the connection.
+        p = self.all_down_proxy()
+        c = http.client.HTTPConnection("127.0.0.1", p.port, timeout=5)
+        try:
+            for i in range(3):
+                c.request("GET", "/cluster1/x")
+                r = c.getresponse()
+                r.read()
+                self.assertEqual(r.status, 503)
+                self.assertFalse(r.will_close, "request %d: 503 with %r" % (
+                    i + 1, r.getheader("Connection")))
+        finally:
+            c.close()
 
 if __name__ == "__main__":
     unittest.main()

@@ -57,7 +57,8 @@ static struct backend *find_row(const struct lb_table *t, const char *cluster, c
 static void table_free(struct lb_table *t) {
     if (!t) return;
     for (size_t i = 0; i < t->nclusters; i++) {
-        for (size_t j = 0; j < t->clusters[i].n; j++) backend_unref(t->clusters[i].rows[j]);
+        for (size_t j = 0; j < t->clusters[i].n; j++)
+            backend_unref(t->clusters[i].rows[j]);
         free(t->clusters[i].rows);
     }
     free(t->clusters);

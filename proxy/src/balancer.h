@@ -34,8 +34,8 @@ struct backend {
     atomic_int healthy;
     atomic_int consec_ok, consec_fail;
     atomic_int inflight;
-    atomic_uint probe_us;     /* last successful probe's latency; 0: none yet */
-    atomic_ullong ewma;       /* packed: float µs << 32 | stamp ms */
+    atomic_uint probe_us; /* last successful probe's latency; 0: none yet */
+    atomic_ullong ewma;   /* packed: float µs << 32 | stamp ms */
     atomic_ullong requests, failures;
     struct idle_pool *pools; /* one per worker, touched only by that worker */
 };

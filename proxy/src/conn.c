@@ -215,6 +215,15 @@ static void reply_error(struct client *c, int status) {
     local_reply(c, 0);
 }
 
+/* A response of the proxy's own that leaves the connection usable when the
+ * request had no body to skip. */
+static void reply_status(struct client *c, int status) {
+    int keep = c->keep && c->req.framing == BODY_NONE;
+    c->out.len = 0;
+    http_write_error(&c->out, status, keep);
+    local_reply(c, keep);
+}
+
 static void reply_default(struct client *c) {
     const struct proxy_config *cfg = cfg_of(c);
     int keep = c->keep && c->req.framing == BODY_NONE;
@@ -361,7 +370,7 @@ static void start_txn(struct client *c) {
     c->ttfb_us = 0;
     struct backend *be = balancer_pick(c->w->bal, c->cluster, NULL, worker_random(c->w));
     if (!be) {
-        fail(c, 503); /* nothing healthy: no connect attempt */
+        reply_status(c, 503); /* nothing healthy: no connect attempt */
         return;
     }
     connect_backend(c, be, 0);
@@ -691,9 +700,17 @@ static void on_resp_read(ev_op *op, int res) {
     struct client *c = op->ctx;
     if (stale(c, C_TXN)) return;
     if (res <= 0) {
-        if (res == 0 && dead_pooled_retry(c)) return;
-        if (res < 0 && res != -ECANCELED && dead_pooled_retry(c)) return;
-        release_be(c, OUTCOME_FAILED, res ? "connection reset" : "connection closed");
+        if (dead_pooled_retry(c)) return;
+        const char *why =
+            res ? "connection reset before the response" : "closed before the response";
+        /* Not one byte of answer: an idempotent request without a body can go
+         * to another backend, as nginx's proxy_next_upstream does. */
+        if (!c->up->in.len && c->req.framing == BODY_NONE &&
+            http_method_idempotent(c->req.method)) {
+            retry_or_fail(c, 502, why);
+            return;
+        }
+        release_be(c, OUTCOME_FAILED, why);
         fail(c, 502);
         return;
     }

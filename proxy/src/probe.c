@@ -24,7 +24,7 @@ struct probe {
     size_t req_len, sent;
     char buf[64];
     size_t got;
-    uint64_t t0_us;  /* the check started */
+    uint64_t t0_us;    /* the check started */
     uint64_t t_req_us; /* connected: the request goes out */
 };
 
@@ -167,8 +167,7 @@ static void start_check(struct probe *p) {
     p->sent = p->got = 0;
     schedule(p, (uint64_t)p->hc->timeout_ms);
     p->wr.cb = on_connect;
-    ev_connect(pr->loop, &p->wr, p->fd, (const struct sockaddr *)&p->be->addr.ss,
-               p->be->addr.len);
+    ev_connect(pr->loop, &p->wr, p->fd, (const struct sockaddr *)&p->be->addr.ss, p->be->addr.len);
 }
 
 static void free_probes(struct prober *pr) {
@@ -185,7 +184,8 @@ static void free_probes(struct prober *pr) {
  * over its interval so they never all go at the same instant. */
 static int build_probes(struct prober *pr, struct lb_table *t) {
     size_t n = 0;
-    for (size_t i = 0; i < t->nclusters; i++) n += t->clusters[i].n;
+    for (size_t i = 0; i < t->nclusters; i++)
+        n += t->clusters[i].n;
     pr->probes = calloc(n ? n : 1, sizeof(*pr->probes));
     if (!pr->probes) return -1;
     pr->table = t;

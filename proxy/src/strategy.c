@@ -9,7 +9,8 @@ static int eligible(const struct backend *be, const struct backend *avoid) {
  * back: a second try on the same backend beats none. */
 static size_t count_eligible(struct backend *const *rows, size_t n, const struct backend **avoid) {
     size_t k = 0;
-    for (size_t i = 0; i < n; i++) k += eligible(rows[i], *avoid);
+    for (size_t i = 0; i < n; i++)
+        k += eligible(rows[i], *avoid);
     if (!k && *avoid && atomic_load_explicit(&(*avoid)->healthy, memory_order_relaxed)) {
         *avoid = NULL;
         k = 1;
@@ -39,13 +40,15 @@ static double peak_ewma_score(const struct backend *be) {
     return (ewma > EWMA_FLOOR_US ? ewma : EWMA_FLOOR_US) * (inflight + 1);
 }
 
-/* Scans from a random start so that ties do not all land on the first row. */
+/* The eligible row with the lowest in-flight count (or probe latency); ties
+ * are broken uniformly at random (reservoir sampling over the tied rows). */
 static struct backend *lowest(struct backend *const *rows, size_t n, const struct backend *avoid,
                               uint64_t rnd, int by_probe) {
     struct backend *best = NULL;
     uint64_t best_v = UINT64_MAX;
-    for (size_t k = 0; k < n; k++) {
-        struct backend *be = rows[(rnd + k) % n];
+    unsigned ties = 0;
+    for (size_t i = 0; i < n; i++) {
+        struct backend *be = rows[i];
         if (!eligible(be, avoid)) continue;
         uint64_t v = by_probe ? atomic_load_explicit(&be->probe_us, memory_order_relaxed)
                               : (uint64_t)atomic_load_explicit(&be->inflight, memory_order_relaxed);
@@ -53,6 +56,12 @@ static struct backend *lowest(struct backend *const *rows, size_t n, const struc
         if (!best || v < best_v) {
             best = be;
             best_v = v;
+            ties = 1;
+        } else if (v == best_v) {
+            rnd ^= rnd << 13; /* xorshift: a fresh draw per tie */
+            rnd ^= rnd >> 7;
+            rnd ^= rnd << 17;
+            if (rnd % ++ties == 0) best = be;
         }
     }
     return best;
