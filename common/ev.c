@@ -165,6 +165,7 @@ static void run_timers(ev_loop *loop) {
 #define EV_MAX_WAIT_MS 100
 
 static int next_timeout(const ev_loop *loop) {
+    if (loop->done_head) return 0;
     if (!loop->heap_len) return EV_MAX_WAIT_MS;
     uint64_t d = loop->heap[1]->deadline_ms;
     if (d <= loop->now_ms) return 0;
@@ -260,6 +261,27 @@ int ev_try_op(ev_op *op) {
     }
     if (r < 0) return errno == EWOULDBLOCK ? -EAGAIN : -errno;
     return (int)r;
+}
+
+void ev_queue_done(ev_loop *loop, ev_op *op, int res) {
+    op->res = res;
+    op->state = EV_OP_DONE;
+    op->next = NULL;
+    if (loop->done_tail)
+        loop->done_tail->next = op;
+    else
+        loop->done_head = op;
+    loop->done_tail = op;
+}
+
+void ev_run_done(ev_loop *loop) {
+    ev_op *op = loop->done_head;
+    loop->done_head = loop->done_tail = NULL;
+    while (op) {
+        ev_op *next = op->next;
+        ev_complete(loop, op, op->res);
+        op = next;
+    }
 }
 
 void ev_complete(ev_loop *loop, ev_op *op, int res) {

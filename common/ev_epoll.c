@@ -22,7 +22,7 @@ struct ep_state {
     int epfd;
     struct fd_slot *slots;
     size_t nslots;
-    ev_op *done_head, *done_tail;
+    ev_loop *loop;
 };
 
 static struct ep_state *st(ev_loop *loop) {
@@ -41,6 +41,7 @@ static int ep_init(ev_loop *loop, char *why, size_t why_len) {
         free(s);
         return -1;
     }
+    s->loop = loop;
     loop->be_state = s;
     return 0;
 }
@@ -71,14 +72,7 @@ static int is_write_side(const ev_op *op) {
 }
 
 static void queue_done(struct ep_state *s, ev_op *op, int res) {
-    op->res = res;
-    op->state = EV_OP_DONE;
-    op->next = NULL;
-    if (s->done_tail)
-        s->done_tail->next = op;
-    else
-        s->done_head = op;
-    s->done_tail = op;
+    ev_queue_done(s->loop, op, res);
 }
 
 static void park(struct ep_state *s, ev_op *op) {
@@ -154,28 +148,16 @@ static void wake(struct ep_state *s, int fd, uint32_t events) {
     }
 }
 
-static void run_done(ev_loop *loop) {
-    struct ep_state *s = st(loop);
-    /* Only what is queued now: ops finishing at once while we run go to the
-     * next round, after epoll has had its say. */
-    ev_op *op = s->done_head;
-    s->done_head = s->done_tail = NULL;
-    while (op) {
-        ev_op *next = op->next;
-        ev_complete(loop, op, op->res);
-        op = next;
-    }
-}
-
 static void ep_wait(ev_loop *loop, int timeout_ms) {
     struct ep_state *s = st(loop);
     struct epoll_event evs[256];
-    if (s->done_head) timeout_ms = 0;
     int n = epoll_wait(s->epfd, evs, 256, timeout_ms);
     loop->now_ms = ev_clock_ms();
     for (int i = 0; i < n; i++)
         wake(s, evs[i].data.fd, evs[i].events);
-    run_done(loop);
+    /* Only what is queued now: ops finishing at once while these run go to
+     * the next round, after epoll has had its say. */
+    ev_run_done(loop);
 }
 
 const struct ev_backend ev_epoll_backend = {

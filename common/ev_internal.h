@@ -28,6 +28,7 @@ struct ev_loop {
     ev_timer **heap; /* 1-based binary min-heap on deadline */
     size_t heap_len, heap_cap;
     struct ev_stats stats;
+    ev_op *done_head, *done_tail; /* finished without the kernel's help */
 };
 
 extern const struct ev_backend ev_uring_backend;
@@ -37,5 +38,10 @@ extern const struct ev_backend ev_epoll_backend;
 int ev_try_op(ev_op *op);
 /* Marks the op idle, counts its bytes and runs its callback. */
 void ev_complete(ev_loop *loop, ev_op *op, int res);
+/* An op that finished at once: its callback runs from ev_run_done(), never
+ * inside the call that submitted it. */
+void ev_queue_done(ev_loop *loop, ev_op *op, int res);
+/* Runs the callbacks of the ops queued so far (not of those they queue). */
+void ev_run_done(ev_loop *loop);
 
 #endif

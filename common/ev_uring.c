@@ -96,7 +96,15 @@ static void arm_poll(ev_loop *loop, ev_op *op) {
 
 static void issue(ev_loop *loop, ev_op *op) {
     if ((op->kind == EVK_SPLICE_IN || op->kind == EVK_SPLICE_OUT) && !(op->flags & OPF_POLLING)) {
-        arm_poll(loop, op); /* splice from a socket would only say EAGAIN */
+        /* IORING_OP_SPLICE always runs on an io-wq thread, and on a socket
+         * with nothing to read it only says EAGAIN: try it here first, and
+         * hand it to the ring (poll, then splice) only when it would block. */
+        int r = ev_try_op(op);
+        if (r != -EAGAIN) {
+            ev_queue_done(loop, op, r);
+            return;
+        }
+        arm_poll(loop, op);
         return;
     }
     op->flags &= (uint8_t)~OPF_POLLING;
@@ -187,6 +195,7 @@ static void ur_wait(ev_loop *loop, int timeout_ms) {
     io_uring_cq_advance(ring, n);
     for (unsigned i = 0; i < n; i++)
         on_cqe(loop, data[i], res[i]);
+    ev_run_done(loop);
 }
 
 const struct ev_backend ev_uring_backend = {
