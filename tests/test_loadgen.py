@@ -150,8 +150,10 @@ class LoadgenTest(LBTestCase):
         s = self.summary_row(summ)
         self.assertTrue(340 <= int(s["requests"]) <= 460, s)
         self.assertEqual(s["errors"], "0")
-        self.assertTrue(1.7 <= float(s["duration_s"]) <= 2.5, s)
-        self.assertTrue(170 <= float(s["rps"]) <= 230, s)
+        # the last request is due at 1.995 s; its answer may be late on a
+        # busy machine
+        self.assertTrue(1.7 <= float(s["duration_s"]) <= 4, s)
+        self.assertTrue(100 <= float(s["rps"]) <= 230, s)
         self.assertLess(took, 10)
 
     def test_open_loop_csv_schedule(self):
