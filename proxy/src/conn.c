@@ -479,7 +479,15 @@ static void on_reqhead_sent(ev_op *op, int res) {
     if (stale(c, C_TXN)) return;
     if (res <= 0) {
         if (dead_pooled_retry(c)) return;
-        release_be(c, OUTCOME_FAILED, "connection reset sending the request");
+        const char *why = "connection reset sending the request";
+        /* Nothing of it reached the backend (a connect into a dying listener's
+         * backlog), or it is safe to repeat: another backend gets it. */
+        if (!c->reqhead_off ||
+            (c->req.framing == BODY_NONE && http_method_idempotent(c->req.method))) {
+            retry_or_fail(c, 502, why);
+            return;
+        }
+        release_be(c, OUTCOME_FAILED, why);
         fail(c, 502);
         return;
     }
