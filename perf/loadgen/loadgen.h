@@ -97,6 +97,7 @@ struct lg_worker {
     uint64_t next_k, step;
     struct lg_conn **idle;
     unsigned nidle;
+    unsigned rotate; /* open loop: which free connection goes next */
     ev_timer sched_timer;
     struct lg_stats st;
     atomic_uint_fast64_t progress_requests, progress_errors; /* for the progress line */

@@ -454,7 +454,12 @@ static void dispatch(struct lg_worker *w) {
             ev_timer_start(w->loop, &w->sched_timer, ms_until(w->loop, due + timeout_us));
             return;
         }
-        struct lg_conn *c = w->idle[--w->nidle];
+        /* Take the free connections in turn, not the last one freed: an open
+         * loop then keeps all --concurrency connections open and in use. */
+        unsigned i = w->rotate++ % w->nidle;
+        struct lg_conn *c = w->idle[i], *last = w->idle[--w->nidle];
+        w->idle[i] = last;
+        last->idle_pos = (int)i;
         c->idle_pos = -1;
         conn_start(c, w->next_k, due < now ? due : now);
         w->next_k += w->step;
