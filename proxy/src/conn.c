@@ -209,19 +209,21 @@ static void local_reply(struct client *c, int keep_alive) {
     send_out(c, AFTER_REPLY);
 }
 
-static void reply_error(struct client *c, int status) {
+static void reply_with(struct client *c, int status, int keep) {
     c->out.len = 0;
-    http_write_error(&c->out, status, 0);
-    local_reply(c, 0);
+    http_write_error(&c->out, status, keep);
+    local_reply(c, keep);
+}
+
+/* An error after which the request's framing cannot be trusted: close. */
+static void reply_error(struct client *c, int status) {
+    reply_with(c, status, 0);
 }
 
 /* A response of the proxy's own that leaves the connection usable when the
  * request had no body to skip. */
 static void reply_status(struct client *c, int status) {
-    int keep = c->keep && c->req.framing == BODY_NONE;
-    c->out.len = 0;
-    http_write_error(&c->out, status, keep);
-    local_reply(c, keep);
+    reply_with(c, status, c->keep && c->req.framing == BODY_NONE);
 }
 
 static void reply_default(struct client *c) {
