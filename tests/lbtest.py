@@ -294,6 +294,12 @@ def wait_status(port, path, status=200, timeout=10.0):
     return last[0]
 
 
+def wait_routable(port, prefix="/cluster1", timeout=5.0):
+    """GET prefix/health through the proxy answers 200 (a proxy may route
+    only after its first health checks): the last status seen."""
+    return wait_status(port, prefix + "/health", 200, timeout)
+
+
 _CRASH_SIGNALS = tuple(-int(getattr(signal, n)) for n in
                        ("SIGSEGV", "SIGABRT", "SIGBUS", "SIGFPE", "SIGILL"))
 

@@ -9,7 +9,7 @@ import threading
 import time
 import unittest
 
-from lbtest import LBTestCase, free_port, get, status_of
+from lbtest import wait_routable, LBTestCase, free_port, get, status_of
 
 # --------------------------------------------------------------------------
 # local helpers
@@ -177,21 +177,6 @@ def health_or(misbehave):
         misbehave(conn, head)
 
     return handler
-
-
-def wait_routable(port, prefix="/cluster1", timeout=5.0):
-    """Waits until GET prefix/health through the proxy answers 200 (a proxy
-    may route only after its first health checks). Returns the last status."""
-    deadline = time.monotonic() + timeout
-    st = None
-    while True:
-        try:
-            st = get(port, prefix + "/health", timeout=2)[0]
-        except (OSError, http.client.HTTPException):
-            st = None
-        if st == 200 or time.monotonic() >= deadline:
-            return st
-        time.sleep(0.05)
 
 
 def hc_quiet():

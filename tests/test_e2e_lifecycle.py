@@ -12,7 +12,7 @@ import threading
 import time
 import unittest
 
-from lbtest import LBTestCase, get, pattern, wait_port
+from lbtest import wait_routable, LBTestCase, get, pattern, wait_port
 
 MiB = 1 << 20
 EXIT_RE = re.compile(r"exit: splice_bytes=(\d+) splice_ops=(\d+) copied_bytes=(\d+)")
@@ -26,21 +26,6 @@ def pattern_cached(n):
     if n not in _pattern_cache:
         _pattern_cache[n] = pattern(n)
     return _pattern_cache[n]
-
-
-def wait_routable(port, prefix="/cluster1", timeout=5.0):
-    """Waits until GET prefix/health through the proxy answers 200 (a proxy
-    may route only after its first health checks). Returns the last status."""
-    deadline = time.monotonic() + timeout
-    st = None
-    while True:
-        try:
-            st = get(port, prefix + "/health", timeout=2)[0]
-        except (OSError, http.client.HTTPException):
-            st = None
-        if st == 200 or time.monotonic() >= deadline:
-            return st
-        time.sleep(0.05)
 
 
 def wait_exit(test, p, timeout):
