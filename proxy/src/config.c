@@ -127,6 +127,21 @@ static int get_string(const cJSON *it, const char *path, char *out, size_t outsz
     return 0;
 }
 
+/* A "[HOST:]PORT" string; a bare port gets default_host. Its canonical
+ * text goes to text. */
+static int get_addr(const cJSON *it, const char *path, const char *default_host,
+                    struct net_addr *out, char *text, size_t textsz, struct errbuf *e) {
+    char g[64];
+    const char *why;
+    if (!cJSON_IsString(it))
+        return errf(e, "%s: expected a \"[HOST:]PORT\" string, got %s", path,
+                    describe(it, g, sizeof(g)));
+    if (net_parse_addr(it->valuestring, default_host, out, &why))
+        return errf(e, "%s: bad address %s: %s", path, describe(it, g, sizeof(g)), why);
+    net_addr_str(out, text, textsz);
+    return 0;
+}
+
 static int get_bool(const cJSON *it, const char *path, int *out, struct errbuf *e) {
     char g[64];
     if (!cJSON_IsBool(it))
@@ -619,7 +634,6 @@ static int parse_json(struct proxy_config *cfg, const char *json, int final, str
     static const char *const cloudwatch_keys[] = {"namespace", "region", "interval_s", NULL};
     char p[PATH_BUF], g[64];
     const cJSON *it;
-    const char *why;
     struct proxy_config t = *cfg;
     char *body = NULL;
     struct cluster_config *clusters = NULL;
@@ -648,17 +662,9 @@ static int parse_json(struct proxy_config *cfg, const char *json, int final, str
     }
     if (check_fields(root, "", keys, e)) goto fail;
 
-    if ((it = field(root, "listen"))) {
-        if (!cJSON_IsString(it) || net_parse_addr(it->valuestring, "0.0.0.0", &t.listen, &why)) {
-            if (cJSON_IsString(it))
-                errf(e, "listen: bad address %s: %s", describe(it, g, sizeof(g)), why);
-            else
-                errf(e, "listen: expected a \"[HOST:]PORT\" string, got %s",
-                     describe(it, g, sizeof(g)));
-            goto fail;
-        }
-        net_addr_str(&t.listen, t.listen_text, sizeof(t.listen_text));
-    }
+    if ((it = field(root, "listen")) &&
+        get_addr(it, "listen", "0.0.0.0", &t.listen, t.listen_text, sizeof(t.listen_text), e))
+        goto fail;
     if ((it = field(root, "threads")) && get_int(it, "threads", 1, 1024, &t.threads, e)) goto fail;
     if ((it = field(root, "engine"))) {
         int v = cJSON_IsString(it) ? ev_engine_parse(it->valuestring) : -1;
@@ -669,15 +675,8 @@ static int parse_json(struct proxy_config *cfg, const char *json, int final, str
         t.engine = v;
     }
     if ((it = field(root, "admin"))) {
-        if (!cJSON_IsString(it) || net_parse_addr(it->valuestring, "127.0.0.1", &t.admin, &why)) {
-            if (cJSON_IsString(it))
-                errf(e, "admin: bad address %s: %s", describe(it, g, sizeof(g)), why);
-            else
-                errf(e, "admin: expected a \"[HOST:]PORT\" string, got %s",
-                     describe(it, g, sizeof(g)));
+        if (get_addr(it, "admin", "127.0.0.1", &t.admin, t.admin_text, sizeof(t.admin_text), e))
             goto fail;
-        }
-        net_addr_str(&t.admin, t.admin_text, sizeof(t.admin_text));
         t.admin_set = 1;
     }
     if ((it = field(root, "access_log"))) {
