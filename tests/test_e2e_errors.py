@@ -492,7 +492,9 @@ class BackendFailures(LBTestCase):
         self.assertEqual(st, 502, body[:200])
         self.assertLess(time.monotonic() - t0, 3.0)
 
-    def test_backend_closes_mid_response(self):
+    def truncating_proxy(self):
+        """A proxy whose only backend announces 100 body bytes, sends 10 and
+        closes."""
         def truncated(conn, head):
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 10)
             conn.close()
@@ -501,6 +503,10 @@ class BackendFailures(LBTestCase):
         p = self.proxy(config=config([cluster("/cluster1", [srv.addr], retries=0,
                                               quiet_hc=True)]))
         self.assertEqual(wait_routable(p.port), 200, "cluster1 never became routable")
+        return p
+
+    def test_backend_closes_mid_response(self):
+        p = self.truncating_proxy()
         resp, closed, elapsed = exchange(p.port, b"GET /cluster1/trunc HTTP/1.1\r\nHost: x\r\n\r\n",
                                          timeout=6.0)
         self.assertTrue(closed, "client connection left open %.1fs after the backend closed "
@@ -513,14 +519,7 @@ class BackendFailures(LBTestCase):
             self.assertIn(st, (502,), resp[:200])
 
     def test_backend_closes_mid_response_http_client(self):
-        def truncated(conn, head):
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 10)
-            conn.close()
-
-        srv = self.script(health_or(truncated))
-        p = self.proxy(config=config([cluster("/cluster1", [srv.addr], retries=0,
-                                              quiet_hc=True)]))
-        self.assertEqual(wait_routable(p.port), 200, "cluster1 never became routable")
+        p = self.truncating_proxy()
         c = http.client.HTTPConnection("127.0.0.1", p.port, timeout=6)
         try:
             c.request("GET", "/cluster1/trunc2")
