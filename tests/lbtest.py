@@ -204,6 +204,18 @@ def get(port, path, method="GET", body=None, headers=None, timeout=30):
         c.close()
 
 
+def post_chunked(port, path, parts, timeout=30):
+    """POSTs the parts as a chunked body on a new connection: (status, body)."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        c.request("POST", path, body=iter(parts), encode_chunked=True,
+                  headers={"Transfer-Encoding": "chunked"})
+        r = c.getresponse()
+        return r.status, r.read()
+    finally:
+        c.close()
+
+
 def raw(port, data, timeout=5.0, read_until_close=True):
     """Sends raw bytes and returns everything read until the peer closes (or
     the timeout passes)."""

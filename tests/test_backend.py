@@ -13,7 +13,7 @@ import threading
 import time
 import unittest
 
-from lbtest import (BACKEND_BIN, SANITIZE, HTTPReader, Process, SharedLBTestCase, connect, first_difference,
+from lbtest import (post_chunked, BACKEND_BIN, SANITIZE, HTTPReader, Process, SharedLBTestCase, connect, first_difference,
                     free_port, get, pattern, request_log, wait_port, wait_until, ws_accept_for,
                     ws_connect, ws_frame, ws_read_message)
 
@@ -135,15 +135,8 @@ class Endpoints(BackendCase):
 
     def test_echo_chunked_request(self):
         parts = [b"hello ", os.urandom(70000), b"", b"!", os.urandom(3)]
-        c = http.client.HTTPConnection("127.0.0.1", self.b.port, timeout=30)
-        try:
-            c.request("POST", "/echo", body=iter(parts), encode_chunked=True,
-                      headers={"Transfer-Encoding": "chunked"})
-            r = c.getresponse()
-            got = r.read()
-        finally:
-            c.close()
-        self.assertEqual(r.status, 200)
+        st, got = post_chunked(self.b.port, "/echo", parts)
+        self.assertEqual(st, 200)
         self.assertIsNone(first_difference(got, b"".join(parts)))
 
     def test_echo_chunked_raw_then_keepalive(self):

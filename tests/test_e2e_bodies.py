@@ -12,7 +12,7 @@ import threading
 import time
 import unittest
 
-from lbtest import (SharedLBTestCase, connect, first_difference, pattern, request_log,
+from lbtest import (post_chunked, SharedLBTestCase, connect, first_difference, pattern, request_log,
                     wait_status, wait_until)
 
 PROXY_THREADS = 2
@@ -111,15 +111,8 @@ class Bodies(SharedLBTestCase):
 
     def test_chunked_request_http_client(self):
         parts = [b"first ", os.urandom(100000), b"x", os.urandom(3 << 20), b"last"]
-        c = http.client.HTTPConnection("127.0.0.1", self.p.port, timeout=30)
-        try:
-            c.request("POST", "/cluster1/echo", body=iter(parts), encode_chunked=True,
-                      headers={"Transfer-Encoding": "chunked"})
-            r = c.getresponse()
-            got = r.read()
-        finally:
-            c.close()
-        self.assertEqual(r.status, 200)
+        st, got = post_chunked(self.p.port, "/cluster1/echo", parts)
+        self.assertEqual(st, 200)
         self.assertEqual(len(got), sum(map(len, parts)))
         self.assertIsNone(first_difference(got, b"".join(parts)))
 
