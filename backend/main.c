@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "backend.h"
 
+#include "flags.h"
 #include "log.h"
 #include "net.h"
 
@@ -66,35 +67,13 @@ static void usage(FILE *f) {
                "Signals: SIGTERM, SIGINT stop; SIGUSR2 toggles slow mode (--slow-ms).\n");
 }
 
-static void die_usage(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
-static void die_usage(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    fputs("backend: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputs(" (see --help)\n", stderr);
-    va_end(ap);
-    exit(2);
-}
-
-static unsigned long long parse_num(const char *flag, const char *v, unsigned long long min,
-                                    unsigned long long max) {
-    char *end;
-    errno = 0;
-    unsigned long long n = strtoull(v, &end, 10);
-    if (!*v || *v == '-' || *end || errno || n < min || n > max)
-        die_usage("%s: invalid value '%s' (expected an integer from %llu to %llu)", flag, v, min,
-                  max);
-    return n;
-}
-
 /* Names go into headers and log lines: printable, no spaces, not too long. */
 static void check_name(const char *flag, const char *v) {
     size_t n = strlen(v);
-    if (!n || n > 128) die_usage("%s: must be 1 to 128 characters", flag);
+    if (!n || n > 128) flags_die("%s: must be 1 to 128 characters", flag);
     for (size_t i = 0; i < n; i++)
         if ((unsigned char)v[i] <= ' ' || (unsigned char)v[i] == 0x7f)
-            die_usage("%s: '%s' must not contain spaces or control characters", flag, v);
+            flags_die("%s: '%s' must not contain spaces or control characters", flag, v);
 }
 
 static const char *env_or(const char *name, const char *fallback) {
@@ -115,14 +94,15 @@ static void parse_args(int argc, char **argv) {
     cfg.engine = EV_ENGINE_AUTO;
     cfg.slow_ms = 50;
 
+    static const char *const with_value[] = {
+        "--host",     "--port",    "--instance-id", "--cluster", "--threads",
+        "--delay-ms", "--work-us", "--slow-ms",     "--engine",  NULL};
+    static const char *const no_value[] = {"--help", "--version", "--quiet", "--health-flip", NULL};
+    flags_init("backend");
     for (int i = 1; i < argc; i++) {
-        char flag[64];
-        const char *arg = argv[i], *val = NULL, *eq = strchr(arg, '=');
-        if (strncmp(arg, "--", 2) != 0) die_usage("unexpected argument '%s'", arg);
-        size_t flen = eq ? (size_t)(eq - arg) : strlen(arg);
-        if (flen >= sizeof(flag)) die_usage("unknown flag '%s'", arg);
-        memcpy(flag, arg, flen);
-        flag[flen] = 0;
+        const char *val;
+        const char *flag = flags_next(argc, argv, &i, with_value, no_value, &val);
+        if (!flag) flags_die("unexpected argument '%s'", argv[i]);
         if (!strcmp(flag, "--help")) {
             usage(stdout);
             exit(0);
@@ -132,50 +112,30 @@ static void parse_args(int argc, char **argv) {
             exit(0);
         }
         if (!strcmp(flag, "--quiet")) {
-            if (eq) die_usage("--quiet takes no value");
             cfg.quiet = 1;
-            continue;
-        }
-        if (!strcmp(flag, "--health-flip")) {
-            if (eq) die_usage("--health-flip takes no value");
+        } else if (!strcmp(flag, "--health-flip")) {
             cfg.health_flip = 1;
-            continue;
-        }
-        static const char *const with_value[] = {
-            "--host",     "--port",    "--instance-id", "--cluster", "--threads",
-            "--delay-ms", "--work-us", "--slow-ms",     "--engine",  NULL};
-        int known = 0;
-        for (int k = 0; with_value[k]; k++)
-            known |= !strcmp(flag, with_value[k]);
-        if (!known) die_usage("unknown flag '%s'", flag);
-        if (eq)
-            val = eq + 1;
-        else if (i + 1 < argc)
-            val = argv[++i];
-        else
-            die_usage("%s needs a value", flag);
-
-        if (!strcmp(flag, "--host")) {
-            if (!*val) die_usage("--host: empty address");
+        } else if (!strcmp(flag, "--host")) {
+            if (!*val) flags_die("--host: empty address");
             cfg.host = val;
         } else if (!strcmp(flag, "--port")) {
-            cfg.port = (int)parse_num(flag, val, 1, 65535);
+            cfg.port = (int)flags_uint(flag, val, 1, 65535);
         } else if (!strcmp(flag, "--instance-id")) {
             cfg.instance_id = val;
         } else if (!strcmp(flag, "--cluster")) {
             cfg.cluster = val;
         } else if (!strcmp(flag, "--threads")) {
-            cfg.threads = (int)parse_num(flag, val, 1, 1024);
+            cfg.threads = (int)flags_uint(flag, val, 1, 1024);
         } else if (!strcmp(flag, "--delay-ms")) {
-            cfg.delay_ms = (unsigned)parse_num(flag, val, 0, 3600000);
+            cfg.delay_ms = (unsigned)flags_uint(flag, val, 0, 3600000);
         } else if (!strcmp(flag, "--work-us")) {
-            cfg.work_us = (unsigned)parse_num(flag, val, 0, 10000000);
+            cfg.work_us = (unsigned)flags_uint(flag, val, 0, 10000000);
         } else if (!strcmp(flag, "--slow-ms")) {
-            cfg.slow_ms = (unsigned)parse_num(flag, val, 0, 3600000);
+            cfg.slow_ms = (unsigned)flags_uint(flag, val, 0, 3600000);
         } else if (!strcmp(flag, "--engine")) {
             int e = ev_engine_parse(val);
             if (e < 0)
-                die_usage("--engine: invalid value '%s' (expected auto, uring or epoll)", val);
+                flags_die("--engine: invalid value '%s' (expected auto, uring or epoll)", val);
             cfg.engine = (enum ev_engine)e;
         }
     }
@@ -190,7 +150,7 @@ static void listen_addr(struct net_addr *addr) {
     else
         snprintf(s, sizeof(s), "%s:%d", cfg.host, cfg.port);
     const char *err = NULL;
-    if (net_parse_addr(s, NULL, addr, &err) < 0) die_usage("--host: '%s': %s", cfg.host, err);
+    if (net_parse_addr(s, NULL, addr, &err) < 0) flags_die("--host: '%s': %s", cfg.host, err);
 }
 
 /* ---- threads ---- */

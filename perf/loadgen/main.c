@@ -1,6 +1,7 @@
 /* loadgen: flags, the threads, and the results (stdout, --csv, --summary). */
 #define _GNU_SOURCE
 #include "csv.h"
+#include "flags.h"
 #include "loadgen.h"
 
 #include <arpa/inet.h>
@@ -62,17 +63,6 @@ static void usage(FILE *f) {
             LG_MAX_ROWS);
 }
 
-static void die_usage(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
-static void die_usage(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    fputs("loadgen: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputs(" (see --help)\n", stderr);
-    va_end(ap);
-    exit(2);
-}
-
 static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 static void die(const char *fmt, ...) {
     va_list ap;
@@ -84,22 +74,12 @@ static void die(const char *fmt, ...) {
     exit(1);
 }
 
-static uint64_t parse_u64(const char *flag, const char *v, uint64_t min, uint64_t max) {
-    char *end;
-    errno = 0;
-    unsigned long long n = strtoull(v, &end, 10);
-    if (!*v || *v == '-' || *v == '+' || *end || errno || n < min || n > max)
-        die_usage("%s: invalid value '%s' (expected an integer from %llu to %llu)", flag, v,
-                  (unsigned long long)min, (unsigned long long)max);
-    return n;
-}
-
 static double parse_pos(const char *flag, const char *v, double max) {
     char *end;
     errno = 0;
     double d = strtod(v, &end);
     if (!*v || *end || errno || !isfinite(d) || !(d > 0) || d > max)
-        die_usage("%s: invalid value '%s' (expected a number above 0, at most %g)", flag, v, max);
+        flags_die("%s: invalid value '%s' (expected a number above 0, at most %g)", flag, v, max);
     return d;
 }
 
@@ -108,11 +88,11 @@ static void parse_url(const char *url) {
     static char path[8192];
     static const char scheme[] = "http://";
     if (strncmp(url, scheme, sizeof(scheme) - 1) != 0)
-        die_usage("URL '%s': expected http://HOST:PORT/path", url);
+        flags_die("URL '%s': expected http://HOST:PORT/path", url);
     const char *h = url + sizeof(scheme) - 1;
     size_t hl = strcspn(h, ":/?#");
     char host[64];
-    if (!hl || hl >= sizeof(host)) die_usage("URL '%s': missing or overlong host", url);
+    if (!hl || hl >= sizeof(host)) flags_die("URL '%s': missing or overlong host", url);
     memcpy(host, h, hl);
     host[hl] = 0;
     const char *p = h + hl;
@@ -123,24 +103,24 @@ static void parse_url(const char *url) {
         char *end;
         long v = pl && pl <= 5 ? strtol(p, &end, 10) : 0;
         if (!pl || pl > 5 || v < 1 || v > 65535 || (p[pl] && p[pl] != '/' && p[pl] != '?'))
-            die_usage("URL '%s': the port must be 1-65535", url);
+            flags_die("URL '%s': the port must be 1-65535", url);
         port = (int)v;
         p += pl;
     }
-    if (*p && *p != '/' && *p != '?') die_usage("URL '%s': expected http://HOST:PORT/path", url);
+    if (*p && *p != '/' && *p != '?') flags_die("URL '%s': expected http://HOST:PORT/path", url);
     const char *ip = !strcmp(host, "localhost") ? "127.0.0.1" : host;
     struct sockaddr_in *sin = (struct sockaddr_in *)&cfg.addr.ss;
     memset(&cfg.addr, 0, sizeof(cfg.addr));
     if (inet_pton(AF_INET, ip, &sin->sin_addr) != 1)
-        die_usage("URL '%s': the host must be a numeric IPv4 address or localhost", url);
+        flags_die("URL '%s': the host must be a numeric IPv4 address or localhost", url);
     sin->sin_family = AF_INET;
     sin->sin_port = htons((uint16_t)port);
     cfg.addr.len = sizeof(*sin);
     snprintf(cfg.host, sizeof(cfg.host), "%.*s", (int)(p - h), h);
     for (const char *q = p; *q; q++)
         if ((unsigned char)*q <= ' ' || *q == 0x7f || *q == '#')
-            die_usage("URL '%s': spaces, control characters and fragments are not allowed", url);
-    if (strlen(p) + 2 > sizeof(path)) die_usage("URL '%s': the path is too long", url);
+            flags_die("URL '%s': spaces, control characters and fragments are not allowed", url);
+    if (strlen(p) + 2 > sizeof(path)) flags_die("URL '%s': the path is too long", url);
     snprintf(path, sizeof(path), "%s%s", *p == '/' ? "" : "/", p);
     cfg.path = path;
     cfg.url = url;
@@ -148,12 +128,12 @@ static void parse_url(const char *url) {
 
 static void check_method(const char *m) {
     size_t n = strlen(m);
-    if (!n || n > 32) die_usage("--method: '%s' must be 1 to 32 characters", m);
+    if (!n || n > 32) flags_die("--method: '%s' must be 1 to 32 characters", m);
     for (size_t i = 0; i < n; i++)
         if (!strchr("!#$%&'*+-.^_`|~", m[i]) &&
             !((m[i] >= 'A' && m[i] <= 'Z') || (m[i] >= 'a' && m[i] <= 'z') ||
               (m[i] >= '0' && m[i] <= '9')))
-            die_usage("--method: '%s' is not an HTTP token", m);
+            flags_die("--method: '%s' is not an HTTP token", m);
 }
 
 static void parse_args(int argc, char **argv) {
@@ -169,19 +149,16 @@ static void parse_args(int argc, char **argv) {
     cfg.engine = EV_ENGINE_AUTO;
     const char *url = NULL;
     int threads_given = 0;
+    static const char *const no_value[] = {"--help", "--version", "--no-keepalive", NULL};
+    flags_init("loadgen");
     for (int i = 1; i < argc; i++) {
-        const char *arg = argv[i];
-        if (strncmp(arg, "--", 2) != 0 || !arg[2]) {
-            if (url) die_usage("unexpected argument '%s' (one URL only)", arg);
-            url = arg;
+        const char *val;
+        const char *flag = flags_next(argc, argv, &i, with_value, no_value, &val);
+        if (!flag) {
+            if (url) flags_die("unexpected argument '%s' (one URL only)", argv[i]);
+            url = argv[i];
             continue;
         }
-        char flag[64];
-        const char *eq = strchr(arg, '='), *val = NULL;
-        size_t flen = eq ? (size_t)(eq - arg) : strlen(arg);
-        if (flen >= sizeof(flag)) die_usage("unknown flag '%s'", arg);
-        memcpy(flag, arg, flen);
-        flag[flen] = 0;
         if (!strcmp(flag, "--help")) {
             usage(stdout);
             exit(0);
@@ -191,24 +168,11 @@ static void parse_args(int argc, char **argv) {
             exit(0);
         }
         if (!strcmp(flag, "--no-keepalive")) {
-            if (eq) die_usage("--no-keepalive takes no value");
             cfg.keepalive = 0;
-            continue;
-        }
-        int known = 0;
-        for (const char *const *k = with_value; *k; k++)
-            known |= !strcmp(*k, flag);
-        if (!known) die_usage("unknown flag '%s'", flag);
-        if (eq) {
-            val = eq + 1;
-        } else {
-            if (i + 1 >= argc) die_usage("%s: missing value", flag);
-            val = argv[++i];
-        }
-        if (!strcmp(flag, "--requests")) {
-            cfg.requests = parse_u64(flag, val, 1, 1000000000000ull);
+        } else if (!strcmp(flag, "--requests")) {
+            cfg.requests = flags_uint(flag, val, 1, 1000000000000ull);
         } else if (!strcmp(flag, "--concurrency")) {
-            cfg.concurrency = (unsigned)parse_u64(flag, val, 1, MAX_CONCURRENCY);
+            cfg.concurrency = (unsigned)flags_uint(flag, val, 1, MAX_CONCURRENCY);
         } else if (!strcmp(flag, "--duration")) {
             cfg.duration_s = parse_pos(flag, val, 7 * 86400.0);
         } else if (!strcmp(flag, "--rate")) {
@@ -217,28 +181,28 @@ static void parse_args(int argc, char **argv) {
             check_method(val);
             cfg.method = val;
         } else if (!strcmp(flag, "--body-size")) {
-            cfg.body_size = parse_u64(flag, val, 0, MAX_BODY);
+            cfg.body_size = flags_uint(flag, val, 0, MAX_BODY);
         } else if (!strcmp(flag, "--csv")) {
-            if (!*val) die_usage("--csv: empty file name");
+            if (!*val) flags_die("--csv: empty file name");
             cfg.csv_path = val;
         } else if (!strcmp(flag, "--summary")) {
-            if (!*val) die_usage("--summary: empty file name");
+            if (!*val) flags_die("--summary: empty file name");
             cfg.summary_path = val;
         } else if (!strcmp(flag, "--label")) {
             cfg.label = val;
         } else if (!strcmp(flag, "--threads")) {
-            cfg.threads = (unsigned)parse_u64(flag, val, 1, MAX_THREADS);
+            cfg.threads = (unsigned)flags_uint(flag, val, 1, MAX_THREADS);
             threads_given = 1;
         } else if (!strcmp(flag, "--timeout-ms")) {
-            cfg.timeout_ms = (unsigned)parse_u64(flag, val, 1, 3600000);
+            cfg.timeout_ms = (unsigned)flags_uint(flag, val, 1, 3600000);
         } else if (!strcmp(flag, "--engine")) {
             int e = ev_engine_parse(val);
             if (e < 0)
-                die_usage("--engine: invalid value '%s' (expected auto, uring or epoll)", val);
+                flags_die("--engine: invalid value '%s' (expected auto, uring or epoll)", val);
             cfg.engine = (enum ev_engine)e;
         }
     }
-    if (!url) die_usage("missing URL");
+    if (!url) flags_die("missing URL");
     parse_url(url);
     cfg.head = !strcmp(cfg.method, "HEAD");
     if (!threads_given) {
@@ -249,9 +213,9 @@ static void parse_args(int argc, char **argv) {
     if (!cfg.requests && !cfg.duration_s) cfg.duration_s = 10;
     if (cfg.csv_path) {
         if (cfg.requests > LG_MAX_ROWS)
-            die_usage("--csv: at most %llu rows: lower --requests", LG_MAX_ROWS);
+            flags_die("--csv: at most %llu rows: lower --requests", LG_MAX_ROWS);
         if (!cfg.requests && cfg.rate && ceil(cfg.duration_s * cfg.rate) > (double)LG_MAX_ROWS)
-            die_usage("--csv: at most %llu rows: lower --duration or --rate", LG_MAX_ROWS);
+            flags_die("--csv: at most %llu rows: lower --duration or --rate", LG_MAX_ROWS);
     }
 }
 
@@ -291,7 +255,7 @@ static void raise_fd_limit(void) {
         getrlimit(RLIMIT_NOFILE, &rl);
     }
     if (rl.rlim_cur != RLIM_INFINITY && (uint64_t)cfg.concurrency + cfg.threads + 32 > rl.rlim_cur)
-        die_usage("--concurrency: %u connections need more open files than the limit allows "
+        flags_die("--concurrency: %u connections need more open files than the limit allows "
                   "(%llu): raise ulimit -n",
                   cfg.concurrency, (unsigned long long)rl.rlim_cur);
 }
