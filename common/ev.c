@@ -21,6 +21,12 @@ uint64_t ev_clock_ms(void) {
     return ev_clock_us() / 1000u;
 }
 
+int64_t ev_wall_us(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
 const char *ev_engine_name(enum ev_engine e) {
     switch (e) {
     case EV_ENGINE_URING: return "uring";

@@ -69,6 +69,8 @@ void ev_set_tick(ev_loop *loop, void (*tick)(ev_loop *, void *), void *arg);
 uint64_t ev_now_ms(const ev_loop *loop);
 uint64_t ev_clock_ms(void);
 uint64_t ev_clock_us(void);
+/* Wall-clock (CLOCK_REALTIME) microseconds since the epoch, for logs. */
+int64_t ev_wall_us(void);
 
 static inline void ev_op_init(ev_op *op, ev_cb cb, void *ctx) {
     *op = (ev_op){.cb = cb, .ctx = ctx};

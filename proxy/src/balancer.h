@@ -14,9 +14,23 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <pthread.h>
+
 #include "config.h"
+#include "stats.h"
 
 struct upconn;
+
+/* One per cluster name for the life of the process (a cluster removed by a
+ * reload and added again continues its counters): the identity a request
+ * keeps across table swaps, its per-worker counters, and the thresholds its
+ * rows judge health by (updated by a reload). */
+struct lb_cluster {
+    char name[64];
+    struct lb_cluster *next; /* the balancer's registry */
+    atomic_int healthy_threshold, unhealthy_threshold;
+    struct cluster_counters *per_worker; /* one per worker */
+};
 
 /* A worker's idle keep-alive connections to one backend. */
 struct idle_pool {
@@ -27,8 +41,7 @@ struct idle_pool {
 struct backend {
     struct net_addr addr;
     char name[80]; /* "10.0.1.5:8000" */
-    const struct cluster_config *cluster;
-    int cluster_index;
+    struct lb_cluster *cluster;
     atomic_int refs;    /* the tables holding it, requests in flight, pooled connections */
     atomic_int removed; /* no longer in the current table */
     atomic_int healthy;
@@ -38,9 +51,14 @@ struct backend {
     atomic_ullong ewma;   /* packed: float µs << 32 | stamp ms */
     atomic_ullong requests, failures;
     struct idle_pool *pools; /* one per worker, touched only by that worker */
+    /* for /status: the last health transition and the last failure */
+    pthread_mutex_t note_lock;
+    int64_t changed_ms, failed_ms; /* wall clock; 0: never */
+    char changed_why[128], failed_why[128];
 };
 
 struct cluster_rt {
+    struct lb_cluster *id;
     const struct cluster_config *cfg;
     struct backend **rows;
     size_t n;
@@ -48,7 +66,8 @@ struct cluster_rt {
 };
 
 struct lb_table {
-    struct cluster_rt *clusters;
+    const struct proxy_config *cfg; /* the configuration it was built from */
+    struct cluster_rt *clusters;    /* in cfg's order */
     size_t nclusters;
 };
 
@@ -56,30 +75,44 @@ struct lb_table {
 
 struct balancer {
     _Atomic(struct lb_table *) table;
-    int nreaders; /* the workers, then the probe thread */
+    int nworkers;
+    _Atomic(struct lb_cluster *) clusters; /* every cluster ever built, newest first */
+    struct lb_cluster *unrouted;           /* "none": requests no route matched */
+    pthread_mutex_t write_lock;            /* one table writer at a time */
+    int nreaders; /* the workers, then the probe thread, then the admin thread */
     atomic_ullong epoch;
     /* the epoch each reader last saw at a quiescent point */
     atomic_ullong seen[LB_MAX_READERS];
 };
 
 /* Builds the table from cfg's clusters for nworkers workers (each with a
- * pool slot in every row); readers are the workers (ids 0..nworkers-1) and
- * the probe thread (id nworkers). */
+ * pool slot in every row); readers are the workers (ids 0..nworkers-1), the
+ * probe thread (BALANCER_PROBE) and the admin thread (BALANCER_ADMIN). */
 int balancer_init(struct balancer *b, const struct proxy_config *cfg, int nworkers);
+#define BALANCER_PROBE(b) ((b)->nworkers)
+#define BALANCER_ADMIN(b) ((b)->nworkers + 1)
+/* A reader that will never run (no admin listener): grace periods skip it. */
+void balancer_reader_offline(struct balancer *b, int id);
 void balancer_free(struct balancer *b);
 static inline struct lb_table *balancer_table(struct balancer *b) {
     return atomic_load_explicit(&b->table, memory_order_acquire);
 }
 /* Publishes a new table and, after the grace period, releases the old one
- * (rows still in use live on until their last reference goes). Called by
- * one writer at a time; blocks until every reader passed a quiescent point. */
+ * (rows still in use live on until their last reference goes). Writers
+ * build and swap under write_lock; this blocks until every reader passed a
+ * quiescent point. */
 void balancer_swap(struct balancer *b, struct lb_table *next);
 /* Reader `id` holds no table pointer across this call. */
 void balancer_quiescent(struct balancer *b, int id);
 /* A new table for cfg, reusing the rows of `reuse` whose address and cluster
- * name match (NULL: all new). */
-struct lb_table *lb_table_build(const struct proxy_config *cfg, const struct lb_table *reuse,
-                                int nworkers);
+ * name match (NULL: all new). Writers only. */
+struct lb_table *lb_table_build(struct balancer *b, const struct proxy_config *cfg,
+                                const struct lb_table *reuse);
+/* The cluster whose path_prefix matches target in the current table, or
+ * NULL; *cc (when given) gets its configuration, valid until the caller's
+ * next quiescent point. */
+struct lb_cluster *balancer_route(struct balancer *b, const char *target, size_t len,
+                                  const struct cluster_config **cc);
 
 void backend_ref(struct backend *be);
 void backend_unref(struct backend *be);
@@ -87,8 +120,8 @@ void backend_unref(struct backend *be);
 /* The backend for the next request to cluster, other than avoid when
  * another healthy one exists; NULL when none is healthy. Counts it in
  * flight and takes a reference: pair with balancer_done(). */
-struct backend *balancer_pick(struct balancer *b, int cluster, const struct backend *avoid,
-                              uint64_t rnd);
+struct backend *balancer_pick(struct balancer *b, const struct lb_cluster *cluster,
+                              const struct backend *avoid, uint64_t rnd);
 
 enum outcome {
     OUTCOME_OK,      /* answered: latency_us is its time to first byte */
@@ -99,6 +132,9 @@ void balancer_done(struct backend *be, enum outcome o, uint64_t latency_us, cons
 
 /* Health, from the probe thread and from live requests. */
 void backend_observe(struct backend *be, int ok, const char *why);
+/* Copies the /status notes: what changed health last and the last failure. */
+void backend_notes(struct backend *be, int64_t *changed_ms, char *changed_why, int64_t *failed_ms,
+                   char *failed_why, size_t len);
 void backend_sample(struct backend *be, uint64_t latency_us);
 double backend_ewma_us(const struct backend *be);
 

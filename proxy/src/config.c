@@ -860,6 +860,10 @@ static void usage(FILE *out) {
     }
 }
 
+/* Where config_load reports a bad flag or field: stderr at start-up, a
+ * memory stream on reload. Only the main thread loads configurations. */
+static FILE *errout;
+
 struct route_flag {
     char prefix[256];
     struct backend_addr *backends;
@@ -888,14 +892,14 @@ static void free_routes(struct flag_values *f) {
 static int parse_route_flag(const char *v, struct flag_values *f) {
     const char *eq = strchr(v, '=');
     if (!eq || eq == v || !eq[1]) {
-        fprintf(stderr, "proxy: --route: expected PREFIX=HOST:PORT[,HOST:PORT...], got \"%s\"\n",
+        fprintf(errout, "proxy: --route: expected PREFIX=HOST:PORT[,HOST:PORT...], got \"%s\"\n",
                 v);
         return -1;
     }
     struct route_flag r = {0};
     size_t plen = (size_t)(eq - v);
     if (plen >= sizeof(r.prefix)) {
-        fprintf(stderr, "proxy: --route: prefix too long (at most %zu bytes)\n",
+        fprintf(errout, "proxy: --route: prefix too long (at most %zu bytes)\n",
                 sizeof(r.prefix) - 1);
         return -1;
     }
@@ -903,12 +907,12 @@ static int parse_route_flag(const char *v, struct flag_values *f) {
     r.prefix[plen] = 0;
     const char *why = prefix_problem(r.prefix);
     if (why) {
-        fprintf(stderr, "proxy: --route: prefix %s, got \"%s\"\n", why, r.prefix);
+        fprintf(errout, "proxy: --route: prefix %s, got \"%s\"\n", why, r.prefix);
         return -1;
     }
     for (size_t i = 0; i < f->nroutes; i++)
         if (!strcmp(f->routes[i].prefix, r.prefix)) {
-            fprintf(stderr, "proxy: --route: duplicate prefix \"%s\"\n", r.prefix);
+            fprintf(errout, "proxy: --route: duplicate prefix \"%s\"\n", r.prefix);
             return -1;
         }
     size_t cap = 1;
@@ -919,7 +923,7 @@ static int parse_route_flag(const char *v, struct flag_values *f) {
     if (!r.backends || !grown) {
         free(r.backends);
         if (grown) f->routes = grown;
-        fprintf(stderr, "proxy: --route: out of memory\n");
+        fprintf(errout, "proxy: --route: out of memory\n");
         return -1;
     }
     f->routes = grown;
@@ -938,13 +942,13 @@ static int parse_route_flag(const char *v, struct flag_values *f) {
             snprintf(text, sizeof(text), "%.*s", (int)(len < 80 ? len : 80), s);
         }
         if (!ok) {
-            fprintf(stderr, "proxy: --route %s: bad address \"%s\": %s\n", r.prefix, text, why);
+            fprintf(errout, "proxy: --route %s: bad address \"%s\": %s\n", r.prefix, text, why);
             free(r.backends);
             return -1;
         }
         for (size_t j = 0; j < r.n; j++)
             if (same_addr(&r.backends[j].addr, &r.backends[r.n].addr)) {
-                fprintf(stderr, "proxy: --route %s: duplicate backend \"%s\"\n", r.prefix, text);
+                fprintf(errout, "proxy: --route %s: duplicate backend \"%s\"\n", r.prefix, text);
                 free(r.backends);
                 return -1;
             }
@@ -1036,13 +1040,13 @@ static int apply_route(struct proxy_config *cfg, struct route_flag *r) {
     derive_name(c.path_prefix, c.name, sizeof(c.name));
     const char *why = name_problem(c.name);
     if (why) {
-        fprintf(stderr, "proxy: --route %s: cluster name \"%s\" %s (name it in a --config file)\n",
+        fprintf(errout, "proxy: --route %s: cluster name \"%s\" %s (name it in a --config file)\n",
                 r->prefix, c.name, why);
         return -1;
     }
     for (size_t i = 0; i < cfg->nclusters; i++)
         if (!strcmp(cfg->clusters[i].name, c.name)) {
-            fprintf(stderr,
+            fprintf(errout,
                     "proxy: --route %s: cluster name \"%s\" is already used by the cluster "
                     "for \"%s\"\n",
                     r->prefix, c.name, cfg->clusters[i].path_prefix);
@@ -1051,7 +1055,7 @@ static int apply_route(struct proxy_config *cfg, struct route_flag *r) {
     struct cluster_config *grown =
         realloc(cfg->clusters, (cfg->nclusters + 1) * sizeof(*cfg->clusters));
     if (!grown) {
-        fprintf(stderr, "proxy: --route: out of memory\n");
+        fprintf(errout, "proxy: --route: out of memory\n");
         return -1;
     }
     cfg->clusters = grown;
@@ -1064,6 +1068,11 @@ static int apply_route(struct proxy_config *cfg, struct route_flag *r) {
 }
 
 int config_from_args(struct proxy_config *cfg, int argc, char **argv) {
+    return config_load(cfg, argc, argv, stderr);
+}
+
+int config_load(struct proxy_config *cfg, int argc, char **argv, FILE *errors) {
+    errout = errors;
     struct flag_values f = {.threads = -1, .engine = -1, .strategy = -1, .log_level = -1};
     const char *why;
     int rc = 2;
@@ -1072,11 +1081,11 @@ int config_from_args(struct proxy_config *cfg, int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (a[0] != '-' || !strcmp(a, "-") || !strcmp(a, "--")) {
-            fprintf(stderr, "proxy: unexpected argument \"%s\" (see --help)\n", a);
+            fprintf(errout, "proxy: unexpected argument \"%s\" (see --help)\n", a);
             goto out;
         }
         if (a[1] != '-') {
-            fprintf(stderr, "proxy: unknown option %s (see --help)\n", a);
+            fprintf(errout, "proxy: unknown option %s (see --help)\n", a);
             goto out;
         }
         const char *name = a + 2, *eq = strchr(name, '=');
@@ -1085,7 +1094,7 @@ int config_from_args(struct proxy_config *cfg, int argc, char **argv) {
         for (int k = 0; k < O_COUNT && id < 0; k++)
             if (strlen(options[k].name) == nlen && !strncmp(options[k].name, name, nlen)) id = k;
         if (id < 0) {
-            fprintf(stderr, "proxy: unknown option --%.*s (see --help)\n", (int)nlen, name);
+            fprintf(errout, "proxy: unknown option --%.*s (see --help)\n", (int)nlen, name);
             goto out;
         }
         const char *flag = options[id].name, *v = NULL;
@@ -1095,24 +1104,24 @@ int config_from_args(struct proxy_config *cfg, int argc, char **argv) {
             else if (i + 1 < argc && strncmp(argv[i + 1], "--", 2))
                 v = argv[++i];
             else {
-                fprintf(stderr, "proxy: --%s: missing value (%s)\n", flag, options[id].arg);
+                fprintf(errout, "proxy: --%s: missing value (%s)\n", flag, options[id].arg);
                 goto out;
             }
         } else if (eq) {
-            fprintf(stderr, "proxy: --%s takes no value\n", flag);
+            fprintf(errout, "proxy: --%s takes no value\n", flag);
             goto out;
         }
         switch (id) {
         case O_LISTEN:
             if (net_parse_addr(v, "0.0.0.0", &f.listen, &why) < 0) {
-                fprintf(stderr, "proxy: --listen: bad address \"%s\": %s\n", v, why);
+                fprintf(errout, "proxy: --listen: bad address \"%s\": %s\n", v, why);
                 goto out;
             }
             f.listen_set = 1;
             break;
         case O_ADMIN:
             if (net_parse_addr(v, "127.0.0.1", &f.admin, &why) < 0) {
-                fprintf(stderr, "proxy: --admin: bad address \"%s\": %s\n", v, why);
+                fprintf(errout, "proxy: --admin: bad address \"%s\": %s\n", v, why);
                 goto out;
             }
             f.admin_set = 1;
@@ -1122,7 +1131,7 @@ int config_from_args(struct proxy_config *cfg, int argc, char **argv) {
             break;
         case O_CONFIG:
             if (strlen(v) >= sizeof(cfg->config_path) || !v[0]) {
-                fprintf(stderr, "proxy: --config: expected a file name of 1-%zu bytes\n",
+                fprintf(errout, "proxy: --config: expected a file name of 1-%zu bytes\n",
                         sizeof(cfg->config_path) - 1);
                 goto out;
             }
@@ -1130,32 +1139,32 @@ int config_from_args(struct proxy_config *cfg, int argc, char **argv) {
             break;
         case O_THREADS:
             if (parse_int_flag(v, 1, 1024, &f.threads) < 0) {
-                fprintf(stderr, "proxy: --threads: expected an integer 1-1024, got \"%s\"\n", v);
+                fprintf(errout, "proxy: --threads: expected an integer 1-1024, got \"%s\"\n", v);
                 goto out;
             }
             break;
         case O_ENGINE:
             if ((f.engine = ev_engine_parse(v)) < 0) {
-                fprintf(stderr, "proxy: --engine: expected auto, uring or epoll, got \"%s\"\n", v);
+                fprintf(errout, "proxy: --engine: expected auto, uring or epoll, got \"%s\"\n", v);
                 goto out;
             }
             break;
         case O_STRATEGY:
             if ((f.strategy = strategy_parse(v)) < 0) {
-                fprintf(stderr, "proxy: --strategy: expected " STRATEGY_LIST ", got \"%s\"\n", v);
+                fprintf(errout, "proxy: --strategy: expected " STRATEGY_LIST ", got \"%s\"\n", v);
                 goto out;
             }
             break;
         case O_ACCESS_LOG:
             if (!v[0] || strlen(v) >= sizeof(cfg->access_log) || has_ctl(v)) {
-                fprintf(stderr, "proxy: --access-log: expected a file name or -, got \"%s\"\n", v);
+                fprintf(errout, "proxy: --access-log: expected a file name or -, got \"%s\"\n", v);
                 goto out;
             }
             f.access_log = v;
             break;
         case O_LOG_LEVEL:
             if ((f.log_level = log_level_parse(v)) < 0) {
-                fprintf(stderr,
+                fprintf(errout,
                         "proxy: --log-level: expected error, warn, info or debug, got \"%s\"\n", v);
                 goto out;
             }
@@ -1176,7 +1185,7 @@ int config_from_args(struct proxy_config *cfg, int argc, char **argv) {
         int err = 0;
         char *text = read_file(f.config, &err);
         if (!text) {
-            fprintf(stderr, "proxy: config %s: %s\n", f.config,
+            fprintf(errout, "proxy: config %s: %s\n", f.config,
                     err == EILSEQ ? "contains a NUL byte" : strerror(err));
             goto out;
         }
@@ -1186,7 +1195,7 @@ int config_from_args(struct proxy_config *cfg, int argc, char **argv) {
         int r = parse_json(cfg, text, 0, &e);
         free(text);
         if (r < 0) {
-            fprintf(stderr, "proxy: config %s: %s\n", f.config, msg);
+            fprintf(errout, "proxy: config %s: %s\n", f.config, msg);
             goto out;
         }
         snprintf(cfg->config_path, sizeof(cfg->config_path), "%s", f.config);
@@ -1216,7 +1225,7 @@ int config_from_args(struct proxy_config *cfg, int argc, char **argv) {
     char msg[512];
     struct errbuf e = {msg, sizeof(msg)};
     if (check_final(cfg, &e) < 0) {
-        fprintf(stderr, "proxy: %s\n", msg);
+        fprintf(errout, "proxy: %s\n", msg);
         goto out;
     }
     rc = 0;

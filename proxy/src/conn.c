@@ -19,9 +19,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "accesslog.h"
 #include "log.h"
 #include "net.h"
-#include "route.h"
 
 enum cstate { C_HEAD, C_TXN, C_TUNNEL, C_REPLY };
 enum after_out { AFTER_INTERIM, AFTER_RESP_HEAD, AFTER_TUNNEL_HEAD, AFTER_REPLY };
@@ -38,7 +38,14 @@ struct client {
     int closing;
     char ip[48];
     /* the request in flight */
-    int cluster;
+    int in_request;        /* counted and logged by request_end() */
+    struct lb_cluster *lc; /* its route; NULL: none */
+    int retries;           /* the cluster's, when it was routed */
+    int status;            /* the response's, once its head is on its way */
+    int error_counted;
+    uint64_t bytes_out;                                /* sent by the proxy from its buffers */
+    char be_name[sizeof(((struct backend *)0)->name)]; /* for the access log */
+    char request_id[65];
     struct backend *be; /* picked: counted in flight until release_be() */
     const struct backend *failed_be;
     int tries, dead_retry_done, connecting, connect_timed_out;
@@ -67,6 +74,66 @@ static void fail(struct client *c, int status);
 
 static ev_loop *loop_of(struct client *c) {
     return c->w->loop;
+}
+
+static void count_error(struct client *c, enum lb_error kind) {
+    ctr_add(&c->w->counters.errors[kind], 1);
+    c->error_counted = 1;
+}
+
+static void log_request(struct client *c, uint64_t duration_us) {
+    int64_t now = ev_wall_us();
+    const char *method = c->req.head_done ? llhttp_method_name(c->req.method) : NULL;
+    struct alog_entry e = {
+        .time_us = now - (int64_t)duration_us,
+        .client = c->ip,
+        .method = method,
+        .path = c->req.head_done ? c->req.url : NULL,
+        .path_len = c->req.head_done ? c->req.url_len : 0,
+        .status = c->status,
+        .cluster = c->lc ? c->lc->name : "none",
+        .backend = c->be_name[0] ? c->be_name : NULL,
+        .bytes_in = c->req.head_done ? c->req.head_len + c->reqhead_body + c->reqp.moved : 0,
+        .bytes_out = c->bytes_out + c->respp.moved,
+        .duration_us = duration_us,
+        .backend_us = c->ttfb_us ? (int64_t)c->ttfb_us : -1,
+        .request_id = c->request_id[0] ? c->request_id : NULL,
+    };
+    alog_write(c->w->alog, &e);
+}
+
+/* A request is over (answered, failed or abandoned): count it once, in the
+ * worker's own counters, and log it. */
+static void request_end(struct client *c) {
+    if (!c->in_request) return;
+    c->in_request = 0;
+    struct worker *w = c->w;
+    struct lb_cluster *lc = c->lc ? c->lc : w->bal->unrouted;
+    struct cluster_counters *cc = &lc->per_worker[w->id];
+    uint64_t duration = ev_clock_us() - c->t_start_us;
+    ctr_add(&cc->requests, 1);
+    if (c->status >= 100 && c->status <= 599) ctr_add(&cc->responses[c->status / 100 - 1], 1);
+    hist_observe(&cc->duration, duration);
+    if (c->ttfb_us) hist_observe(&cc->backend, c->ttfb_us);
+    uint64_t in = c->req.head_done ? c->req.head_len + c->reqhead_body + c->reqp.moved : 0;
+    ctr_add(&w->counters.bytes_in, in);
+    ctr_add(&w->counters.bytes_out, c->bytes_out + c->respp.moved);
+    ctr_add(&w->counters.copied_bytes, c->reqp.copied + c->respp.copied);
+    if (w->alog) log_request(c, duration);
+    c->reqp.moved = c->reqp.copied = c->respp.moved = c->respp.copied = 0;
+    c->reqhead_body = 0;
+    c->bytes_out = 0;
+}
+
+/* The first bytes of a request arrived. */
+static void request_begin(struct client *c) {
+    c->in_request = 1;
+    c->t_start_us = ev_clock_us();
+    c->lc = NULL;
+    c->status = 0;
+    c->error_counted = 0;
+    c->ttfb_us = 0;
+    c->be_name[0] = c->request_id[0] = 0;
 }
 
 static const struct proxy_config *cfg_of(struct client *c) {
@@ -129,6 +196,9 @@ static void discard_up(struct client *c) {
 static void client_close(struct client *c) {
     if (c->closing) return;
     c->closing = 1;
+    if (c->in_request && !c->error_counted && c->state != C_TUNNEL)
+        count_error(c, ERR_CLIENT_ABORT);
+    request_end(c);
     release_be(c, OUTCOME_NEUTRAL, NULL);
     ev_timer_stop(loop_of(c), &c->timer);
     pump_abort(&c->reqp);
@@ -156,6 +226,7 @@ static void on_timer(ev_timer *t) {
     switch (c->state) {
     case C_HEAD:
         if (c->in.len > c->in.pos) {
+            count_error(c, ERR_CLIENT_TIMEOUT);
             reply_error(c, 408);
         } else {
             client_close(c); /* idle keep-alive connection */
@@ -166,6 +237,7 @@ static void on_timer(ev_timer *t) {
             c->connect_timed_out = 1;
             ev_cancel(loop_of(c), &c->up->wr); /* on_connect retries or fails */
         } else if (!c->resp_started) {
+            count_error(c, ERR_BACKEND_TIMEOUT);
             release_be(c, OUTCOME_FAILED, "response timeout");
             fail(c, 504);
         } else {
@@ -210,6 +282,7 @@ static void local_reply(struct client *c, int keep_alive) {
 }
 
 static void reply_with(struct client *c, int status, int keep) {
+    c->status = status;
     c->out.len = 0;
     http_write_error(&c->out, status, keep);
     local_reply(c, keep);
@@ -229,6 +302,7 @@ static void reply_status(struct client *c, int status) {
 static void reply_default(struct client *c) {
     const struct proxy_config *cfg = cfg_of(c);
     int keep = c->keep && c->req.framing == BODY_NONE;
+    c->status = cfg->default_response.status;
     c->out.len = 0;
     http_write_simple(&c->out, cfg->default_response.status, cfg->default_response.content_type,
                       cfg->default_response.body, cfg->default_response.body_len, keep);
@@ -291,13 +365,20 @@ static void start_head(struct client *c) {
 
 static void start_txn(struct client *c);
 
+/* A head the proxy will not forward: counted as a request to no cluster. */
+static void head_error(struct client *c, int status) {
+    count_error(c, status == 431 ? ERR_HEADER_TOO_LARGE : ERR_BAD_REQUEST);
+    reply_error(c, status);
+}
+
 static void parse_head(struct client *c) {
     const struct proxy_config *cfg = cfg_of(c);
     int was_idle = c->req.parsed == 0;
+    if (was_idle) request_begin(c);
     int r = http_parse_head(&c->req, c->in.data, c->in.len, 0);
     if (r == HTTP_NEED_MORE) {
         if (c->in.len > (size_t)cfg->limits.max_header_bytes) {
-            reply_error(c, 431);
+            head_error(c, 431);
             return;
         }
         if (was_idle) arm(c, cfg->timeouts_ms.client_header);
@@ -305,11 +386,11 @@ static void parse_head(struct client *c) {
         return;
     }
     if (r < 0) {
-        reply_error(c, -r);
+        head_error(c, -r);
         return;
     }
     if (c->req.head_len > (size_t)cfg->limits.max_header_bytes) {
-        reply_error(c, 431);
+        head_error(c, 431);
         return;
     }
     c->in.pos = c->req.head_len;
@@ -318,18 +399,24 @@ static void parse_head(struct client *c) {
 
 /* ---- the transaction ---- */
 
-static void request_id(struct client *c, char out[33]) {
+/* The client's X-Request-Id, or a new one. */
+static void request_id(struct client *c) {
+    const struct http_hdr *h = http_find(&c->req, "x-request-id");
+    if (h && h->vlen && h->vlen < sizeof(c->request_id)) {
+        memcpy(c->request_id, h->value, h->vlen);
+        c->request_id[h->vlen] = 0;
+        return;
+    }
     uint64_t a = worker_random(c->w), b = worker_random(c->w);
-    snprintf(out, 33, "%016llx%016llx", (unsigned long long)a, (unsigned long long)b);
+    snprintf(c->request_id, sizeof(c->request_id), "%016llx%016llx", (unsigned long long)a,
+             (unsigned long long)b);
 }
 
-static void build_request_head(struct client *c) {
-    const struct cluster_config *cc = &cfg_of(c)->clusters[c->cluster];
-    char id[33];
-    request_id(c, id);
+static void build_request_head(struct client *c, const struct cluster_config *cc) {
+    request_id(c);
     struct forward_info fi = {.client_ip = c->ip,
                               .listen_port = net_addr_port(&cfg_of(c)->listen),
-                              .request_id = id,
+                              .request_id = c->request_id,
                               .strip_len = cc->strip_prefix ? cc->prefix_len : 0};
     c->reqhead.len = 0;
     http_write_request(&c->reqhead, &c->req, &fi);
@@ -341,37 +428,38 @@ static void build_request_head(struct client *c) {
         sbuf_add(&c->reqhead, c->in.data + c->in.pos, n);
         c->in.pos += n;
         c->reqhead_body = n;
-        c->w->stats.copied_bytes += n;
+        ctr_add(&c->w->counters.copied_bytes, n);
     }
 }
 
 static void start_txn(struct client *c) {
     ev_timer_stop(loop_of(c), &c->timer);
-    c->w->stats.requests++;
-    c->t_start_us = ev_clock_us();
     c->keep = c->req.keep_alive && !c->w->draining;
-    c->cluster = route_match(cfg_of(c), c->req.url, c->req.url_len);
-    if (c->cluster < 0) {
+    const struct cluster_config *cc;
+    c->lc = balancer_route(c->w->bal, c->req.url, c->req.url_len, &cc);
+    if (!c->lc) {
         reply_default(c);
         return;
     }
+    c->retries = cc->retries;
     pump_prepare(&c->reqp, &c->rd, c->fd, &c->in, NULL, -1,
                  c->req.framing == BODY_CHUNKED ? &c->req : NULL);
     /* A chunked body whose first bytes are already bad never reaches a backend. */
     if (c->req.framing == BODY_CHUNKED && pump_check_chunked(&c->reqp) < 0) {
+        count_error(c, ERR_BAD_REQUEST);
         reply_error(c, 400);
         return;
     }
-    build_request_head(c);
+    build_request_head(c, cc);
     c->state = C_TXN;
     c->tries = c->dead_retry_done = 0;
     c->failed_be = NULL;
     c->req_done = c->resp_done = 0;
     c->req_err = c->resp_err = 0;
     c->resp_started = 0;
-    c->ttfb_us = 0;
-    struct backend *be = balancer_pick(c->w->bal, c->cluster, NULL, worker_random(c->w));
+    struct backend *be = balancer_pick(c->w->bal, c->lc, NULL, worker_random(c->w));
     if (!be) {
+        count_error(c, ERR_NO_HEALTHY_BACKEND);
         reply_status(c, 503); /* nothing healthy: no connect attempt */
         return;
     }
@@ -384,11 +472,11 @@ static void retry_or_fail(struct client *c, int status, const char *why) {
     c->up = NULL;
     c->failed_be = c->be;
     release_be(c, OUTCOME_FAILED, why);
-    if (c->tries < cfg_of(c)->clusters[c->cluster].retries) {
-        struct backend *be =
-            balancer_pick(c->w->bal, c->cluster, c->failed_be, worker_random(c->w));
+    if (c->tries < c->retries) {
+        struct backend *be = balancer_pick(c->w->bal, c->lc, c->failed_be, worker_random(c->w));
         if (be) {
             c->tries++;
+            ctr_add(&c->w->counters.errors[ERR_RETRY], 1);
             connect_backend(c, be, 0);
             return;
         }
@@ -421,6 +509,7 @@ static void on_connect(ev_op *op, int res) {
         snprintf(why, sizeof(why), "connect: %s",
                  c->connect_timed_out ? "timed out" : strerror(-res));
         log_debug("backend %s: %s", c->be->name, why);
+        count_error(c, ERR_BACKEND_CONNECT);
         retry_or_fail(c, c->connect_timed_out ? 504 : 502, why);
         return;
     }
@@ -433,6 +522,7 @@ static void connect_backend(struct client *c, struct backend *be, int fresh) {
     struct worker *w = c->w;
     c->connect_timed_out = 0;
     c->be = be;
+    if (w->alog) memcpy(c->be_name, be->name, sizeof(c->be_name));
     c->up = fresh ? NULL : pool_take(w, be);
     if (c->up) {
         send_reqhead(c);
@@ -440,6 +530,7 @@ static void connect_backend(struct client *c, struct backend *be, int fresh) {
     }
     c->up = upconn_open(w, be);
     if (!c->up) {
+        count_error(c, ERR_BACKEND_CONNECT);
         fail(c, 502);
         return;
     }
@@ -482,6 +573,7 @@ static void on_reqhead_sent(ev_op *op, int res) {
     if (res <= 0) {
         if (dead_pooled_retry(c)) return;
         const char *why = "connection reset sending the request";
+        count_error(c, ERR_BACKEND_RESET);
         /* Nothing of it reached the backend (a connect into a dying listener's
          * backlog), or it is safe to repeat: another backend gets it. */
         if (!c->reqhead_off ||
@@ -512,7 +604,7 @@ static void on_reqhead_sent(ev_op *op, int res) {
 static void txn_done(struct client *c) {
     struct upconn *u = c->up;
     struct worker *w = c->w;
-    w->stats.copied_bytes += c->reqp.copied + c->respp.copied;
+    request_end(c);
     release_be(c, OUTCOME_OK, NULL);
     c->up = NULL;
     if (!c->req_err && !c->resp_err && u->resp.keep_alive && !w->draining)
@@ -531,6 +623,7 @@ static void on_reqp_done(struct pump *p, int err) {
     c->req_done = 1;
     c->req_err = err;
     if (err == -EBADMSG) {
+        count_error(c, ERR_BAD_REQUEST);
         fail(c, 400); /* bad chunk framing */
         return;
     }
@@ -548,7 +641,10 @@ static void on_respp_done(struct pump *p, int err) {
     c->resp_done = 1;
     c->resp_err = err;
     if (err) {
-        if (!p->failed_at_dst) release_be(c, OUTCOME_FAILED, "reset mid-response");
+        if (!p->failed_at_dst) {
+            count_error(c, ERR_BACKEND_RESET);
+            release_be(c, OUTCOME_FAILED, "reset mid-response");
+        }
         client_close(c); /* mid-body: nothing else to tell the client */
         return;
     }
@@ -595,10 +691,7 @@ static void on_tunnel_done(struct pump *p, int err) {
         return;
     }
     shutdown(p->dst, SHUT_WR); /* pass the half-close on */
-    if (!c->reqp.active && !c->respp.active) {
-        c->w->stats.copied_bytes += c->reqp.copied + c->respp.copied;
-        client_close(c);
-    }
+    if (!c->reqp.active && !c->respp.active) client_close(c);
 }
 
 /* After a 1xx: the final response head follows. */
@@ -625,12 +718,14 @@ static void on_out_sent(ev_op *op, int res) {
         return;
     }
     c->out_off += (size_t)res;
+    c->bytes_out += (size_t)res;
     if (c->out_off < c->out.len) {
         ev_send(loop_of(c), &c->wr, c->fd, c->out.data + c->out_off, c->out.len - c->out_off);
         return;
     }
     switch (c->after) {
     case AFTER_REPLY:
+        request_end(c);
         if (c->close_after || c->state != C_REPLY)
             client_close(c);
         else
@@ -656,6 +751,7 @@ static void send_resp_head(struct client *c) {
     struct http_msg *r = &u->resp;
     c->out.len = 0;
     if (r->status == 101) {
+        c->status = 101;
         http_write_response(&c->out, r, c->req.minor, 1);
         c->resp_started = 1;
         ev_timer_stop(loop_of(c), &c->timer);
@@ -672,13 +768,14 @@ static void send_resp_head(struct client *c) {
         return;
     }
     if (r->framing == BODY_UNTIL_CLOSE || c->w->draining) c->keep = 0;
+    c->status = r->status;
     http_write_response(&c->out, r, c->req.minor, c->keep);
     if (r->framing == BODY_LENGTH) {
         size_t avail = u->in.len - u->in.pos;
         size_t n = avail < r->content_length ? avail : (size_t)r->content_length;
         sbuf_add(&c->out, u->in.data + u->in.pos, n);
         u->in.pos += n;
-        c->w->stats.copied_bytes += n;
+        ctr_add(&c->w->counters.copied_bytes, n);
     }
     c->resp_started = 1;
     send_out(c, AFTER_RESP_HEAD);
@@ -689,6 +786,8 @@ static void parse_resp(struct client *c) {
     int r = http_parse_head(&u->resp, u->in.data, u->in.len, c->req.method == HTTP_HEAD);
     if (r == HTTP_NEED_MORE) {
         if (u->in.len == u->in.cap) {
+            count_error(c, ERR_BACKEND_MALFORMED);
+            release_be(c, OUTCOME_FAILED, "response head too large");
             fail(c, 502);
             return;
         }
@@ -697,6 +796,7 @@ static void parse_resp(struct client *c) {
     }
     if (r < 0 || (u->resp.status == 101 && !c->req.upgrade)) {
         log_debug("backend %s sent a malformed response", c->be->name);
+        count_error(c, ERR_BACKEND_MALFORMED);
         release_be(c, OUTCOME_FAILED, "malformed response");
         fail(c, 502);
         return;
@@ -713,6 +813,7 @@ static void on_resp_read(ev_op *op, int res) {
         if (dead_pooled_retry(c)) return;
         const char *why =
             res ? "connection reset before the response" : "closed before the response";
+        count_error(c, ERR_BACKEND_RESET);
         /* Not one byte of answer: an idempotent request without a body can go
          * to another backend, as nginx's proxy_next_upstream does. */
         if (!c->up->in.len && c->req.framing == BODY_NONE &&
@@ -757,7 +858,7 @@ void client_accept(struct worker *w, int fd) {
     if (w->clients) w->clients->prev = c;
     w->clients = c;
     w->nclients++;
-    w->stats.accepted++;
+    ctr_add(&w->counters.connections, 1);
     start_head(c);
 }
 

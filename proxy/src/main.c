@@ -1,5 +1,7 @@
 /* proxy: the load balancer. Reads its configuration, starts one worker per
- * thread, and waits for signals: SIGTERM/SIGINT drain and exit 0. */
+ * thread, the health checks and the admin listener, and waits for signals:
+ * SIGTERM/SIGINT drain and exit 0, SIGHUP reloads, SIGUSR1 reopens the
+ * access log. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
@@ -9,12 +11,15 @@
 #include <string.h>
 #include <time.h>
 
+#include "accesslog.h"
+#include "admin.h"
 #include "balancer.h"
 #include "config.h"
 #include "ev.h"
 #include "log.h"
 #include "net.h"
 #include "probe.h"
+#include "reload.h"
 #include "worker.h"
 
 static void log_start(const struct proxy_config *cfg, const struct worker *w0) {
@@ -52,73 +57,128 @@ static void wait_drain(struct worker *w, int n, int drain_ms) {
     }
 }
 
-static int run(const struct proxy_config *cfg, struct balancer *bal) {
-    int n = cfg->threads;
-    struct worker *w = calloc((size_t)n, sizeof(*w));
-    if (!w) return 1;
-    int started = 0, rc = 0;
-    if (net_port_taken(&cfg->listen)) {
-        log_error("cannot listen on %s: address already in use", cfg->listen_text);
-        free(w);
-        return 1;
+/* Requests counted by every worker for every cluster. */
+static unsigned long long total_requests(struct balancer *bal, int nworkers) {
+    unsigned long long n = 0;
+    for (struct lb_cluster *lc = atomic_load(&bal->clusters); lc; lc = lc->next)
+        for (int i = 0; i < nworkers; i++)
+            n += ctr_get(&lc->per_worker[i].requests);
+    return n;
+}
+
+static void log_exit(struct worker *w, int n, struct balancer *bal) {
+    struct ev_stats total = {0};
+    unsigned long long copied = 0;
+    for (int i = 0; i < n; i++) {
+        const struct ev_stats *s = ev_loop_stats(w[i].loop);
+        total.splice_bytes += s->splice_bytes;
+        total.splice_ops += s->splice_ops;
+        copied += ctr_get(&w[i].counters.copied_bytes);
     }
+    log_info("exit: splice_bytes=%llu splice_ops=%llu copied_bytes=%llu requests=%llu",
+             (unsigned long long)total.splice_bytes, (unsigned long long)total.splice_ops, copied,
+             total_requests(bal, n));
+}
+
+static int init_workers(struct worker *w, int n, const struct proxy_config *cfg,
+                        struct balancer *bal, struct alog *alog) {
     for (int i = 0; i < n; i++) {
         if (worker_init(&w[i], i, cfg, bal) < 0) {
-            worker_fini(&w[i]);
-            for (int j = 0; j < i; j++)
+            for (int j = 0; j <= i; j++)
                 worker_fini(&w[j]);
-            free(w);
-            return 1;
+            return -1;
+        }
+        w[i].alog = alog_thread_buf(alog, i);
+    }
+    return 0;
+}
+
+/* Waits for signals until one asks to drain. */
+static void serve_signals(const sigset_t *sigs, struct reloader *rl, struct alog *alog) {
+    for (;;) {
+        int sig = sigwaitinfo(sigs, NULL);
+        if (sig == SIGHUP) {
+            log_info("SIGHUP: reloading the configuration");
+            reload_config(rl);
+        } else if (sig == SIGUSR1) {
+            if (alog) {
+                log_info("SIGUSR1: reopening the access log");
+                alog_reopen(alog);
+            }
+        } else if (sig == SIGTERM || sig == SIGINT) {
+            log_info("%s: draining (up to %d ms)", sig == SIGTERM ? "SIGTERM" : "SIGINT",
+                     rl->boot->timeouts_ms.drain);
+            atomic_store(&g_draining, 1);
+            return;
         }
     }
-    log_start(cfg, &w[0]);
+}
+
+static int run(const struct proxy_config *cfg, struct balancer *bal, int argc, char **argv) {
+    int n = cfg->threads, started = 0, rc = 0;
+    struct proxy_status st = {.started_ms = ev_wall_us() / 1000};
+    pthread_mutex_init(&st.lock, NULL);
+    struct reloader rl = {argc, argv, cfg, (struct proxy_config *)cfg, bal, &st};
+    char err[300];
+    if (net_port_taken(&cfg->listen)) {
+        log_error("cannot listen on %s: address already in use", cfg->listen_text);
+        return 1;
+    }
+    struct alog *alog = NULL;
+    if (cfg->access_log[0] && !(alog = alog_open(cfg->access_log, n, err, sizeof(err)))) {
+        log_error("access log: %s", err);
+        return 1;
+    }
+    struct worker *w = calloc((size_t)n, sizeof(*w));
+    if (!w || init_workers(w, n, cfg, bal, alog) < 0) {
+        free(w);
+        alog_close(alog);
+        return 1;
+    }
     sigset_t sigs;
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGTERM);
     sigaddset(&sigs, SIGINT);
     sigaddset(&sigs, SIGHUP);
+    sigaddset(&sigs, SIGUSR1);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
-    for (; started < n; started++)
+    struct admin *admin = NULL;
+    if (cfg->admin_set) {
+        struct admin_view view = {cfg, bal, w, n, alog, &st};
+        if (!(admin = admin_start(&view, err, sizeof(err)))) {
+            log_error("admin listener: %s", err);
+            rc = 1;
+        }
+    } else {
+        balancer_reader_offline(bal, BALANCER_ADMIN(bal));
+    }
+    if (!rc) log_start(cfg, &w[0]);
+    for (; !rc && started < n; started++)
         if (pthread_create(&w[started].thread, NULL, worker_main, &w[started]) != 0) break;
-    struct prober *prober = started == n ? prober_start(bal, cfg, n) : NULL;
-    if (!prober) {
+    struct prober *prober =
+        !rc && started == n ? prober_start(bal, cfg, BALANCER_PROBE(bal)) : NULL;
+    if (!rc && !prober) {
         log_error("cannot start the worker and health-check threads");
-        atomic_store(&g_stop_now, 1);
         rc = 1;
     }
-    while (!rc) {
-        int sig = sigwaitinfo(&sigs, NULL);
-        if (sig == SIGHUP) {
-            log_warn("SIGHUP: reloading is not supported yet; configuration unchanged");
-            continue;
-        }
-        if (sig == SIGTERM || sig == SIGINT) {
-            log_info("%s: draining (up to %d ms)", sig == SIGTERM ? "SIGTERM" : "SIGINT",
-                     cfg->timeouts_ms.drain);
-            atomic_store(&g_draining, 1);
-            break;
-        }
-    }
-    if (!rc)
+    if (!rc) {
+        if (admin) log_info("admin listener on %s: /metrics /status /healthz", cfg->admin_text);
+        serve_signals(&sigs, &rl, alog);
         wait_drain(w, started, cfg->timeouts_ms.drain);
-    else
+    } else {
+        atomic_store(&g_stop_now, 1);
         for (int i = 0; i < started; i++)
             pthread_join(w[i].thread, NULL);
-    prober_stop(prober);
-    struct ev_stats total = {0};
-    unsigned long long copied = 0, requests = 0;
-    for (int i = 0; i < n; i++) {
-        const struct ev_stats *s = ev_loop_stats(w[i].loop);
-        total.splice_bytes += s->splice_bytes;
-        total.splice_ops += s->splice_ops;
-        copied += w[i].stats.copied_bytes;
-        requests += w[i].stats.requests;
-        worker_fini(&w[i]);
     }
-    log_info("exit: splice_bytes=%llu splice_ops=%llu copied_bytes=%llu requests=%llu",
-             (unsigned long long)total.splice_bytes, (unsigned long long)total.splice_ops, copied,
-             requests);
+    prober_stop(prober);
+    admin_stop(admin);
+    alog_close(alog);
+    log_exit(w, n, bal);
+    for (int i = 0; i < n; i++)
+        worker_fini(&w[i]);
     free(w);
+    reloader_free(&rl);
+    pthread_mutex_destroy(&st.lock);
     return rc;
 }
 
@@ -141,7 +201,7 @@ int main(int argc, char **argv) {
         log_error("out of memory");
         return 1;
     }
-    int rc = run(&cfg, &bal);
+    int rc = run(&cfg, &bal, argc, argv);
     balancer_free(&bal);
     config_free(&cfg);
     return rc;

@@ -14,8 +14,8 @@
 
 struct probe {
     struct prober *pr;
-    struct backend *be; /* a reference is held */
-    const struct health_check *hc;
+    struct backend *be;     /* a reference is held */
+    struct health_check hc; /* a copy: the table it came from may go before the probe */
     int fd;
     int running; /* a check in progress */
     ev_op rd, wr;
@@ -70,7 +70,7 @@ static void end_check(struct probe *p, int ok, const char *why) {
     p->running = 0;
     if (pr->rebuilding) return;
     uint64_t spent_ms = (ev_clock_us() - p->t0_us) / 1000;
-    uint64_t interval = (uint64_t)p->hc->interval_ms;
+    uint64_t interval = (uint64_t)p->hc.interval_ms;
     schedule(p, spent_ms < interval ? interval - spent_ms : 0);
 }
 
@@ -106,7 +106,7 @@ static void on_recv(ev_op *op, int res) {
     }
     char why[48];
     snprintf(why, sizeof(why), "status %d", status);
-    end_check(p, status >= p->hc->expect_lo && status <= p->hc->expect_hi, why);
+    end_check(p, status >= p->hc.expect_lo && status <= p->hc.expect_hi, why);
 }
 
 static void on_sent(ev_op *op, int res) {
@@ -147,7 +147,7 @@ static void on_timer(ev_timer *t) {
     struct probe *p = t->ctx;
     if (p->running == 1) {
         char why[48];
-        snprintf(why, sizeof(why), "timeout after %d ms", p->hc->timeout_ms);
+        snprintf(why, sizeof(why), "timeout after %d ms", p->hc.timeout_ms);
         end_check(p, 0, why);
     } else if (!p->running) {
         start_check(p);
@@ -160,12 +160,12 @@ static void start_check(struct probe *p) {
     p->fd = net_socket_for(&p->be->addr);
     if (p->fd < 0) {
         log_warn("health check of %s: socket: %s", p->be->name, strerror(-p->fd));
-        schedule(p, (uint64_t)p->hc->interval_ms);
+        schedule(p, (uint64_t)p->hc.interval_ms);
         return;
     }
     p->running = 1;
     p->sent = p->got = 0;
-    schedule(p, (uint64_t)p->hc->timeout_ms);
+    schedule(p, (uint64_t)p->hc.timeout_ms);
     p->wr.cb = on_connect;
     ev_connect(pr->loop, &p->wr, p->fd, (const struct sockaddr *)&p->be->addr.ss, p->be->addr.len);
 }
@@ -196,7 +196,7 @@ static int build_probes(struct prober *pr, struct lb_table *t) {
             p->pr = pr;
             p->be = c->rows[j];
             backend_ref(p->be);
-            p->hc = &c->cfg->health;
+            p->hc = c->cfg->health;
             p->fd = -1;
             ev_op_init(&p->rd, on_recv, p);
             ev_op_init(&p->wr, on_connect, p);
@@ -204,8 +204,8 @@ static int build_probes(struct prober *pr, struct lb_table *t) {
             p->req_len = (size_t)snprintf(p->req, sizeof(p->req),
                                           "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: lb-probe\r\n"
                                           "Connection: close\r\n\r\n",
-                                          p->hc->path, p->be->name);
-            schedule(p, (uint64_t)p->hc->interval_ms * j / c->n);
+                                          p->hc.path, p->be->name);
+            schedule(p, (uint64_t)p->hc.interval_ms * j / c->n);
         }
     }
     return 0;

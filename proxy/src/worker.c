@@ -8,6 +8,7 @@
 #include <sys/random.h>
 #include <unistd.h>
 
+#include "accesslog.h"
 #include "log.h"
 #include "net.h"
 
@@ -92,6 +93,7 @@ static void on_sweep(ev_timer *t) {
 static void tick(ev_loop *loop, void *arg) {
     struct worker *w = arg;
     balancer_quiescent(w->bal, w->id);
+    if (w->alog) alog_tick(w->alog, ev_now_ms(loop));
     if (atomic_load_explicit(&g_stop_now, memory_order_relaxed)) {
         ev_stop(loop);
         return;

@@ -12,6 +12,7 @@
 #include "ev.h"
 #include "http.h"
 #include "pump.h"
+#include "stats.h"
 
 #define ACCEPTS_IN_FLIGHT 4
 
@@ -30,10 +31,7 @@ struct upconn {
 };
 
 struct client;
-
-struct worker_stats {
-    uint64_t accepted, requests, copied_bytes;
-};
+struct alog_buf;
 
 struct worker {
     int id;
@@ -48,7 +46,8 @@ struct worker {
     size_t nclients;
     int draining;
     uint64_t rng;
-    struct worker_stats stats;
+    struct worker_counters counters;
+    struct alog_buf *alog; /* NULL: no access log */
     pthread_t thread;
     char engine_note[256];
 };

@@ -10,8 +10,7 @@
 
 static struct backend rows_mem[N];
 static struct backend *rows[N];
-static struct cluster_config cluster = {
-    .name = "c", .health = {.healthy_threshold = 2, .unhealthy_threshold = 2}};
+static struct lb_cluster cluster = {.name = "c", .healthy_threshold = 2, .unhealthy_threshold = 2};
 
 static void reset(void) {
     memset(rows_mem, 0, sizeof(rows_mem));
@@ -20,6 +19,7 @@ static void reset(void) {
         rows_mem[i].cluster = &cluster;
         atomic_store(&rows_mem[i].healthy, 1);
         atomic_store(&rows_mem[i].refs, 1);
+        pthread_mutex_init(&rows_mem[i].note_lock, NULL);
     }
 }
 

@@ -18,6 +18,7 @@
 static struct balancer bal;
 static atomic_int stop;
 static atomic_long picks, bad_rows;
+static struct lb_cluster *cluster; /* the one cluster, the same across swaps */
 
 static void add_backend(struct cluster_config *cc, const char *text) {
     const char *err;
@@ -53,7 +54,7 @@ static void *reader(void *arg) {
             rnd ^= rnd << 13;
             rnd ^= rnd >> 7;
             rnd ^= rnd << 17;
-            struct backend *be = balancer_pick(&bal, 0, NULL, rnd);
+            struct backend *be = balancer_pick(&bal, cluster, NULL, rnd);
             if (!be || strncmp(be->name, "127.0.0.1:900", 13)) atomic_fetch_add(&bad_rows, 1);
             if (be) balancer_done(be, OUTCOME_OK, 100 + rnd % 1000, NULL);
             atomic_fetch_add(&picks, 1);
@@ -68,6 +69,8 @@ int main(void) {
     make_config(&cfg[0], 0);
     make_config(&cfg[1], 1);
     CHECK(balancer_init(&bal, &cfg[0], READERS) == 0);
+    balancer_reader_offline(&bal, BALANCER_ADMIN(&bal));
+    cluster = balancer_table(&bal)->clusters[0].id;
     pthread_t t[READERS + 1];
     /* readers 0..READERS-1 are the workers, READERS the probe thread */
     for (int i = 0; i <= READERS; i++)
@@ -76,7 +79,7 @@ int main(void) {
     struct backend *kept = balancer_table(&bal)->clusters[0].rows[0];
     backend_ref(kept); /* held like a request in flight across all swaps */
     for (int i = 0; i < SWAPS; i++) {
-        struct lb_table *next = lb_table_build(&cfg[(i + 1) % 2], balancer_table(&bal), READERS);
+        struct lb_table *next = lb_table_build(&bal, &cfg[(i + 1) % 2], balancer_table(&bal));
         CHECK(next != NULL);
         if (next) balancer_swap(&bal, next);
     }
@@ -87,6 +90,7 @@ int main(void) {
     struct lb_table *last = balancer_table(&bal);
     CHECK(last->clusters[0].n == 3);
     CHECK(last->clusters[0].rows[0] == kept); /* rows are reused across swaps */
+    CHECK(last->clusters[0].id == cluster);
     CHECK(!atomic_load(&kept->removed));
     CHECK(atomic_load(&kept->inflight) == 0);
     CHECK(atomic_load(&bad_rows) == 0);

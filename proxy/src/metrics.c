@@ -1,0 +1,240 @@
+/* GET /metrics: the Prometheus text exposition format (version 0.0.4).
+ * Every family is declared with HELP and TYPE whether or not it has samples
+ * yet; per-worker counters are summed here, when they are read. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "accesslog.h"
+#include "admin.h"
+
+struct cluster_sums {
+    uint64_t requests, responses[5];
+    uint64_t duration[LB_HIST_BOUNDS + 1], duration_sum_us;
+    uint64_t backend[LB_HIST_BOUNDS + 1], backend_sum_us;
+};
+
+static void family(struct sbuf *out, const char *name, const char *type, const char *help) {
+    sbuf_addf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+/* A label value with the format's three escapes. */
+static void label_value(struct sbuf *out, const char *s) {
+    for (; *s; s++) {
+        if (*s == '\\' || *s == '"')
+            sbuf_addf(out, "\\%c", *s);
+        else if (*s == '\n')
+            sbuf_adds(out, "\\n");
+        else
+            sbuf_add(out, s, 1);
+    }
+}
+
+/* name{cluster="c"[,key="value"]} — the series' name and labels. */
+static void series(struct sbuf *out, const char *name, const char *cluster, const char *key,
+                   const char *value) {
+    sbuf_addf(out, "%s{", name);
+    if (cluster) {
+        sbuf_adds(out, "cluster=\"");
+        label_value(out, cluster);
+        sbuf_adds(out, key ? "\"," : "\"");
+    }
+    if (key) {
+        sbuf_addf(out, "%s=\"", key);
+        label_value(out, value);
+        sbuf_adds(out, "\"");
+    }
+    sbuf_adds(out, "} ");
+}
+
+static void sum_hist(uint64_t *buckets, uint64_t *sum_us, const struct lb_hist *h) {
+    for (int i = 0; i <= LB_HIST_BOUNDS; i++)
+        buckets[i] += ctr_get(&h->bucket[i]);
+    *sum_us += ctr_get(&h->sum_us);
+}
+
+static void sum_cluster(const struct admin_view *v, const struct lb_cluster *lc,
+                        struct cluster_sums *s) {
+    memset(s, 0, sizeof(*s));
+    for (int w = 0; w < v->nworkers; w++) {
+        const struct cluster_counters *c = &lc->per_worker[w];
+        s->requests += ctr_get(&c->requests);
+        for (int k = 0; k < 5; k++)
+            s->responses[k] += ctr_get(&c->responses[k]);
+        sum_hist(s->duration, &s->duration_sum_us, &c->duration);
+        sum_hist(s->backend, &s->backend_sum_us, &c->backend);
+    }
+}
+
+static void hist_series(struct sbuf *out, const char *name, const char *cluster,
+                        const uint64_t *buckets, uint64_t sum_us) {
+    char bucket[96], le[32];
+    snprintf(bucket, sizeof(bucket), "%s_bucket", name);
+    uint64_t cum = 0;
+    for (int i = 0; i <= LB_HIST_BOUNDS; i++) {
+        cum += buckets[i];
+        if (i < LB_HIST_BOUNDS)
+            snprintf(le, sizeof(le), "%g", lb_hist_bounds_us[i] / 1e6);
+        else
+            snprintf(le, sizeof(le), "+Inf");
+        series(out, bucket, cluster, "le", le);
+        sbuf_addf(out, "%llu\n", (unsigned long long)cum);
+    }
+    sbuf_addf(out, "%s_sum{cluster=\"", name);
+    label_value(out, cluster);
+    sbuf_addf(out, "\"} %.6f\n%s_count{cluster=\"", sum_us / 1e6, name);
+    label_value(out, cluster);
+    sbuf_addf(out, "\"} %llu\n", (unsigned long long)cum);
+}
+
+/* The registry's clusters, oldest first ("none" first of all). */
+static size_t clusters_of(struct balancer *b, struct lb_cluster ***out) {
+    size_t n = 0;
+    struct lb_cluster *head = atomic_load_explicit(&b->clusters, memory_order_acquire);
+    for (struct lb_cluster *lc = head; lc; lc = lc->next)
+        n++;
+    *out = calloc(n ? n : 1, sizeof(**out));
+    if (!*out) return 0;
+    size_t i = n;
+    for (struct lb_cluster *lc = head; lc; lc = lc->next)
+        (*out)[--i] = lc;
+    return n;
+}
+
+static void cluster_families(const struct admin_view *v, struct sbuf *out) {
+    static const char *const classes[5] = {"1xx", "2xx", "3xx", "4xx", "5xx"};
+    struct lb_cluster **lcs;
+    size_t n = clusters_of(v->bal, &lcs);
+    struct cluster_sums *sums = calloc(n ? n : 1, sizeof(*sums));
+    if (!sums) n = 0;
+    for (size_t i = 0; i < n; i++)
+        sum_cluster(v, lcs[i], &sums[i]);
+
+    family(out, "lb_requests_total", "counter",
+           "Requests received, by cluster (\"none\": no route matched or the head was refused).");
+    for (size_t i = 0; i < n; i++) {
+        series(out, "lb_requests_total", lcs[i]->name, NULL, NULL);
+        sbuf_addf(out, "%llu\n", (unsigned long long)sums[i].requests);
+    }
+    family(out, "lb_responses_total", "counter", "Responses sent to clients, by status class.");
+    for (size_t i = 0; i < n; i++)
+        for (int k = 0; k < 5; k++) {
+            series(out, "lb_responses_total", lcs[i]->name, "code", classes[k]);
+            sbuf_addf(out, "%llu\n", (unsigned long long)sums[i].responses[k]);
+        }
+    family(out, "lb_request_duration_seconds", "histogram",
+           "From a request's first byte to its response's last byte.");
+    for (size_t i = 0; i < n; i++)
+        hist_series(out, "lb_request_duration_seconds", lcs[i]->name, sums[i].duration,
+                    sums[i].duration_sum_us);
+    family(out, "lb_backend_response_seconds", "histogram",
+           "From the request sent to a backend to its response head.");
+    for (size_t i = 0; i < n; i++)
+        hist_series(out, "lb_backend_response_seconds", lcs[i]->name, sums[i].backend,
+                    sums[i].backend_sum_us);
+    free(sums);
+    free(lcs);
+}
+
+/* name{cluster="c",backend="b"} value, for every row of the current table. */
+static void backend_family(const struct admin_view *v, struct sbuf *out, const char *name,
+                           const char *type, const char *help,
+                           double (*value)(const struct backend *)) {
+    family(out, name, type, help);
+    const struct lb_table *t = balancer_table(v->bal);
+    for (size_t i = 0; i < t->nclusters; i++)
+        for (size_t j = 0; j < t->clusters[i].n; j++) {
+            const struct backend *be = t->clusters[i].rows[j];
+            series(out, name, t->clusters[i].id->name, "backend", be->name);
+            sbuf_addf(out, "%.9g\n", value(be));
+        }
+}
+
+static double be_healthy(const struct backend *be) {
+    return atomic_load(&be->healthy);
+}
+static double be_ewma_s(const struct backend *be) {
+    return backend_ewma_us(be) / 1e6;
+}
+static double be_probe_s(const struct backend *be) {
+    return atomic_load(&be->probe_us) / 1e6;
+}
+static double be_inflight(const struct backend *be) {
+    return atomic_load(&be->inflight);
+}
+static double be_requests(const struct backend *be) {
+    return (double)atomic_load(&be->requests);
+}
+static double be_failures(const struct backend *be) {
+    return (double)atomic_load(&be->failures);
+}
+
+static void backend_families(const struct admin_view *v, struct sbuf *out) {
+    backend_family(v, out, "lb_backend_healthy", "gauge", "1 when the backend is healthy.",
+                   be_healthy);
+    backend_family(v, out, "lb_backend_latency_seconds", "gauge",
+                   "Peak-EWMA of the backend's latency (probes and live responses).", be_ewma_s);
+    backend_family(v, out, "lb_backend_probe_latency_seconds", "gauge",
+                   "Latency of the last successful health check (0: none yet).", be_probe_s);
+    backend_family(v, out, "lb_backend_inflight", "gauge", "Requests in flight to the backend.",
+                   be_inflight);
+    backend_family(v, out, "lb_backend_requests_total", "counter",
+                   "Requests sent to the backend (retries included).", be_requests);
+    backend_family(v, out, "lb_backend_failures_total", "counter",
+                   "Live requests the backend failed (refused, reset, timed out, garbage).",
+                   be_failures);
+}
+
+static uint64_t sum_workers(const struct admin_view *v, size_t offset) {
+    uint64_t n = 0;
+    for (int i = 0; i < v->nworkers; i++)
+        n += ctr_get((const atomic_ullong *)((const char *)&v->workers[i].counters + offset));
+    return n;
+}
+
+#define SUM(field) sum_workers(v, offsetof(struct worker_counters, field))
+
+static void process_families(const struct admin_view *v, struct sbuf *out) {
+    family(out, "lb_errors_total", "counter", "Errors, by kind.");
+    for (int k = 0; k < ERR_COUNT; k++) {
+        series(out, "lb_errors_total", NULL, "kind", lb_error_names[k]);
+        sbuf_addf(out, "%llu\n",
+                  (unsigned long long)sum_workers(v, offsetof(struct worker_counters, errors) +
+                                                         (size_t)k * sizeof(atomic_ullong)));
+    }
+    family(out, "lb_connections_active", "gauge", "Client connections open now.");
+    sbuf_addf(out, "lb_connections_active %ld\n", atomic_load(&g_connections));
+    family(out, "lb_connections_total", "counter", "Client connections accepted.");
+    sbuf_addf(out, "lb_connections_total %llu\n", (unsigned long long)SUM(connections));
+    family(out, "lb_bytes_total", "counter",
+           "Bytes from clients (in) and to clients (out), heads and bodies.");
+    series(out, "lb_bytes_total", NULL, "direction", "in");
+    sbuf_addf(out, "%llu\n", (unsigned long long)SUM(bytes_in));
+    series(out, "lb_bytes_total", NULL, "direction", "out");
+    sbuf_addf(out, "%llu\n", (unsigned long long)SUM(bytes_out));
+    family(out, "lb_access_log_dropped_total", "counter",
+           "Access log lines dropped because the writer fell behind.");
+    sbuf_addf(out, "lb_access_log_dropped_total %llu\n",
+              (unsigned long long)(v->alog ? alog_dropped(v->alog) : 0));
+
+    pthread_mutex_lock(&v->st->lock);
+    unsigned ok = v->st->reloads - v->st->reloads_failed, failed = v->st->reloads_failed;
+    pthread_mutex_unlock(&v->st->lock);
+    family(out, "lb_config_reloads_total", "counter", "Configuration reloads (SIGHUP), by result.");
+    series(out, "lb_config_reloads_total", NULL, "result", "ok");
+    sbuf_addf(out, "%u\n", ok);
+    series(out, "lb_config_reloads_total", NULL, "result", "failed");
+    sbuf_addf(out, "%u\n", failed);
+    family(out, "lb_draining", "gauge", "1 while the proxy drains before exiting.");
+    sbuf_addf(out, "lb_draining %d\n", atomic_load(&g_draining) ? 1 : 0);
+    family(out, "lb_start_time_seconds", "gauge", "When the process started (Unix time).");
+    sbuf_addf(out, "lb_start_time_seconds %.3f\n", v->st->started_ms / 1e3);
+    family(out, "lb_build_info", "gauge", "The proxy's version.");
+    series(out, "lb_build_info", NULL, "version", LB_VERSION);
+    sbuf_adds(out, "1\n");
+}
+
+void metrics_render(const struct admin_view *v, struct sbuf *out) {
+    cluster_families(v, out);
+    backend_families(v, out);
+    process_families(v, out);
+}

@@ -1,0 +1,66 @@
+/* Counters for /metrics and /status. Each worker has its own copy of every
+ * counter, written only by that worker (a relaxed load and store: no locked
+ * instruction, no shared cache line) and summed by the admin thread when it
+ * is read. */
+#ifndef LB_STATS_H
+#define LB_STATS_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+/* Upper bounds of the latency histograms' buckets, in µs; one more bucket
+ * counts what is above the last bound (+Inf). */
+#define LB_HIST_BOUNDS 14
+extern const uint32_t lb_hist_bounds_us[LB_HIST_BOUNDS];
+
+struct lb_hist {
+    /* not cumulative: each bucket its own range; the count is their sum, so
+     * a reader never sees a count that disagrees with the buckets */
+    atomic_ullong bucket[LB_HIST_BOUNDS + 1];
+    atomic_ullong sum_us;
+};
+
+/* What one worker counted for one cluster. */
+struct cluster_counters {
+    atomic_ullong requests;
+    atomic_ullong responses[5]; /* 1xx .. 5xx */
+    struct lb_hist duration;    /* request start to the response's last byte */
+    struct lb_hist backend;     /* request sent to the backend's response head */
+} __attribute__((aligned(64)));
+
+enum lb_error {
+    ERR_BAD_REQUEST,        /* 400: malformed or smuggling attempt */
+    ERR_CLIENT_TIMEOUT,     /* 408 */
+    ERR_HEADER_TOO_LARGE,   /* 431 */
+    ERR_NO_HEALTHY_BACKEND, /* 503 */
+    ERR_BACKEND_CONNECT,    /* a connect refused or timed out */
+    ERR_BACKEND_RESET,      /* closed or reset before or during its response */
+    ERR_BACKEND_MALFORMED,  /* a response head that does not parse */
+    ERR_BACKEND_TIMEOUT,    /* 504 */
+    ERR_CLIENT_ABORT,       /* the client left before its response was complete */
+    ERR_RETRY,              /* a request sent again to another backend */
+    ERR_COUNT
+};
+extern const char *const lb_error_names[ERR_COUNT];
+
+/* What one worker counted for the whole process. */
+struct worker_counters {
+    atomic_ullong connections; /* accepted */
+    atomic_ullong bytes_in, bytes_out;
+    atomic_ullong copied_bytes; /* body bytes that passed through user space */
+    atomic_ullong errors[ERR_COUNT];
+};
+
+/* Only the owning thread calls these. */
+static inline void ctr_add(atomic_ullong *c, uint64_t n) {
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n,
+                          memory_order_relaxed);
+}
+
+static inline uint64_t ctr_get(const atomic_ullong *c) {
+    return atomic_load_explicit(c, memory_order_relaxed);
+}
+
+void hist_observe(struct lb_hist *h, uint64_t us);
+
+#endif
