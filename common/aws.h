@@ -54,7 +54,8 @@ const char *aws_client_credentials_source(const struct aws_client *c);
 /* Attempts per call (>= 1) and the backoff base and cap in milliseconds. */
 void aws_client_set_retry(struct aws_client *c, int max_attempts, long base_ms, long cap_ms);
 /* Connect and whole-request timeouts of every attempt, in milliseconds
- * (defaults 10000 and 30000). */
+ * (defaults 10000 and 30000; 0 is none, as for libcurl). Timeouts are retried
+ * like other transport errors. */
 void aws_client_set_timeouts(struct aws_client *c, long connect_ms, long total_ms);
 
 /* The parameters of a Query request, encoded as they are added: unreserved
@@ -70,8 +71,9 @@ const char *aws_form_body(const struct aws_form *f);
 
 /* A Query API call (EC2 Version=2016-11-15, CloudWatch 2010-08-01): POSTs
  * Action, Version and params (may be NULL), returns the parsed reply (free it
- * with xmlFreeDoc) or NULL with err filled. Retried calls must be idempotent:
- * give RunInstances a ClientToken. */
+ * with xmlFreeDoc) or NULL with err filled; err is untouched on success. An EC2
+ * DryRun=true that would succeed comes back as NULL with err->dry_run_ok.
+ * Retried calls must be idempotent: give RunInstances a ClientToken. */
 xmlDocPtr aws_query(struct aws_client *c, enum aws_service svc, const char *action,
                     const struct aws_form *params, struct aws_error *err);
 /* A JSON-protocol call (SSM): target is the X-Amz-Target ("AmazonSSM.GetParameter"),
@@ -97,7 +99,7 @@ xmlNodePtr aws_xml_next(xmlNodePtr node, const char *name);
 const char *aws_xml_text(xmlNodePtr node, const char *path);
 /* The value of tag key in node's tagSet (an EC2 instance, volume, …), or NULL. */
 const char *aws_xml_tag(xmlNodePtr node, const char *key);
-/* Each child element named name of parent (which may be NULL):
+/* Each child element named name (one name, not a path) of parent (may be NULL):
  * AWS_XML_FOREACH(inst, aws_xml_find(res, "instancesSet"), "item") { … } */
 #define AWS_XML_FOREACH(var, parent, name)                                                         \
     for (xmlNodePtr var = aws_xml_find((parent), (name)); var; var = aws_xml_next(var, (name)))

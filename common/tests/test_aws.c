@@ -454,13 +454,17 @@ static void server_stop(struct server *s) {
     close(s->fd);
 }
 
-static struct aws_client *live_client(struct server *s, const struct canned *replies, int n) {
-    char err[512];
+static void live_env(struct server *s, const struct canned *replies, int n) {
     clear_env();
     env_keys();
     setenv("AWS_SESSION_TOKEN", "TOKEN123", 1);
     setenv("LB_AWS_RETRY_BASE_MS", "1", 1);
     server_start(s, replies, n);
+}
+
+static struct aws_client *live_client(struct server *s, const struct canned *replies, int n) {
+    char err[512];
+    live_env(s, replies, n);
     struct aws_client *c = aws_client_new("us-west-2", err, sizeof(err));
     if (!c) {
         fprintf(stderr, "aws_client_new: %s\n", err);
@@ -637,6 +641,38 @@ static void test_transport(void) {
     aws_client_free(c);
 }
 
+static void *query_thread(void *arg) {
+    char err[512];
+    struct aws_error e;
+    struct aws_client *c = aws_client_new("us-west-2", err, sizeof(err));
+    xmlDocPtr doc = c ? aws_query(c, AWS_EC2, "DescribeInstances", NULL, &e) : NULL;
+    *(bool *)arg = doc && aws_xml_text(xmlDocGetRootElement(doc), "requestId");
+    xmlFreeDoc(doc);
+    aws_client_free(c);
+    return NULL;
+}
+
+/* One client per thread, all at once (run under TSan too). */
+static void test_threads(void) {
+    enum { N = 4 };
+    const struct canned replies[N] = {{200, describe_instances},
+                                      {200, describe_instances},
+                                      {200, describe_instances},
+                                      {200, describe_instances}};
+    struct server s;
+    live_env(&s, replies, N);
+    pthread_t t[N];
+    bool ok[N] = {false};
+    for (int i = 0; i < N; i++)
+        pthread_create(&t[i], NULL, query_thread, &ok[i]);
+    for (int i = 0; i < N; i++)
+        pthread_join(t[i], NULL);
+    server_stop(&s);
+    CHECK(s.served == N);
+    for (int i = 0; i < N; i++)
+        CHECK(ok[i]);
+}
+
 int main(void) {
     log_init("test_aws", LOG_ERROR);
     snprintf(home, sizeof(home), "/tmp/test_aws.XXXXXX");
@@ -658,6 +694,7 @@ int main(void) {
     test_query_errors();
     test_json();
     test_transport();
+    test_threads();
 
     char path[256];
     snprintf(path, sizeof(path), "%s/creds", home);
