@@ -17,7 +17,8 @@
 
 /* ---- rows ---- */
 
-static struct backend *row_new(struct lb_cluster *lc, const struct backend_addr *ba, int nworkers) {
+static struct backend *row_new(struct lb_cluster *lc, const struct backend_addr *ba, int nworkers,
+                               int healthy) {
     struct backend *be = calloc(1, sizeof(*be));
     if (!be) return NULL;
     be->pools = calloc((size_t)nworkers + 1, sizeof(*be->pools));
@@ -28,7 +29,7 @@ static struct backend *row_new(struct lb_cluster *lc, const struct backend_addr 
     be->addr = ba->addr;
     snprintf(be->name, sizeof(be->name), "%s", ba->text);
     be->cluster = lc;
-    atomic_init(&be->healthy, 1);
+    atomic_init(&be->healthy, healthy);
     atomic_init(&be->refs, 0);
     pthread_mutex_init(&be->note_lock, NULL);
     return be;
@@ -101,6 +102,36 @@ static void table_free(struct lb_table *t) {
     free(t);
 }
 
+static const struct found_set *found_for(const struct balancer *b,
+                                         const struct cluster_config *cc) {
+    for (size_t i = 0; cc->discovery.enabled && i < b->nfound; i++)
+        if (!strcmp(b->found[i].cluster, cc->name)) return &b->found[i];
+    return NULL;
+}
+
+static int same_addr(const struct net_addr *a, const struct net_addr *b) {
+    return a->len == b->len && !memcmp(&a->ss, &b->ss, a->len);
+}
+
+static int has_addr(const struct cluster_rt *c, const struct net_addr *a) {
+    for (size_t j = 0; j < c->n; j++)
+        if (same_addr(&c->rows[j]->addr, a)) return 1;
+    return 0;
+}
+
+/* Appends the row for ba (reused from `reuse` or new) unless c has its
+ * address already. */
+static int add_row(struct balancer *b, struct cluster_rt *c, const struct lb_table *reuse,
+                   const struct backend_addr *ba, int healthy) {
+    if (has_addr(c, &ba->addr)) return 0;
+    struct backend *be = find_row(reuse, c->id->name, ba->text);
+    if (!be) be = row_new(c->id, ba, b->nworkers, healthy);
+    if (!be) return -1;
+    backend_ref(be);
+    c->rows[c->n++] = be;
+    return 0;
+}
+
 struct lb_table *lb_table_build(struct balancer *b, const struct proxy_config *cfg,
                                 const struct lb_table *reuse) {
     struct lb_table *t = calloc(1, sizeof(*t));
@@ -116,17 +147,16 @@ struct lb_table *lb_table_build(struct balancer *b, const struct proxy_config *c
         struct cluster_rt *c = &t->clusters[i];
         c->cfg = cc;
         c->id = cluster_get(b, cc->name);
-        c->rows = calloc(cc->nbackends ? cc->nbackends : 1, sizeof(*c->rows));
+        const struct found_set *fs = found_for(b, cc);
+        size_t nfound = fs ? fs->n : 0;
+        c->rows = calloc(cc->nbackends + nfound + 1, sizeof(*c->rows));
         if (!c->id || !c->rows) goto fail;
         cluster_set(c->id, cc);
         t->nclusters = i + 1;
-        for (size_t j = 0; j < cc->nbackends; j++) {
-            struct backend *be = find_row(reuse, cc->name, cc->backends[j].text);
-            if (!be) be = row_new(c->id, &cc->backends[j], b->nworkers);
-            if (!be) goto fail;
-            backend_ref(be);
-            c->rows[c->n++] = be;
-        }
+        for (size_t j = 0; j < cc->nbackends; j++)
+            if (add_row(b, c, reuse, &cc->backends[j], 1) < 0) goto fail;
+        for (size_t j = 0; j < nfound; j++)
+            if (add_row(b, c, reuse, &fs->addrs[j], 0) < 0) goto fail;
     }
     return t;
 fail:
@@ -139,6 +169,7 @@ int balancer_init(struct balancer *b, const struct proxy_config *cfg, int nworke
     if (nworkers + 2 > LB_MAX_READERS) return -1;
     b->nworkers = nworkers;
     b->nreaders = nworkers + 2;
+    b->cfg = cfg;
     pthread_mutex_init(&b->write_lock, NULL);
     b->unrouted = cluster_get(b, "none");
     struct lb_table *t = b->unrouted ? lb_table_build(b, cfg, NULL) : NULL;
@@ -161,6 +192,11 @@ void balancer_free(struct balancer *b) {
         lc = next;
     }
     atomic_store(&b->clusters, NULL);
+    for (size_t i = 0; i < b->nfound; i++)
+        free(b->found[i].addrs);
+    free(b->found);
+    b->found = NULL;
+    b->nfound = 0;
     pthread_mutex_destroy(&b->write_lock);
 }
 
@@ -191,6 +227,123 @@ void balancer_swap(struct balancer *b, struct lb_table *next) {
         while (atomic_load_explicit(&b->seen[i], memory_order_acquire) < e)
             nanosleep(&(struct timespec){.tv_nsec = 1000000}, NULL);
     table_free(old);
+}
+
+/* ---- writers ---- */
+
+static int in_table(const struct lb_table *t, const struct backend *be) {
+    for (size_t i = 0; i < t->nclusters; i++)
+        for (size_t j = 0; j < t->clusters[i].n; j++)
+            if (t->clusters[i].rows[j] == be) return 1;
+    return 0;
+}
+
+static const struct cluster_rt *cluster_in(const struct lb_table *t, const struct lb_cluster *id) {
+    for (size_t i = 0; i < t->nclusters; i++)
+        if (t->clusters[i].id == id) return &t->clusters[i];
+    return NULL;
+}
+
+static void log_cluster_changes(const struct lb_table *old, const struct lb_table *next,
+                                const char *why) {
+    for (size_t i = 0; i < next->nclusters; i++) {
+        const struct cluster_rt *c = &next->clusters[i], *was = cluster_in(old, c->id);
+        if (!was)
+            log_info("%s: cluster %s added (%s)", why, c->id->name, c->cfg->path_prefix);
+        else if (was->cfg->strategy != c->cfg->strategy)
+            log_info("%s: cluster %s: strategy %s -> %s", why, c->id->name,
+                     strategy_name(was->cfg->strategy), strategy_name(c->cfg->strategy));
+    }
+    for (size_t i = 0; i < old->nclusters; i++)
+        if (!cluster_in(next, old->clusters[i].id))
+            log_info("%s: cluster %s removed", why, old->clusters[i].id->name);
+}
+
+/* Logs the clusters and backends that change; counts backends in and out. */
+static void log_changes(const struct lb_table *old, const struct lb_table *next, const char *why,
+                        int *added, int *removed) {
+    int in = 0, out = 0;
+    log_cluster_changes(old, next, why);
+    for (size_t i = 0; i < next->nclusters; i++)
+        for (size_t j = 0; j < next->clusters[i].n; j++)
+            if (!in_table(old, next->clusters[i].rows[j])) {
+                log_info("%s: backend %s joins cluster %s", why, next->clusters[i].rows[j]->name,
+                         next->clusters[i].id->name);
+                in++;
+            }
+    for (size_t i = 0; i < old->nclusters; i++)
+        for (size_t j = 0; j < old->clusters[i].n; j++)
+            if (!in_table(next, old->clusters[i].rows[j])) {
+                log_info("%s: backend %s leaves cluster %s (draining what it has)", why,
+                         old->clusters[i].rows[j]->name, old->clusters[i].id->name);
+                out++;
+            }
+    if (added) *added = in;
+    if (removed) *removed = out;
+}
+
+/* Builds from b->cfg and b->found and swaps in; write_lock held. */
+static int rebuild(struct balancer *b, const char *why, int *added, int *removed) {
+    struct lb_table *old = balancer_table(b);
+    struct lb_table *t = lb_table_build(b, b->cfg, old);
+    if (!t) return -1;
+    log_changes(old, t, why, added, removed);
+    balancer_swap(b, t); /* returns once no reader can see the old table */
+    return 0;
+}
+
+int balancer_set_config(struct balancer *b, const struct proxy_config *cfg, const char *why,
+                        int *added, int *removed) {
+    pthread_mutex_lock(&b->write_lock);
+    const struct proxy_config *was = b->cfg;
+    b->cfg = cfg;
+    int rc = rebuild(b, why, added, removed);
+    if (rc < 0) b->cfg = was;
+    pthread_mutex_unlock(&b->write_lock);
+    return rc;
+}
+
+static int same_set(const struct found_set *fs, const struct backend_addr *addrs, size_t n) {
+    if (fs->n != n) return 0;
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(fs->addrs[i].text, addrs[i].text)) return 0;
+    return 1;
+}
+
+/* The found set of that cluster, added empty when new. */
+static struct found_set *found_slot(struct balancer *b, const char *cluster) {
+    for (size_t i = 0; i < b->nfound; i++)
+        if (!strcmp(b->found[i].cluster, cluster)) return &b->found[i];
+    struct found_set *grown = realloc(b->found, (b->nfound + 1) * sizeof(*grown));
+    if (!grown) return NULL;
+    b->found = grown;
+    struct found_set *fs = &b->found[b->nfound++];
+    memset(fs, 0, sizeof(*fs));
+    snprintf(fs->cluster, sizeof(fs->cluster), "%s", cluster);
+    return fs;
+}
+
+int balancer_set_found(struct balancer *b, const char *cluster, const struct backend_addr *addrs,
+                       size_t n, const char *why) {
+    pthread_mutex_lock(&b->write_lock);
+    struct found_set *fs = found_slot(b, cluster);
+    int rc = -1;
+    if (fs && same_set(fs, addrs, n)) {
+        rc = 0;
+    } else if (fs) {
+        struct backend_addr *copy = malloc((n ? n : 1) * sizeof(*copy));
+        if (copy) {
+            memcpy(copy, addrs, n * sizeof(*copy));
+            struct found_set was = *fs;
+            fs->addrs = copy;
+            fs->n = n;
+            rc = rebuild(b, why, NULL, NULL);
+            if (rc < 0) *fs = was;
+            free(rc < 0 ? copy : was.addrs);
+        }
+    }
+    pthread_mutex_unlock(&b->write_lock);
+    return rc;
 }
 
 /* ---- choosing ---- */

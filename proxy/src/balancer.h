@@ -73,9 +73,20 @@ struct lb_table {
 
 #define LB_MAX_READERS 1024
 
+/* The backends a discovery found for one cluster, by its name. */
+struct found_set {
+    char cluster[64];
+    struct backend_addr *addrs;
+    size_t n;
+};
+
 struct balancer {
     _Atomic(struct lb_table *) table;
     int nworkers;
+    /* what the table is built from; writers change them under write_lock */
+    const struct proxy_config *cfg;
+    struct found_set *found;
+    size_t nfound;
     _Atomic(struct lb_cluster *) clusters; /* every cluster ever built, newest first */
     struct lb_cluster *unrouted;           /* "none": requests no route matched */
     pthread_mutex_t write_lock;            /* one table writer at a time */
@@ -104,10 +115,23 @@ static inline struct lb_table *balancer_table(struct balancer *b) {
 void balancer_swap(struct balancer *b, struct lb_table *next);
 /* Reader `id` holds no table pointer across this call. */
 void balancer_quiescent(struct balancer *b, int id);
-/* A new table for cfg, reusing the rows of `reuse` whose address and cluster
- * name match (NULL: all new). Writers only. */
+/* A new table for cfg (and the found sets of its clusters with discovery),
+ * reusing the rows of `reuse` whose address and cluster name match (NULL:
+ * all new). Rows from cfg start healthy, as HAProxy's servers do; found
+ * ones only after their first successful checks. Writers only. */
 struct lb_table *lb_table_build(struct balancer *b, const struct proxy_config *cfg,
                                 const struct lb_table *reuse);
+/* Writers. Each builds a table from the configuration and the found sets,
+ * logs the clusters and backends that change (tagged with `why`), swaps it
+ * in and counts rows added and removed (either pointer may be NULL).
+ * -1: out of memory, nothing changed. */
+int balancer_set_config(struct balancer *b, const struct proxy_config *cfg, const char *why,
+                        int *added, int *removed);
+/* The backends a discovery found for a cluster now (copied); no change, no
+ * swap. */
+int balancer_set_found(struct balancer *b, const char *cluster, const struct backend_addr *addrs,
+                       size_t n, const char *why);
+
 /* The cluster whose path_prefix matches target in the current table, or
  * NULL; *cc (when given) gets its configuration, valid until the caller's
  * next quiescent point. */

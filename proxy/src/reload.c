@@ -43,55 +43,6 @@ static void restart_notes(const struct proxy_config *boot, const struct proxy_co
             log_warn("SIGHUP: \"%s\" changed: it takes effect only after a restart", s[i].what);
 }
 
-static int in_table(const struct lb_table *t, const struct backend *be) {
-    for (size_t i = 0; i < t->nclusters; i++)
-        for (size_t j = 0; j < t->clusters[i].n; j++)
-            if (t->clusters[i].rows[j] == be) return 1;
-    return 0;
-}
-
-static const struct cluster_rt *find_cluster(const struct lb_table *t,
-                                             const struct lb_cluster *id) {
-    for (size_t i = 0; i < t->nclusters; i++)
-        if (t->clusters[i].id == id) return &t->clusters[i];
-    return NULL;
-}
-
-static void log_cluster_changes(const struct lb_table *old, const struct lb_table *next) {
-    for (size_t i = 0; i < next->nclusters; i++) {
-        const struct cluster_rt *c = &next->clusters[i], *was = find_cluster(old, c->id);
-        if (!was)
-            log_info("SIGHUP: cluster %s added (%s)", c->id->name, c->cfg->path_prefix);
-        else if (was->cfg->strategy != c->cfg->strategy)
-            log_info("SIGHUP: cluster %s: strategy %s -> %s", c->id->name,
-                     strategy_name(was->cfg->strategy), strategy_name(c->cfg->strategy));
-    }
-    for (size_t i = 0; i < old->nclusters; i++)
-        if (!find_cluster(next, old->clusters[i].id))
-            log_info("SIGHUP: cluster %s removed", old->clusters[i].id->name);
-}
-
-/* Logs the clusters and backends that change; counts backends in and out. */
-static void log_changes(const struct lb_table *old, const struct lb_table *next, int *added,
-                        int *removed) {
-    *added = *removed = 0;
-    log_cluster_changes(old, next);
-    for (size_t i = 0; i < next->nclusters; i++)
-        for (size_t j = 0; j < next->clusters[i].n; j++)
-            if (!in_table(old, next->clusters[i].rows[j])) {
-                log_info("SIGHUP: backend %s joins cluster %s", next->clusters[i].rows[j]->name,
-                         next->clusters[i].id->name);
-                ++*added;
-            }
-    for (size_t i = 0; i < old->nclusters; i++)
-        for (size_t j = 0; j < old->clusters[i].n; j++)
-            if (!in_table(next, old->clusters[i].rows[j])) {
-                log_info("SIGHUP: backend %s leaves cluster %s (draining what it has)",
-                         old->clusters[i].rows[j]->name, old->clusters[i].id->name);
-                ++*removed;
-            }
-}
-
 static int refuse(struct reloader *r, const char *why) {
     log_error("SIGHUP: configuration refused, the running one is kept: %s", why);
     note(r->st, 0, why);
@@ -124,17 +75,8 @@ int reload_config(struct reloader *r) {
     free(msg);
     restart_notes(r->boot, next);
 
-    struct balancer *b = r->bal;
-    pthread_mutex_lock(&b->write_lock);
-    struct lb_table *old = balancer_table(b);
-    struct lb_table *t = lb_table_build(b, next, old);
-    int added = 0, removed = 0;
-    if (t) {
-        log_changes(old, t, &added, &removed);
-        balancer_swap(b, t); /* returns once no reader can see the old table */
-    }
-    pthread_mutex_unlock(&b->write_lock);
-    if (!t) {
+    int added, removed;
+    if (balancer_set_config(r->bal, next, "SIGHUP", &added, &removed) < 0) {
         config_free(next);
         free(next);
         return refuse(r, "out of memory");
