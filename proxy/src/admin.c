@@ -236,6 +236,7 @@ static void *admin_main(void *arg) {
     struct admin *a = arg;
     ev_accept(a->loop, &a->accept_op, a->listen_fd);
     ev_run(a->loop);
+    balancer_reader_offline(a->v.bal, BALANCER_ADMIN(a->v.bal));
     return NULL;
 }
 

@@ -42,6 +42,7 @@ struct client {
     struct lb_cluster *lc; /* its route; NULL: none */
     int retries;           /* the cluster's, when it was routed */
     int status;            /* the response's, once its head is on its way */
+    int own_reply;         /* the proxy made the response, not a backend */
     int error_counted;
     uint64_t bytes_out;                                /* sent by the proxy from its buffers */
     char be_name[sizeof(((struct backend *)0)->name)]; /* for the access log */
@@ -112,7 +113,10 @@ static void request_end(struct client *c) {
     struct cluster_counters *cc = &lc->per_worker[w->id];
     uint64_t duration = ev_clock_us() - c->t_start_us;
     ctr_add(&cc->requests, 1);
-    if (c->status >= 100 && c->status <= 599) ctr_add(&cc->responses[c->status / 100 - 1], 1);
+    if (c->status >= 100 && c->status <= 599) {
+        ctr_add(&cc->responses[c->status / 100 - 1], 1);
+        if (c->own_reply) ctr_add(&cc->own_responses[c->status / 100 - 1], 1);
+    }
     hist_observe(&cc->duration, duration);
     if (c->ttfb_us) hist_observe(&cc->backend, c->ttfb_us);
     uint64_t in = c->req.head_done ? c->req.head_len + c->reqhead_body + c->reqp.moved : 0;
@@ -131,6 +135,7 @@ static void request_begin(struct client *c) {
     c->t_start_us = ev_clock_us();
     c->lc = NULL;
     c->status = 0;
+    c->own_reply = 0;
     c->error_counted = 0;
     c->ttfb_us = 0;
     c->be_name[0] = c->request_id[0] = 0;
@@ -273,6 +278,7 @@ static void send_out(struct client *c, enum after_out after) {
 }
 
 static void local_reply(struct client *c, int keep_alive) {
+    c->own_reply = 1;
     ev_timer_stop(loop_of(c), &c->timer);
     c->state = C_REPLY;
     c->close_after = !keep_alive;

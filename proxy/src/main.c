@@ -14,7 +14,9 @@
 #include "accesslog.h"
 #include "admin.h"
 #include "balancer.h"
+#include "cloudwatch.h"
 #include "config.h"
+#include "discovery.h"
 #include "ev.h"
 #include "log.h"
 #include "net.h"
@@ -157,19 +159,29 @@ static int run(const struct proxy_config *cfg, struct balancer *bal, int argc, c
         if (pthread_create(&w[started].thread, NULL, worker_main, &w[started]) != 0) break;
     struct prober *prober =
         !rc && started == n ? prober_start(bal, cfg, BALANCER_PROBE(bal)) : NULL;
-    if (!rc && !prober) {
-        log_error("cannot start the worker and health-check threads");
+    struct discovery *disc = prober ? discovery_start(bal) : NULL;
+    struct cloudwatch *cw = NULL;
+    if (disc && cfg->cloudwatch.enabled) cw = cloudwatch_start(&cfg->cloudwatch, bal, w, n);
+    if (!rc && (!disc || (cfg->cloudwatch.enabled && !cw))) {
+        log_error("cannot start the worker, health-check, discovery and CloudWatch threads");
         rc = 1;
     }
     if (!rc) {
         if (admin) log_info("admin listener on %s: /metrics /status /healthz", cfg->admin_text);
+        if (cw)
+            log_info("cloudwatch: PutMetricData to %s every %d s", cfg->cloudwatch.namespace_,
+                     cfg->cloudwatch.interval_s);
         serve_signals(&sigs, &rl, alog);
+        discovery_stop(disc); /* its table changes wait for the workers: stop it first */
+        disc = NULL;
         wait_drain(w, started, cfg->timeouts_ms.drain);
     } else {
         atomic_store(&g_stop_now, 1);
         for (int i = 0; i < started; i++)
             pthread_join(w[i].thread, NULL);
     }
+    discovery_stop(disc);
+    cloudwatch_stop(cw);
     prober_stop(prober);
     admin_stop(admin);
     alog_close(alog);

@@ -246,6 +246,7 @@ static void tick(ev_loop *loop, void *arg) {
 static void *prober_main(void *arg) {
     struct prober *pr = arg;
     ev_run(pr->loop);
+    balancer_reader_offline(pr->b, pr->reader_id);
     for (size_t i = 0; i < pr->n; i++) {
         struct probe *p = &pr->probes[i];
         if (p->fd >= 0) {

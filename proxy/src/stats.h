@@ -23,9 +23,10 @@ struct lb_hist {
 /* What one worker counted for one cluster. */
 struct cluster_counters {
     atomic_ullong requests;
-    atomic_ullong responses[5]; /* 1xx .. 5xx */
-    struct lb_hist duration;    /* request start to the response's last byte */
-    struct lb_hist backend;     /* request sent to the backend's response head */
+    atomic_ullong responses[5];     /* 1xx .. 5xx */
+    atomic_ullong own_responses[5]; /* of which the proxy made itself (404, 502, 503 …) */
+    struct lb_hist duration;        /* request start to the response's last byte */
+    struct lb_hist backend;         /* request sent to the backend's response head */
 } __attribute__((aligned(64)));
 
 enum lb_error {

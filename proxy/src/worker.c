@@ -119,6 +119,7 @@ void *worker_main(void *arg) {
     for (int i = 0; i < ACCEPTS_IN_FLIGHT; i++)
         ev_accept(w->loop, &w->accept_op[i], w->listen_fd);
     ev_run(w->loop);
+    balancer_reader_offline(w->bal, w->id); /* a later table swap does not wait for it */
     pool_close_all(w);
     pump_thread_cleanup();
     return NULL;

@@ -1,0 +1,286 @@
+/* CloudWatch: every interval_s, the counters' change since the last
+ * successful publication sent with PutMetricData under the ALB metric names,
+ * dimension TargetGroup (the cluster; "all" for the process-wide ones), from
+ * a thread of its own. A failure is logged and the next interval sends the
+ * change since the last success: nothing is lost, nothing waits on it. */
+#define _GNU_SOURCE
+#include "cloudwatch.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "aws.h"
+#include "log.h"
+
+#define DATUMS_PER_CALL 20 /* PutMetricData's long-standing limit */
+
+/* The counters of one cluster, summed over the workers. */
+struct cluster_totals {
+    const struct lb_cluster *lc;
+    uint64_t requests, responses[5], own[5], backend_us, backend_n;
+};
+
+struct process_totals {
+    uint64_t connections, bytes;
+};
+
+struct cloudwatch {
+    struct cloudwatch_config cfg;
+    struct balancer *bal;
+    struct worker *workers;
+    int nworkers;
+    struct cluster_totals *last; /* as of the last successful publication */
+    size_t nlast;
+    struct process_totals last_process;
+    pthread_t thread;
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    int stop, failing;
+};
+
+struct datum {
+    const char *name, *unit, *group;
+    double value;
+};
+
+struct batch {
+    struct datum d[DATUMS_PER_CALL];
+    int n;
+};
+
+static void totals_of(const struct cloudwatch *cw, const struct lb_cluster *lc,
+                      struct cluster_totals *t) {
+    memset(t, 0, sizeof(*t));
+    t->lc = lc;
+    for (int w = 0; w < cw->nworkers; w++) {
+        const struct cluster_counters *c = &lc->per_worker[w];
+        t->requests += ctr_get(&c->requests);
+        for (int k = 0; k < 5; k++) {
+            t->responses[k] += ctr_get(&c->responses[k]);
+            t->own[k] += ctr_get(&c->own_responses[k]);
+        }
+        t->backend_us += ctr_get(&c->backend.sum_us);
+        for (int i = 0; i <= LB_HIST_BOUNDS; i++)
+            t->backend_n += ctr_get(&c->backend.bucket[i]);
+    }
+}
+
+static const struct cluster_totals *last_of(const struct cloudwatch *cw,
+                                            const struct lb_cluster *lc) {
+    static const struct cluster_totals zero;
+    for (size_t i = 0; i < cw->nlast; i++)
+        if (cw->last[i].lc == lc) return &cw->last[i];
+    return &zero;
+}
+
+static struct aws_form *form_new(const struct cloudwatch *cw) {
+    struct aws_form *f = aws_form_new();
+    if (f) aws_form_add(f, "Namespace", cw->cfg.namespace_);
+    return f;
+}
+
+static int put(struct aws_client *c, const struct cloudwatch *cw, const struct batch *b, char *err,
+               size_t errlen) {
+    struct aws_form *f = form_new(cw);
+    if (!f) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    for (int i = 0; i < b->n; i++) {
+        char key[64];
+        int m = i + 1;
+        snprintf(key, sizeof(key), "MetricData.member.%d.MetricName", m);
+        aws_form_add(f, key, b->d[i].name);
+        snprintf(key, sizeof(key), "MetricData.member.%d.Value", m);
+        aws_form_addf(f, key, "%.6g", b->d[i].value);
+        snprintf(key, sizeof(key), "MetricData.member.%d.Unit", m);
+        aws_form_add(f, key, b->d[i].unit);
+        snprintf(key, sizeof(key), "MetricData.member.%d.Dimensions.member.1.Name", m);
+        aws_form_add(f, key, "TargetGroup");
+        snprintf(key, sizeof(key), "MetricData.member.%d.Dimensions.member.1.Value", m);
+        aws_form_add(f, key, b->d[i].group);
+    }
+    struct aws_error ae = {0};
+    xmlDocPtr doc = aws_query(c, AWS_CLOUDWATCH, "PutMetricData", f, &ae);
+    aws_form_free(f);
+    if (!doc) {
+        snprintf(err, errlen, "%s", ae.message);
+        return -1;
+    }
+    xmlFreeDoc(doc);
+    return 0;
+}
+
+/* Queues a datum, sending the batch when it is full; -1 once a send failed. */
+static int add(struct aws_client *c, const struct cloudwatch *cw, struct batch *b, const char *name,
+               const char *unit, const char *group, double value, char *err, size_t errlen) {
+    b->d[b->n++] = (struct datum){name, unit, group, value};
+    if (b->n < DATUMS_PER_CALL) return 0;
+    int rc = put(c, cw, b, err, errlen);
+    b->n = 0;
+    return rc;
+}
+
+static void healthy_counts(struct balancer *bal, const struct lb_cluster *lc, int *up, int *down) {
+    *up = *down = 0;
+    /* a table cannot be swapped, so not freed, while the write lock is held */
+    pthread_mutex_lock(&bal->write_lock);
+    const struct lb_table *t = balancer_table(bal);
+    for (size_t i = 0; i < t->nclusters; i++)
+        if (t->clusters[i].id == lc)
+            for (size_t j = 0; j < t->clusters[i].n; j++) {
+                if (atomic_load(&t->clusters[i].rows[j]->healthy))
+                    ++*up;
+                else
+                    ++*down;
+            }
+    pthread_mutex_unlock(&bal->write_lock);
+}
+
+#define ADD(name, unit, group, value)                                                              \
+    do {                                                                                           \
+        if (add(c, cw, b, name, unit, group, value, err, errlen) < 0) return -1;                   \
+    } while (0)
+
+static int cluster_datums(struct aws_client *c, const struct cloudwatch *cw, struct batch *b,
+                          const struct cluster_totals *now, char *err, size_t errlen) {
+    static const char *const target[5] = {NULL, "HTTPCode_Target_2XX_Count",
+                                          "HTTPCode_Target_3XX_Count", "HTTPCode_Target_4XX_Count",
+                                          "HTTPCode_Target_5XX_Count"};
+    const struct cluster_totals *was = last_of(cw, now->lc);
+    const char *g = now->lc->name;
+    ADD("RequestCount", "Count", g, (double)(now->requests - was->requests));
+    for (int k = 1; k < 5; k++)
+        ADD(target[k], "Count", g,
+            (double)((now->responses[k] - now->own[k]) - (was->responses[k] - was->own[k])));
+    ADD("HTTPCode_ELB_4XX_Count", "Count", g, (double)(now->own[3] - was->own[3]));
+    ADD("HTTPCode_ELB_5XX_Count", "Count", g, (double)(now->own[4] - was->own[4]));
+    uint64_t n = now->backend_n - was->backend_n;
+    if (n) ADD("TargetResponseTime", "Seconds", g, (now->backend_us - was->backend_us) / 1e6 / n);
+    if (now->lc != cw->bal->unrouted) {
+        int up, down;
+        healthy_counts(cw->bal, now->lc, &up, &down);
+        ADD("HealthyHostCount", "Count", g, up);
+        ADD("UnHealthyHostCount", "Count", g, down);
+    }
+    return 0;
+}
+
+static int process_datums(struct aws_client *c, const struct cloudwatch *cw, struct batch *b,
+                          const struct process_totals *now, char *err, size_t errlen) {
+    ADD("ActiveConnectionCount", "Count", "all", (double)atomic_load(&g_connections));
+    ADD("NewConnectionCount", "Count", "all",
+        (double)(now->connections - cw->last_process.connections));
+    ADD("ProcessedBytes", "Bytes", "all", (double)(now->bytes - cw->last_process.bytes));
+    return 0;
+}
+
+static size_t snapshot(const struct cloudwatch *cw, struct cluster_totals **out,
+                       struct process_totals *p) {
+    size_t n = 0;
+    struct lb_cluster *head = atomic_load_explicit(&cw->bal->clusters, memory_order_acquire);
+    for (struct lb_cluster *lc = head; lc; lc = lc->next)
+        n++;
+    *out = calloc(n ? n : 1, sizeof(**out));
+    if (!*out) return 0;
+    size_t i = 0;
+    for (struct lb_cluster *lc = head; lc && i < n; lc = lc->next)
+        totals_of(cw, lc, &(*out)[i++]);
+    memset(p, 0, sizeof(*p));
+    for (int w = 0; w < cw->nworkers; w++) {
+        p->connections += ctr_get(&cw->workers[w].counters.connections);
+        p->bytes += ctr_get(&cw->workers[w].counters.bytes_in) +
+                    ctr_get(&cw->workers[w].counters.bytes_out);
+    }
+    return i;
+}
+
+static int publish_all(struct cloudwatch *cw, const struct cluster_totals *now, size_t n,
+                       const struct process_totals *p, char *err, size_t errlen) {
+    struct aws_client *c = aws_client_new(cw->cfg.region, err, errlen);
+    if (!c) return -1;
+    aws_client_set_timeouts(c, 2000, 5000);
+    aws_client_set_retry(c, 2, 200, 1000);
+    struct batch *b = calloc(1, sizeof(*b));
+    int rc = b ? 0 : -1;
+    for (size_t i = 0; !rc && i < n; i++)
+        rc = cluster_datums(c, cw, b, &now[i], err, errlen);
+    if (!rc) rc = process_datums(c, cw, b, p, err, errlen);
+    if (!rc && b->n) rc = put(c, cw, b, err, errlen);
+    free(b);
+    aws_client_free(c);
+    return rc;
+}
+
+static void publish(struct cloudwatch *cw) {
+    struct cluster_totals *now;
+    struct process_totals p;
+    char err[1200] = "out of memory";
+    size_t n = snapshot(cw, &now, &p);
+    if (!now || publish_all(cw, now, n, &p, err, sizeof(err)) < 0) {
+        log_warn("cloudwatch: PutMetricData failed (the next interval sends this one's data "
+                 "too): %s",
+                 err);
+        cw->failing = 1;
+        free(now);
+        return;
+    }
+    if (cw->failing) log_info("cloudwatch: PutMetricData works again");
+    cw->failing = 0;
+    free(cw->last);
+    cw->last = now;
+    cw->nlast = n;
+    cw->last_process = p;
+}
+
+static void *cloudwatch_main(void *arg) {
+    struct cloudwatch *cw = arg;
+    pthread_mutex_lock(&cw->lock);
+    while (!cw->stop) {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += cw->cfg.interval_s;
+        while (!cw->stop && pthread_cond_timedwait(&cw->wake, &cw->lock, &until) == 0) {
+        }
+        if (cw->stop) break;
+        pthread_mutex_unlock(&cw->lock);
+        publish(cw);
+        pthread_mutex_lock(&cw->lock);
+    }
+    pthread_mutex_unlock(&cw->lock);
+    return NULL;
+}
+
+struct cloudwatch *cloudwatch_start(const struct cloudwatch_config *cfg, struct balancer *b,
+                                    struct worker *workers, int nworkers) {
+    struct cloudwatch *cw = calloc(1, sizeof(*cw));
+    if (!cw) return NULL;
+    cw->cfg = *cfg;
+    cw->bal = b;
+    cw->workers = workers;
+    cw->nworkers = nworkers;
+    pthread_mutex_init(&cw->lock, NULL);
+    pthread_cond_init(&cw->wake, NULL);
+    if (pthread_create(&cw->thread, NULL, cloudwatch_main, cw) != 0) {
+        pthread_mutex_destroy(&cw->lock);
+        pthread_cond_destroy(&cw->wake);
+        free(cw);
+        return NULL;
+    }
+    return cw;
+}
+
+void cloudwatch_stop(struct cloudwatch *cw) {
+    if (!cw) return;
+    pthread_mutex_lock(&cw->lock);
+    cw->stop = 1;
+    pthread_cond_signal(&cw->wake);
+    pthread_mutex_unlock(&cw->lock);
+    pthread_join(cw->thread, NULL);
+    pthread_mutex_destroy(&cw->lock);
+    pthread_cond_destroy(&cw->wake);
+    free(cw->last);
+    free(cw);
+}

@@ -1,0 +1,210 @@
+/* EC2 discovery: for every cluster with discovery.ec2, DescribeInstances
+ * filtered by its tags and instance-state-name=running every interval_s, on
+ * a thread of its own. What it finds joins the latency table (unhealthy
+ * until its first successful checks); what is gone is drained. A failed call
+ * keeps the last known set. */
+#define _GNU_SOURCE
+#include "discovery.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "aws.h"
+#include "ev.h"
+#include "log.h"
+
+#define MAX_FOUND 1024
+
+/* What the thread knows of one cluster between two reloads. */
+struct job {
+    char cluster[64];
+    struct ec2_discovery ec2;
+    uint64_t due_ms;
+    int failing; /* the last call failed: log recovery once */
+};
+
+struct discovery {
+    struct balancer *bal;
+    struct job *jobs;
+    size_t njobs;
+    pthread_t thread;
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    int stop;
+};
+
+static struct job *job_for(struct discovery *d, const char *cluster) {
+    for (size_t i = 0; i < d->njobs; i++)
+        if (!strcmp(d->jobs[i].cluster, cluster)) return &d->jobs[i];
+    return NULL;
+}
+
+/* The clusters with discovery in the configuration in force now (a reload
+ * may have changed them); keeps the schedule of those still there. */
+static void refresh_jobs(struct discovery *d) {
+    struct balancer *b = d->bal;
+    pthread_mutex_lock(&b->write_lock);
+    const struct proxy_config *cfg = b->cfg;
+    struct job *jobs = calloc(cfg->nclusters + 1, sizeof(*jobs));
+    size_t n = 0;
+    for (size_t i = 0; jobs && i < cfg->nclusters; i++) {
+        const struct cluster_config *cc = &cfg->clusters[i];
+        if (!cc->discovery.enabled) continue;
+        struct job *was = job_for(d, cc->name), *j = &jobs[n++];
+        if (was) *j = *was;
+        snprintf(j->cluster, sizeof(j->cluster), "%s", cc->name);
+        j->ec2 = cc->discovery;
+    }
+    pthread_mutex_unlock(&b->write_lock);
+    if (!jobs) return;
+    free(d->jobs);
+    d->jobs = jobs;
+    d->njobs = n;
+}
+
+static void add_filter(struct aws_form *f, int k, const char *name, const char *value) {
+    char key[48];
+    snprintf(key, sizeof(key), "Filter.%d.Name", k);
+    aws_form_add(f, key, name);
+    snprintf(key, sizeof(key), "Filter.%d.Value.1", k);
+    aws_form_add(f, key, value);
+}
+
+static struct aws_form *describe_form(const struct ec2_discovery *e, const char *next_token) {
+    struct aws_form *f = aws_form_new();
+    if (!f) return NULL;
+    int k = 1;
+    for (int t = 0; t < e->ntags; t++) {
+        char name[160];
+        snprintf(name, sizeof(name), "tag:%s", e->tag_keys[t]);
+        add_filter(f, k++, name, e->tag_values[t]);
+    }
+    add_filter(f, k, "instance-state-name", "running");
+    if (next_token) aws_form_add(f, "NextToken", next_token);
+    return f;
+}
+
+/* Appends the running instances of one reply page; the page's NextToken
+ * (copied into next, "" when none). */
+static void collect(xmlDocPtr doc, int port, struct backend_addr *out, size_t *n, char *next,
+                    size_t next_len) {
+    xmlNodePtr root = xmlDocGetRootElement(doc);
+    AWS_XML_FOREACH(res, aws_xml_find(root, "reservationSet"), "item") {
+        AWS_XML_FOREACH(inst, aws_xml_find(res, "instancesSet"), "item") {
+            const char *ip = aws_xml_text(inst, "privateIpAddress");
+            const char *state = aws_xml_text(inst, "instanceState/name");
+            if (!ip || !ip[0] || (state && strcmp(state, "running")) || *n >= MAX_FOUND) continue;
+            struct backend_addr *ba = &out[*n];
+            const char *why;
+            snprintf(ba->text, sizeof(ba->text), "%s:%d", ip, port);
+            if (net_parse_addr(ba->text, NULL, &ba->addr, &why) == 0) ++*n;
+        }
+    }
+    const char *token = aws_xml_text(root, "nextToken");
+    snprintf(next, next_len, "%s", token ? token : "");
+}
+
+static int cmp_addr(const void *a, const void *b) {
+    return strcmp(((const struct backend_addr *)a)->text, ((const struct backend_addr *)b)->text);
+}
+
+/* DescribeInstances, every page: 0 with the addresses sorted, or -1 with
+ * err filled. */
+static int describe(const struct ec2_discovery *e, struct backend_addr *out, size_t *n, char *err,
+                    size_t errlen) {
+    struct aws_client *c = aws_client_new(e->region, err, errlen);
+    if (!c) return -1;
+    /* short: a stop (SIGTERM) waits for a call in flight */
+    aws_client_set_timeouts(c, 2000, 5000);
+    aws_client_set_retry(c, 2, 200, 1000);
+    char token[1024] = "";
+    int rc = 0;
+    *n = 0;
+    do {
+        struct aws_form *f = describe_form(e, token[0] ? token : NULL);
+        struct aws_error ae = {0};
+        xmlDocPtr doc = f ? aws_query(c, AWS_EC2, "DescribeInstances", f, &ae) : NULL;
+        aws_form_free(f);
+        if (!doc) {
+            snprintf(err, errlen, "%s", f ? ae.message : "out of memory");
+            rc = -1;
+            break;
+        }
+        collect(doc, e->port, out, n, token, sizeof(token));
+        xmlFreeDoc(doc);
+    } while (token[0]);
+    aws_client_free(c);
+    qsort(out, *n, sizeof(*out), cmp_addr);
+    return rc;
+}
+
+static void run_job(struct discovery *d, struct job *j, struct backend_addr *buf) {
+    char err[1200], why[96];
+    size_t n;
+    if (describe(&j->ec2, buf, &n, err, sizeof(err)) < 0) {
+        log_warn("discovery %s: DescribeInstances failed, keeping the last known backends: %s",
+                 j->cluster, err);
+        j->failing = 1;
+        return;
+    }
+    if (j->failing) log_info("discovery %s: DescribeInstances works again", j->cluster);
+    j->failing = 0;
+    snprintf(why, sizeof(why), "discovery %s", j->cluster);
+    if (balancer_set_found(d->bal, j->cluster, buf, n, why) < 0)
+        log_error("discovery %s: out of memory", j->cluster);
+}
+
+static void *discovery_main(void *arg) {
+    struct discovery *d = arg;
+    struct backend_addr *buf = calloc(MAX_FOUND, sizeof(*buf));
+    pthread_mutex_lock(&d->lock);
+    while (buf && !d->stop) {
+        pthread_mutex_unlock(&d->lock);
+        refresh_jobs(d);
+        uint64_t now = ev_clock_ms();
+        for (size_t i = 0; i < d->njobs; i++) {
+            struct job *j = &d->jobs[i];
+            if (now < j->due_ms) continue;
+            run_job(d, j, buf);
+            j->due_ms = ev_clock_ms() + (uint64_t)j->ec2.interval_s * 1000;
+        }
+        pthread_mutex_lock(&d->lock);
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += 1; /* the next due job, or a reload, is seen within a second */
+        if (!d->stop) pthread_cond_timedwait(&d->wake, &d->lock, &until);
+    }
+    pthread_mutex_unlock(&d->lock);
+    free(buf);
+    return NULL;
+}
+
+struct discovery *discovery_start(struct balancer *b) {
+    struct discovery *d = calloc(1, sizeof(*d));
+    if (!d) return NULL;
+    d->bal = b;
+    pthread_mutex_init(&d->lock, NULL);
+    pthread_cond_init(&d->wake, NULL);
+    if (pthread_create(&d->thread, NULL, discovery_main, d) != 0) {
+        pthread_mutex_destroy(&d->lock);
+        pthread_cond_destroy(&d->wake);
+        free(d);
+        return NULL;
+    }
+    return d;
+}
+
+void discovery_stop(struct discovery *d) {
+    if (!d) return;
+    pthread_mutex_lock(&d->lock);
+    d->stop = 1;
+    pthread_cond_signal(&d->wake);
+    pthread_mutex_unlock(&d->lock);
+    pthread_join(d->thread, NULL);
+    pthread_mutex_destroy(&d->lock);
+    pthread_cond_destroy(&d->wake);
+    free(d->jobs);
+    free(d);
+}
