@@ -39,13 +39,13 @@ def free_port():
             return port
 
 
-def wait_port(port, proc, timeout=10.0):
+def wait_port(port, proc, timeout=10.0, host="127.0.0.1"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError("process exited with %d before listening" % proc.returncode)
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            socket.create_connection((host, port), timeout=0.5).close()
             return
         except OSError:
             time.sleep(0.02)
@@ -98,15 +98,16 @@ class Process:
 
 
 class Backend(Process):
-    def __init__(self, instance_id="b1", cluster="cluster1", args=(), port=None, threads=2):
+    def __init__(self, instance_id="b1", cluster="cluster1", args=(), port=None, threads=2,
+                 host="127.0.0.1"):
         self.port = port or free_port()
         self.instance_id = instance_id
-        argv = [BACKEND_BIN, "--host", "127.0.0.1", "--port", str(self.port),
+        argv = [BACKEND_BIN, "--host", host, "--port", str(self.port),
                 "--instance-id", instance_id, "--cluster", cluster,
                 "--threads", str(threads)] + list(args)
         super().__init__(argv, "backend-" + instance_id)
-        wait_port(self.port, self.proc)
-        self.addr = "127.0.0.1:%d" % self.port
+        wait_port(self.port, self.proc, host=host)
+        self.addr = "%s:%d" % (host, self.port)
 
     def requests_logged(self):
         """The request lines this backend logged."""
