@@ -131,7 +131,8 @@ static int run(const struct proxy_config *cfg, struct balancer *bal, int argc, c
         log_error("access log: %s", err);
         return 1;
     }
-    struct worker *w = calloc((size_t)n, sizeof(*w));
+    struct worker *w = aligned_alloc(64, (size_t)n * sizeof(*w));
+    if (w) memset(w, 0, (size_t)n * sizeof(*w));
     if (!w || init_workers(w, n, cfg, bal, alog) < 0) {
         free(w);
         alog_close(alog);
