@@ -344,10 +344,11 @@ class Ec2Tests(StandInCase):
                          [("running", ip, ip) for ip in ("127.0.0.11", "127.0.0.12", "127.0.0.13")])
 
     def test_pending_for_a_time_instead(self):
-        self.standin.configure(pending_describes=1000, pending_seconds=0.3)
+        self.standin.configure(pending_describes=1000, pending_seconds=1.5)
+        launched = time.monotonic()
         [iid] = self.run_instances(1)
         self.assertEqual(self.describe()[iid][0], "pending")
-        time.sleep(0.4)
+        time.sleep(max(0.0, launched + 1.6 - time.monotonic()))
         self.assertEqual(self.describe()[iid][0], "running")
 
     def test_describe_instances_filters_by_tag_and_state(self):
@@ -375,11 +376,12 @@ class Ec2Tests(StandInCase):
                          (400, "InvalidInstanceID.NotFound"))
 
     def test_terminated_instances_leave_the_listing_after_a_while(self):
-        self.standin.configure(terminated_ttl_s=0.2)
+        self.standin.configure(terminated_ttl_s=1.5)
         [iid] = self.run_instances(1)
+        terminated = time.monotonic()
         self.standin.terminate_instance(iid)
         self.assertIn(iid, self.describe())
-        time.sleep(0.3)
+        time.sleep(max(0.0, terminated + 1.6 - time.monotonic()))
         self.assertNotIn(iid, self.describe())
 
     def test_pagination(self):
