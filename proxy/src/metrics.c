@@ -38,7 +38,7 @@ static void series(struct sbuf *out, const char *name, const char *cluster, cons
         label_value(out, cluster);
         sbuf_adds(out, key ? "\"," : "\"");
     }
-    if (key) {
+    if (key && value) {
         sbuf_addf(out, "%s=\"", key);
         label_value(out, value);
         sbuf_adds(out, "\"");
