@@ -69,8 +69,9 @@ void ec2_tags(struct aws_form *f, int spec, const char *rtype, const char *name,
 }
 
 static void filter(struct aws_form *f, int n, const char *name, const char *value) {
-    aws_form_addf(f, "Filter.%d.Name", "%s", name);
     char key[48];
+    snprintf(key, sizeof(key), "Filter.%d.Name", n);
+    aws_form_add(f, key, name);
     snprintf(key, sizeof(key), "Filter.%d.Value.1", n);
     aws_form_add(f, key, value);
 }
@@ -355,8 +356,9 @@ static bool own_key(struct ctl *c, const char *file, bool exists, const char *pu
 static bool made_key(struct ctl *c, bool exists) {
     struct state *st = c->st;
     if (!st->key_path[0]) {
-        char dir[PATH_MAX];
-        dir_of(st->path, dir, sizeof(dir));
+        char rel[PATH_MAX], dir[PATH_MAX];
+        dir_of(st->path, rel, sizeof(rel));
+        if (!realpath(rel, dir)) copy_str(dir, sizeof(dir), rel);
         if (snprintf(st->key_path, sizeof(st->key_path), "%s/%s.pem", dir, st->key_name) >=
             (int)sizeof(st->key_path)) {
             fail("%s/%s.pem: path too long", dir, st->key_name);

@@ -19,11 +19,12 @@ struct group {
 };
 
 static void filter_values(struct aws_form *f, int n, const char *name, const char *csv) {
-    aws_form_addf(f, "Filter.%d.Name", "%s", name);
+    char key[48];
+    snprintf(key, sizeof(key), "Filter.%d.Name", n);
+    aws_form_add(f, key, name);
     char *copy = strdup(csv), *save = NULL;
     int v = 0;
     for (char *t = copy ? strtok_r(copy, ",", &save) : NULL; t; t = strtok_r(NULL, ",", &save)) {
-        char key[48];
         snprintf(key, sizeof(key), "Filter.%d.Value.%d", n, ++v);
         aws_form_add(f, key, t);
     }

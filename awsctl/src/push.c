@@ -245,10 +245,11 @@ static void push_one(struct job *j) {
                  j->c->st->key_path, in->host_key, sizeof(in->host_key), j->err, sizeof(j->err));
     if (!s) return;
     int n = file_list(j, files);
+    const char *sub = strcmp(in->role, "proxy") ? "" : "/lib";
     snprintf(cmd, sizeof(cmd),
-             "mkdir -p %s/lib 2>/dev/null && test -w %s || "
-             "sudo -n install -d -o \"$(id -un)\" -g \"$(id -gn)\" %s %s/lib",
-             qdir, qdir, qdir, qdir);
+             "mkdir -p %s%s 2>/dev/null && test -w %s || "
+             "sudo -n install -d -o \"$(id -un)\" -g \"$(id -gn)\" %s %s%s",
+             qdir, sub, qdir, qdir, qdir, sub);
     if (run(s, cmd, "creating the remote directory", tail, sizeof(tail), j->err, sizeof(j->err)) &&
         upload_all(j, s, dir, files, n, mv, sizeof(mv))) {
         bootstrap_cmd(j, qdir, mv, cmd, sizeof(cmd));

@@ -48,8 +48,10 @@ static void print_urls(const struct state *st) {
 }
 
 int cmd_up(struct ctl *c, const struct up_opts *o) {
-    char cidr[64], err[PATH_MAX + 128];
-    if (!c->dry_run && !push_check_files(err, sizeof(err))) {
+    char cidr[64], err[PATH_MAX + 256], line[8192];
+    /* Whatever can be refused here is refused before anything is created. */
+    if ((!c->dry_run && !push_check_files(err, sizeof(err))) ||
+        (o->ssh_key && !key_public_line(o->ssh_key, line, sizeof(line), err, sizeof(err)))) {
         fail("%s", err);
         return 1;
     }
