@@ -33,7 +33,7 @@ struct state {
     char path[PATH_MAX];
     char name[128], region[64];
     char epoch[40]; /* random per deployment: part of every ClientToken */
-    char vpc_id[48], vpc_cidr[48];
+    char vpc_id[48];
     char sg_id[48];
     bool sg_created;
     char cidrs[MAX_CIDRS][48]; /* the --allow-cidr rules authorized */
@@ -90,6 +90,8 @@ bool state_load(struct state *st, bool *found);
 bool state_save(const struct state *st);
 bool state_remove(const struct state *st);
 struct instance *state_find(struct state *st, const char *id);
+/* state_save, except in a dry run, which writes nothing. */
+bool ctl_save(struct ctl *c);
 
 /* ec2.c: calls print what failed ("<what>: Code: Message") and return false. */
 enum mut { MUT_FAILED, MUT_DONE, MUT_WOULD, MUT_TOLERATED };
@@ -112,7 +114,6 @@ bool ec2_remove_group(struct ctl *c, long timeout_s);
 bool ec2_key_pair(struct ctl *c, const struct up_opts *o);
 bool ec2_delete_key_pair(struct ctl *c);
 bool ec2_ami(struct ctl *c, const char *ami);
-bool ctl_save(struct ctl *c);
 
 /* instances.c */
 /* The deployment's instances (by tag) in the given states ("pending,running"). */

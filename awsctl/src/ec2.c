@@ -4,8 +4,6 @@
 #define _GNU_SOURCE
 #include "awsctl.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -81,10 +79,6 @@ static bool created_by_us(xmlNodePtr item, const char *name) {
     return by && dep && !strcmp(by, "awsctl") && !strcmp(dep, name);
 }
 
-bool ctl_save(struct ctl *c) {
-    return c->dry_run || state_save(c->st);
-}
-
 /* ---- network ---- */
 
 bool ec2_network(struct ctl *c) {
@@ -95,8 +89,7 @@ bool ec2_network(struct ctl *c) {
     aws_form_free(f);
     if (!doc) return false;
     xmlNodePtr vpc = aws_xml_find(xmlDocGetRootElement(doc), "vpcSet/item");
-    bool ok = vpc && copy_str(st->vpc_id, sizeof(st->vpc_id), aws_xml_text(vpc, "vpcId")) &&
-              copy_str(st->vpc_cidr, sizeof(st->vpc_cidr), aws_xml_text(vpc, "cidrBlock"));
+    bool ok = vpc && copy_str(st->vpc_id, sizeof(st->vpc_id), aws_xml_text(vpc, "vpcId"));
     xmlFreeDoc(doc);
     if (!ok)
         fail("no default VPC in %s: awsctl launches into the default VPC and its default "
@@ -217,7 +210,6 @@ static bool delete_group(struct ctl *c, long timeout_s) {
     struct state *st = c->st;
     char what[128];
     snprintf(what, sizeof(what), "delete security group %s", st->sg_id);
-    static const char *const busy[] = {"DependencyViolation", "InvalidGroup.NotFound", NULL};
     double deadline = now_s() + (double)timeout_s, pause = 1;
     for (;;) {
         struct aws_form *f = aws_form_new();
@@ -227,7 +219,7 @@ static bool delete_group(struct ctl *c, long timeout_s) {
         aws_form_free(f);
         xmlFreeDoc(doc);
         if (doc || !strcmp(err.code, "InvalidGroup.NotFound")) break;
-        if (strcmp(err.code, busy[0]) || now_s() + pause > deadline) {
+        if (strcmp(err.code, "DependencyViolation") || now_s() + pause > deadline) {
             fail("%s (DeleteSecurityGroup): %s", what, err.message);
             return false;
         }
@@ -353,7 +345,31 @@ static bool own_key(struct ctl *c, const char *file, bool exists, const char *pu
     return ctl_save(c);
 }
 
-static bool made_key(struct ctl *c, bool exists) {
+static bool delete_key(struct ctl *c) {
+    struct state *st = c->st;
+    char what[320];
+    snprintf(what, sizeof(what), "delete key pair %s", st->key_name);
+    struct aws_form *f = aws_form_new();
+    aws_form_add(f, "KeyName", st->key_name);
+    enum mut m = ec2_mutate(c, "DeleteKeyPair", f, what, NULL, NULL);
+    aws_form_free(f);
+    if (m == MUT_FAILED) return false;
+    say("deleted key pair %s", st->key_name);
+    st->key_created = false;
+    return true;
+}
+
+/* Whether the deployment has instances (which hold the key pair's key). */
+static bool in_use(struct ctl *c) {
+    struct instance *live = calloc(MAX_INSTANCES, sizeof(*live));
+    int n = 0;
+    bool ok =
+        live && instances_describe(c, "pending,running,stopping,stopped", live, &n, MAX_INSTANCES);
+    free(live);
+    return !ok || n > 0;
+}
+
+static bool made_key(struct ctl *c, bool exists, bool ours) {
     struct state *st = c->st;
     if (!st->key_path[0]) {
         char rel[PATH_MAX], dir[PATH_MAX];
@@ -366,6 +382,11 @@ static bool made_key(struct ctl *c, bool exists) {
         }
     }
     if (!exists) return create_key(c);
+    if (access(st->key_path, R_OK) != 0 && ours && !in_use(c)) {
+        /* up stopped between CreateKeyPair and writing the key: no instance has it yet. */
+        say("key pair %s has no private key at %s: making it again", st->key_name, st->key_path);
+        return delete_key(c) && create_key(c);
+    }
     if (access(st->key_path, R_OK) != 0) {
         fail("key pair %s exists in %s but its private key is not at %s: pass --ssh-key with "
              "it, or --key-name for another key pair",
@@ -387,7 +408,7 @@ bool ec2_key_pair(struct ctl *c, const struct up_opts *o) {
     if (exists && ours) st->key_created = true;
     if (!exists) st->key_created = false;
     if (o->ssh_key) return own_key(c, o->ssh_key, exists, pub);
-    return made_key(c, exists);
+    return made_key(c, exists, ours);
 }
 
 bool ec2_delete_key_pair(struct ctl *c) {
@@ -396,17 +417,7 @@ bool ec2_delete_key_pair(struct ctl *c) {
     bool exists, ours;
     char pub[8192];
     if (!describe_key(c, st->key_name, &exists, pub, sizeof(pub), &ours)) return false;
-    if (!exists || !(ours || st->key_created)) return true;
-    char what[320];
-    snprintf(what, sizeof(what), "delete key pair %s", st->key_name);
-    struct aws_form *f = aws_form_new();
-    aws_form_add(f, "KeyName", st->key_name);
-    enum mut m = ec2_mutate(c, "DeleteKeyPair", f, what, NULL, NULL);
-    aws_form_free(f);
-    if (m == MUT_FAILED) return false;
-    say("deleted key pair %s", st->key_name);
-    st->key_created = false;
-    return true;
+    return !exists || !(ours || st->key_created) || delete_key(c);
 }
 
 /* ---- AMI ---- */

@@ -62,7 +62,6 @@ static void load_root(struct state *st, const cJSON *root) {
     GET_STR(root, "region", st->region);
     GET_STR(root, "epoch", st->epoch);
     GET_STR(root, "vpc_id", st->vpc_id);
-    GET_STR(root, "vpc_cidr", st->vpc_cidr);
     GET_STR(root, "security_group_id", st->sg_id);
     st->sg_created = get_bool(root, "security_group_created");
     const cJSON *it;
@@ -135,7 +134,6 @@ static cJSON *state_json(const struct state *st) {
     cJSON_AddStringToObject(root, "region", st->region);
     cJSON_AddStringToObject(root, "epoch", st->epoch);
     cJSON_AddStringToObject(root, "vpc_id", st->vpc_id);
-    cJSON_AddStringToObject(root, "vpc_cidr", st->vpc_cidr);
     cJSON_AddStringToObject(root, "security_group_id", st->sg_id);
     cJSON_AddBoolToObject(root, "security_group_created", st->sg_created);
     cJSON *cidrs = cJSON_AddArrayToObject(root, "rule_cidrs");
@@ -161,6 +159,10 @@ bool state_save(const struct state *st) {
     if (!ok) fail("%s", text ? err : "out of memory writing the state");
     free(text);
     return ok;
+}
+
+bool ctl_save(struct ctl *c) {
+    return c->dry_run || state_save(c->st);
 }
 
 bool state_remove(const struct state *st) {
