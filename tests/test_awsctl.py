@@ -131,7 +131,10 @@ class AwsctlTest(unittest.TestCase):
 
     def tearDown(self):
         self.stop_started()
+        reports = self.sanitizer_reports()
         shutil.rmtree(self.dir, ignore_errors=True)
+        if reports:
+            self.fail("\n\n".join(reports))
 
     # -- helpers -------------------------------------------------------------
 
@@ -159,6 +162,19 @@ class AwsctlTest(unittest.TestCase):
                 except ProcessLookupError:
                     pass
             pids = [p for p in pids if not lbtest.wait_until(lambda: not pid_alive(p), 5)]
+
+    def sanitizer_reports(self):
+        """The logs of the started backends and proxy that hold a report."""
+        found = []
+        for root, _, files in os.walk(self.remote):
+            for name in files:
+                if name.endswith(".log"):
+                    with open(os.path.join(root, name), errors="replace") as f:
+                        log = f.read()
+                    if any(m in log for m in ("AddressSanitizer", "LeakSanitizer",
+                                              "runtime error:")):
+                        found.append("%s/%s:\n%s" % (root, name, log[-4000:]))
+        return found
 
     def awsctl(self, *args, expect=0, timeout=CMD_TIMEOUT):
         """Runs awsctl in the test's directory: (stdout, stderr)."""

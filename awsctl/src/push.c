@@ -269,6 +269,29 @@ static void *push_thread(void *arg) {
     return NULL;
 }
 
+/* Pushes to the instances of one role at once, a thread each. */
+static bool push_role(struct job *jobs, int n, const char *role) {
+    for (int i = 0; i < n; i++) {
+        struct job *j = &jobs[i];
+        if (strcmp(j->in->role, role)) continue;
+        j->threaded = pthread_create(&j->tid, NULL, push_thread, j) == 0;
+        if (!j->threaded) push_one(j);
+    }
+    bool ok = true;
+    for (int i = 0; i < n; i++) {
+        struct job *j = &jobs[i];
+        if (strcmp(j->in->role, role)) continue;
+        if (j->threaded) pthread_join(j->tid, NULL);
+        if (j->ok)
+            say("%s %-8s %-8s %s: %s", j->in->id, j->in->role, j->in->cluster, j->in->public_ip,
+                j->summary);
+        else
+            fail("%s (%s %s): %s", j->in->id, j->in->role, j->in->cluster, j->err);
+        ok = ok && j->ok;
+    }
+    return ok;
+}
+
 static void free_all(struct job *jobs, char *json, char *env) {
     free(jobs);
     free(json);
@@ -287,23 +310,11 @@ bool push_all(struct ctl *c) {
         return false;
     }
     say("pushing to %d instance(s) over SSH", st->ninst);
-    for (int i = 0; i < st->ninst; i++) {
-        struct job *j = &jobs[i];
-        *j = (struct job){.c = c, .in = &st->inst[i], .proxy_json = json, .proxy_env = env};
-        j->threaded = pthread_create(&j->tid, NULL, push_thread, j) == 0;
-        if (!j->threaded) push_one(j);
-    }
-    bool ok = true;
-    for (int i = 0; i < st->ninst; i++) {
-        struct job *j = &jobs[i];
-        if (j->threaded) pthread_join(j->tid, NULL);
-        if (j->ok)
-            say("%s %-8s %-8s %s: %s", j->in->id, j->in->role, j->in->cluster, j->in->public_ip,
-                j->summary);
-        else
-            fail("%s (%s %s): %s", j->in->id, j->in->role, j->in->cluster, j->err);
-        ok = ok && j->ok;
-    }
+    for (int i = 0; i < st->ninst; i++)
+        jobs[i] = (struct job){.c = c, .in = &st->inst[i], .proxy_json = json, .proxy_env = env};
+    /* The backends first, so that the proxy starts with them answering. */
+    bool ok = push_role(jobs, st->ninst, "backend");
+    ok = push_role(jobs, st->ninst, "proxy") && ok;
     free_all(jobs, json, env);
     return state_save(st) && ok;
 }
