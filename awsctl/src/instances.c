@@ -90,15 +90,20 @@ static void merge(struct state *st, const struct instance *live, int n) {
 
 /* ---- launch ---- */
 
+struct subnet {
+    char id[48], zone[48];
+};
+
 struct subnets {
-    char id[MAX_SUBNETS][48];
+    struct subnet s[MAX_SUBNETS];
     int n;
 };
 
 static int by_zone(const void *a, const void *b) {
-    return strcmp((const char *)a + 48, (const char *)b + 48);
+    return strcmp(((const struct subnet *)a)->zone, ((const struct subnet *)b)->zone);
 }
 
+/* The default subnets of the default VPC, in zone order. */
 static bool default_subnets(struct ctl *c, struct subnets *s) {
     struct aws_form *f = aws_form_new();
     aws_form_add(f, "Filter.1.Name", "default-for-az");
@@ -108,18 +113,15 @@ static bool default_subnets(struct ctl *c, struct subnets *s) {
     xmlDocPtr doc = ec2_read(c, "DescribeSubnets", f);
     aws_form_free(f);
     if (!doc) return false;
-    char rows[MAX_SUBNETS][96]; /* id, then its zone at +48: sorted by zone */
     s->n = 0;
     AWS_XML_FOREACH(item, aws_xml_find(xmlDocGetRootElement(doc), "subnetSet"), "item") {
         if (s->n == MAX_SUBNETS) break;
-        copy_str(rows[s->n], 48, aws_xml_text(item, "subnetId"));
-        copy_str(rows[s->n] + 48, 48, aws_xml_text(item, "availabilityZone"));
+        copy_str(s->s[s->n].id, sizeof(s->s[0].id), aws_xml_text(item, "subnetId"));
+        copy_str(s->s[s->n].zone, sizeof(s->s[0].zone), aws_xml_text(item, "availabilityZone"));
         s->n++;
     }
     xmlFreeDoc(doc);
-    qsort(rows, (size_t)s->n, sizeof(rows[0]), by_zone);
-    for (int i = 0; i < s->n; i++)
-        copy_str(s->id[i], sizeof(s->id[0]), rows[i]);
+    qsort(s->s, (size_t)s->n, sizeof(s->s[0]), by_zone);
     if (!s->n) fail("no default subnets in %s (%s)", c->st->vpc_id, c->st->region);
     return s->n > 0;
 }
@@ -181,12 +183,13 @@ static bool run(struct ctl *c, const struct group *g, const char *subnet, int co
     enum mut m = ec2_mutate(c, "RunInstances", f, what, NULL, &doc);
     aws_form_free(f);
     if (m != MUT_DONE) return m == MUT_WOULD;
-    struct instance got[MAX_INSTANCES];
+    struct instance *got = calloc(MAX_INSTANCES, sizeof(*got));
     int n = 0;
-    collect(xmlDocGetRootElement(doc), got, &n, MAX_INSTANCES);
+    if (got) collect(xmlDocGetRootElement(doc), got, &n, MAX_INSTANCES);
     xmlFreeDoc(doc);
     for (int i = 0; i < n && st->ninst < MAX_INSTANCES; i++)
         if (!state_find(st, got[i].id)) st->inst[st->ninst++] = got[i];
+    free(got);
     say("launched %d %s (%s) in %s", n, g->type, g->key, subnet);
     return ctl_save(c);
 }
@@ -203,7 +206,7 @@ static bool launch_group(struct ctl *c, const struct group *g, const struct subn
         if (!in_group(in, g)) continue;
         total++;
         for (int j = 0; j < s->n; j++)
-            if (!strcmp(in->subnet, s->id[j])) have[j]++;
+            if (!strcmp(in->subnet, s->s[j].id)) have[j]++;
     }
     if (total > g->count)
         say("%s has %d instances, more than the %d asked for: the others stay (awsctl down "
@@ -219,7 +222,7 @@ static bool launch_group(struct ctl *c, const struct group *g, const struct subn
         extra -= take;
     }
     for (int j = 0; j < s->n; j++)
-        if (want[j] > 0 && !run(c, g, s->id[j], want[j])) return false;
+        if (want[j] > 0 && !run(c, g, s->s[j].id, want[j])) return false;
     return true;
 }
 

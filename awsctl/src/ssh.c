@@ -46,11 +46,10 @@ static int tcp_connect(const char *host, int port, long timeout_ms, char *err, s
         e = errno;
         struct pollfd p = {fd, POLLOUT, 0};
         socklen_t el = sizeof(e);
-        if (e == EINPROGRESS)
-            e = poll(&p, 1, (int)timeout_ms) == 1 &&
-                        getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &el) == 0
-                    ? e
-                    : ETIMEDOUT;
+        if (e == EINPROGRESS) {
+            e = ETIMEDOUT;
+            if (poll(&p, 1, (int)timeout_ms) == 1) getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &el);
+        }
     }
     freeaddrinfo(ai);
     if (e) {
@@ -222,9 +221,9 @@ bool ssh_upload_mem(struct ssh *s, const char *data, size_t len, const char *rem
                                      .permissions = (unsigned long)mode};
     ok = ok && libssh2_sftp_fsetstat(h, &attrs) == 0;
     if (!ok) sftp_error(s, "cannot write", remote, err, errlen);
-    ok = libssh2_sftp_close(h) == 0 && ok;
-    if (!ok && !*err) sftp_error(s, "cannot close", remote, err, errlen);
-    return ok;
+    bool closed = libssh2_sftp_close(h) == 0;
+    if (ok && !closed) sftp_error(s, "cannot close", remote, err, errlen);
+    return ok && closed;
 }
 
 bool ssh_upload(struct ssh *s, const char *local, const char *remote, int mode, char *err,
