@@ -28,8 +28,20 @@ static const char usage[] =
     "instances and whether they answer. Defaults: --name lb-demo, --state\n"
     "awsctl-DEPLOYMENT.json, --allow-cidr auto, --wait-timeout 300.\n"
     "Credentials, region and endpoints as the AWS CLI reads them (AWS_ACCESS_KEY_ID,\n"
-    "AWS_PROFILE, AWS_REGION, AWS_ENDPOINT_URL, ...). SSH: AWSCTL_SSH_USER (ec2-user),\n"
-    "AWSCTL_SSH_PORT (22), AWSCTL_REMOTE_DIR (/opt/lb).\n";
+    "AWS_PROFILE, AWS_REGION, AWS_ENDPOINT_URL, ...).\n"
+    "\n"
+    "Environment:\n"
+    "  AWSCTL_SSH_USER (ec2-user), AWSCTL_SSH_PORT (22)   how up logs in to the instances\n"
+    "  AWSCTL_REMOTE_DIR (/opt/lb)        where the files go on an instance;\n"
+    "  AWSCTL_REMOTE_PER_INSTANCE=1       ... in <dir>/<instance-id> (many instances, one host)\n"
+    "  AWSCTL_SERVICE_MODE (auto)         systemd, nohup or auto: how the bootstraps start\n"
+    "  AWSCTL_PROXY_ADMIN (127.0.0.1:9000) the proxy's admin listener\n"
+    "  AWSCTL_FORWARD_ENV                 names of variables passed on to the proxy\n"
+    "  AWSCTL_CHECKIP_URL (https://checkip.amazonaws.com)  for --allow-cidr auto\n"
+    "  AWSCTL_SCRIPTS_DIR, AWSCTL_CJSON_LIB  the bootstraps, the libcjson.so.1 pushed\n"
+    "\n"
+    "Exit status: 0 done (status: all healthy), 1 failed (AWS errors are shown as\n"
+    "Code: Message; status: something does not answer), 2 bad flags.\n";
 
 struct args {
     const char *cmd, *region, *name, *state;
