@@ -9,6 +9,7 @@
 #define _GNU_SOURCE
 #include "awsctl.h"
 
+#include <ctype.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -154,10 +155,16 @@ static char *proxy_env(void) {
     for (char *n = f ? strtok_r(names, ", ", &save) : NULL; n; n = strtok_r(NULL, ", ", &save)) {
         const char *v = getenv(n);
         char q[4096];
-        if (v && !strchr(v, '\n') && !strchr(v, '\'') && shq(v, q, sizeof(q)))
+        bool name_ok =
+            strspn(n, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_0123456789") ==
+                strlen(n) &&
+            !isdigit((unsigned char)*n);
+        if (name_ok && v && !strchr(v, '\n') && !strchr(v, '\'') && shq(v, q, sizeof(q)))
             fprintf(f, "%s=%s\n", n, q);
-        else if (v)
-            fail("AWSCTL_FORWARD_ENV: %s is not passed on (newline, quote or too long)", n);
+        else if (v || !name_ok)
+            fail("AWSCTL_FORWARD_ENV: %s is not passed on (not a name, or a value with a "
+                 "newline or quote, or too long)",
+                 n);
     }
     if (f) fclose(f);
     free(names);
