@@ -307,6 +307,16 @@ class AwsctlTest(unittest.TestCase):
         for i in insts:
             self.assertRegex(out, re.escape(i["instance_id"]) + r" .* ok")
 
+        # A backend that stops answering shows in status, which then fails.
+        victim = [i for i in insts if i["tags"]["Role"] == "backend"][0]
+        with open(self.remote_path(victim["instance_id"], "backend.pid")) as f:
+            pid = int(f.read())
+        os.kill(pid, signal.SIGTERM)
+        self.assertTrue(lbtest.wait_until(lambda: not pid_alive(pid), 10))
+        out, _ = self.awsctl("status", "--name", NAME, expect=1)
+        self.assertIn("healthy: 7/8 backends", out)
+        self.assertRegex(out, re.escape(victim["instance_id"]) + r" .* down \(")
+
         key_path = state["key_path"]
         self.awsctl("down", "--name", NAME)
         self.assertEqual(self.instances(), [])
@@ -387,6 +397,20 @@ class AwsctlTest(unittest.TestCase):
         self.check_pushed(insts)
         self.awsctl("down", "--name", NAME)
         self.assertEqual(self.instances(), [])
+
+    def test_wait_timeout_then_up_again(self):
+        self.standin.configure(pending_describes=100000)
+        _, err = self.up("--micro", "1", "--large", "0", "--allow-cidr", "127.0.0.1/32",
+                         "--wait-timeout", "2", expect=1)
+        self.assertRegex(err, r"timed out after 2 s \(--wait-timeout\) waiting for i-\w+ "
+                              r"\(pending\)")
+        launched = {i["instance_id"] for i in self.instances()}
+        self.assertEqual(len(launched), 2)
+        self.assertEqual({i["id"] for i in self.state()["instances"]}, launched)
+        self.standin.configure(pending_describes=1)
+        self.up("--micro", "1", "--large", "0", "--allow-cidr", "127.0.0.1/32")
+        self.assertEqual({i["instance_id"] for i in self.check_instances(1, 0)}, launched)
+        self.awsctl("down", "--name", NAME)
 
     def test_dry_run_creates_nothing(self):
         out, _ = self.up("--dry-run")
