@@ -412,6 +412,15 @@ class AwsctlTest(unittest.TestCase):
         self.assertEqual({i["instance_id"] for i in self.check_instances(1, 0)}, launched)
         self.awsctl("down", "--name", NAME)
 
+    def test_down_without_state_file(self):
+        """down finds the instances, the group and the key pair by their tags."""
+        self.up("--micro", "1", "--large", "0", "--allow-cidr", "127.0.0.1/32")
+        os.unlink(self.state_path)
+        self.awsctl("down", "--name", NAME)
+        self.assertEqual(self.instances(), [])
+        self.assertIsNone(self.group())
+        self.assertEqual(self.standin.state()["key_pairs"], [])
+
     def test_dry_run_creates_nothing(self):
         out, _ = self.up("--dry-run")
         self.assertIn("would: create security group awsctl-%s" % NAME, out)
