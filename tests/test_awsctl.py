@@ -333,6 +333,10 @@ class AwsctlTest(unittest.TestCase):
         key = os.path.join(self.dir, "my_ed25519")
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key], check=True,
                        timeout=30)
+        # Without key.pub: awsctl reads the public key from the private key file.
+        with open(key + ".pub") as f:
+            public = f.read().split()[:2]
+        os.unlink(key + ".pub")
         self.standin.inject(kind="throttle", action="RunInstances", count=2)
         self.standin.inject(kind="throttle", action="DescribeInstances", count=1)
         _, err = self.up("--micro", "1", "--large", "1", "--allow-cidr", "127.0.0.1/32",
@@ -342,6 +346,7 @@ class AwsctlTest(unittest.TestCase):
         throttled = [r for r in self.standin.requests(action="RunInstances") if r["injected"]]
         self.assertEqual(len(throttled), 2)
         self.assertEqual(len(self.served("ImportKeyPair")), 1)
+        self.assertEqual(self.standin.state()["key_pairs"][0]["public_key"].split()[:2], public)
         self.awsctl("down", "--name", NAME)
         self.assertEqual(self.standin.state()["key_pairs"], [])
         self.assertTrue(os.path.exists(key), "down removed the user's own key")

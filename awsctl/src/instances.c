@@ -139,7 +139,7 @@ static int by_id(const void *a, const void *b) {
  * after a lost reply or an interruption gets the first launch back. */
 static void client_token(const struct state *st, const struct group *g, const char *subnet,
                          int count, char *out, size_t len) {
-    const char *ids[MAX_INSTANCES];
+    const char *ids[MAX_INSTANCES] = {NULL};
     int n = 0;
     for (int i = 0; i < st->ninst; i++)
         if (in_group(&st->inst[i], g)) ids[n++] = st->inst[i].id;

@@ -55,8 +55,22 @@ static bool wire_string(const unsigned char **p, const unsigned char *end, const
     return true;
 }
 
-/* The public key blob that an OpenSSH-format private key carries in the
- * clear, ahead of its (possibly encrypted) private part. */
+/* The public key blob of a decoded openssh-key-v1 body, which it carries in
+ * the clear ahead of its (possibly encrypted) private part. */
+static bool openssh_blob(const unsigned char *raw, size_t len, const unsigned char **blob,
+                         uint32_t *bloblen) {
+    const unsigned char *p = raw + sizeof(OPENSSH_MAGIC), *end = raw + len, *s;
+    uint32_t n;
+    if (len < sizeof(OPENSSH_MAGIC) + 4 || memcmp(raw, OPENSSH_MAGIC, sizeof(OPENSSH_MAGIC)))
+        return false;           /* the magic with its NUL */
+    for (int i = 0; i < 3; i++) /* cipher, kdf name, kdf options */
+        if (!wire_string(&p, end, &s, &n)) return false;
+    if (end - p < 4) return false;
+    p += 4; /* the number of keys */
+    return wire_string(&p, end, blob, bloblen);
+}
+
+/* "type base64" of an OpenSSH-format private key's public key. */
 static bool openssh_public(const char *pem, char *out, size_t outlen) {
     const char *b = strstr(pem, OPENSSH_BEGIN), *e = b ? strstr(b, OPENSSH_END) : NULL;
     if (!e) return false;
@@ -64,16 +78,9 @@ static bool openssh_public(const char *pem, char *out, size_t outlen) {
     unsigned char *raw;
     long len = b64_decode(b, (size_t)(e - b), &raw);
     if (len < 0) return false;
-    const unsigned char *p = raw, *end = raw + len, *s, *blob, *type;
-    uint32_t n, bloblen, typelen;
-    bool ok = (size_t)len > sizeof(OPENSSH_MAGIC) &&
-              !memcmp(raw, OPENSSH_MAGIC, sizeof(OPENSSH_MAGIC)); /* with its NUL */
-    p += sizeof(OPENSSH_MAGIC);
-    for (int i = 0; ok && i < 3; i++) /* cipher, kdf name, kdf options */
-        ok = wire_string(&p, end, &s, &n);
-    ok = ok && end - p >= 4;
-    p += 4; /* the number of keys */
-    ok = ok && wire_string(&p, end, &blob, &bloblen);
+    const unsigned char *blob = NULL, *type = NULL;
+    uint32_t bloblen = 0, typelen = 0;
+    bool ok = openssh_blob(raw, (size_t)len, &blob, &bloblen);
     const unsigned char *q = blob;
     ok = ok && wire_string(&q, blob + bloblen, &type, &typelen) && typelen < 64;
     int w = ok ? snprintf(out, outlen, "%.*s ", (int)typelen, (const char *)type) : -1;
