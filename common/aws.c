@@ -24,16 +24,19 @@ static const struct {
     const char *name;    /* signing name, and the host's first label */
     const char *env;     /* service-specific endpoint override */
     const char *version; /* Query API version; NULL: JSON protocol only */
+    bool global;         /* one endpoint per partition (IAM), not one per region */
 } services[AWS_SERVICE_COUNT] = {
-    [AWS_EC2] = {"ec2", "AWS_ENDPOINT_URL_EC2", "2016-11-15"},
-    [AWS_SSM] = {"ssm", "AWS_ENDPOINT_URL_SSM", NULL},
-    [AWS_CLOUDWATCH] = {"monitoring", "AWS_ENDPOINT_URL_CLOUDWATCH", "2010-08-01"},
+    [AWS_EC2] = {"ec2", "AWS_ENDPOINT_URL_EC2", "2016-11-15", false},
+    [AWS_SSM] = {"ssm", "AWS_ENDPOINT_URL_SSM", NULL, false},
+    [AWS_CLOUDWATCH] = {"monitoring", "AWS_ENDPOINT_URL_CLOUDWATCH", "2010-08-01", false},
+    [AWS_IAM] = {"iam", "AWS_ENDPOINT_URL_IAM", "2010-05-08", true},
 };
 
 struct aws_client {
     char region[64];
     char *access_key, *secret_key, *session_token;
     char *source;
+    time_t expires; /* credentials from the instance metadata: their expiry; else 0 */
     char *endpoint[AWS_SERVICE_COUNT];
     CURL *curl;
     int max_attempts;
@@ -74,6 +77,7 @@ static void free_secret(char *s) {
 struct profile {
     bool found;
     char *access_key, *secret_key, *session_token, *region;
+    const char *other; /* a setting of a kind of credentials lbaws does not read: role_arn, … */
 };
 
 static void profile_free(struct profile *p) {
@@ -101,6 +105,10 @@ static bool section_is(char *section, const char *profile, bool config) {
 }
 
 static void profile_set(struct profile *p, const char *key, const char *value) {
+    static const char *const others[] = {"role_arn", "credential_process", "sso_session",
+                                         "sso_start_url", "web_identity_token_file"};
+    for (size_t i = 0; i < sizeof(others) / sizeof(others[0]); i++)
+        if (!strcasecmp(key, others[i])) p->other = others[i];
     char **slot = !strcasecmp(key, "aws_access_key_id")       ? &p->access_key
                   : !strcasecmp(key, "aws_secret_access_key") ? &p->secret_key
                   : !strcasecmp(key, "aws_session_token")     ? &p->session_token
@@ -162,6 +170,260 @@ static void aws_file(char *path, size_t len, const char *var, const char *name) 
         path[0] = '\0';
 }
 
+/* ---- HTTP helpers ---- */
+
+struct reply {
+    char *data;
+    size_t len;
+    bool too_big;
+};
+
+static size_t on_data(char *ptr, size_t size, size_t nmemb, void *userdata) {
+    struct reply *r = userdata;
+    size_t n = size * nmemb;
+    if (r->len + n > MAX_REPLY) {
+        r->too_big = true;
+        return 0;
+    }
+    char *d = realloc(r->data, r->len + n + 1);
+    if (!d) return 0;
+    memcpy(d + r->len, ptr, n);
+    d[r->len += n] = '\0';
+    r->data = d;
+    return n;
+}
+
+static struct curl_slist *add_header(struct curl_slist *list, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static struct curl_slist *add_header(struct curl_slist *list, const char *fmt, ...) {
+    char line[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(line, sizeof(line), fmt, ap);
+    va_end(ap);
+    struct curl_slist *l =
+        n >= 0 && (size_t)n < sizeof(line) ? curl_slist_append(list, line) : NULL;
+    if (!l) curl_slist_free_all(list);
+    return l;
+}
+
+static void set_plain_error(struct aws_error *err, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void set_plain_error(struct aws_error *err, const char *fmt, ...) {
+    memset(err, 0, sizeof(*err));
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err->message, sizeof(err->message), fmt, ap);
+    va_end(ap);
+}
+
+/* ---- instance metadata (IMDSv2) ---- */
+
+#define IMDS_ENDPOINT   "http://169.254.169.254"
+#define IMDS_TTL_S      21600 /* of the session token */
+#define IMDS_REFRESH_S  300   /* credentials this close to their expiry are fetched again */
+#define IMDS_CONNECT_MS 1000L /* short: a machine that is no EC2 instance fails fast */
+#define IMDS_TOTAL_MS   2000L
+#define IMDS_ROLES      "/latest/meta-data/iam/security-credentials/"
+
+/* The instance role's credentials, shared by every client of the process: a
+ * client per call asks the metadata service again only near their expiry. */
+static struct {
+    pthread_mutex_t lock;
+    char endpoint[256]; /* where they came from */
+    char role[128];
+    char *access_key, *secret_key, *token;
+    time_t expires;
+} imds = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+/* The metadata service's URL, or NULL with why in err when it is off. */
+static const char *imds_endpoint(char *err, size_t errlen) {
+    const char *off = env("AWS_EC2_METADATA_DISABLED");
+    if (off && !strcasecmp(off, "true")) {
+        seterr(err, errlen, "the instance metadata service is off (AWS_EC2_METADATA_DISABLED)");
+        return NULL;
+    }
+    const char *url = env("AWS_EC2_METADATA_SERVICE_ENDPOINT");
+    return url ? url : IMDS_ENDPOINT;
+}
+
+/* One request to the metadata service at base: a session token (a PUT, when
+ * token is NULL), else a GET of path with the token. The 200 reply's body
+ * (free it), or NULL with why in err; *status the reply's (0: none came). */
+static char *imds_call(const char *base, const char *path, const char *token, long *status,
+                       char *err, size_t errlen) {
+    char url[512], curl_err[CURL_ERROR_SIZE] = "";
+    int baselen = (int)strlen(base);
+    while (baselen > 0 && base[baselen - 1] == '/')
+        baselen--;
+    snprintf(url, sizeof(url), "%.*s%s", baselen, base, path);
+    struct curl_slist *h =
+        token ? add_header(NULL, "X-aws-ec2-metadata-token: %s", token)
+              : add_header(NULL, "X-aws-ec2-metadata-token-ttl-seconds: %d", IMDS_TTL_S);
+    CURL *curl = curl_easy_init();
+    struct reply r = {0};
+    CURLcode rc = CURLE_OUT_OF_MEMORY;
+    *status = 0;
+    if (curl && h) {
+        curl_easy_setopt(curl, CURLOPT_URL, url);
+        curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https");
+        curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
+        curl_easy_setopt(curl, CURLOPT_NOPROXY, "*"); /* link-local: never through a proxy */
+        curl_easy_setopt(curl, CURLOPT_HTTPHEADER, h);
+        if (!token) curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, "PUT");
+        curl_easy_setopt(curl, CURLOPT_USERAGENT, "lb-aws/" LB_VERSION);
+        curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, IMDS_CONNECT_MS);
+        curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, IMDS_TOTAL_MS);
+        curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, on_data);
+        curl_easy_setopt(curl, CURLOPT_WRITEDATA, &r);
+        curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, curl_err);
+        rc = curl_easy_perform(curl);
+        curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, status);
+    }
+    const char *method = token ? "GET" : "PUT";
+    if (rc != CURLE_OK)
+        seterr(err, errlen, "%s %s: %s", method, url,
+               *curl_err ? curl_err : curl_easy_strerror(rc));
+    else if (*status != 200)
+        seterr(err, errlen, "%s %s: HTTP %ld", method, url, *status);
+    curl_slist_free_all(h);
+    if (curl) curl_easy_cleanup(curl);
+    if (rc == CURLE_OK && *status == 200) return r.data ? r.data : strdup("");
+    free(r.data);
+    return NULL;
+}
+
+/* "2026-11-28T05:00:00Z" */
+static bool parse_utc(const char *s, time_t *t) {
+    struct tm tm = {0};
+    const char *end = s ? strptime(s, "%Y-%m-%dT%H:%M:%S", &tm) : NULL;
+    if (!end || strcmp(end, "Z")) return false;
+    *t = timegm(&tm);
+    return *t != (time_t)-1;
+}
+
+static bool set_secret(char **slot, const char *value) {
+    free_secret(*slot);
+    return (*slot = strdup(value)) != NULL;
+}
+
+/* The cache (its lock held) takes role's credentials document from base. */
+static bool imds_take(const char *base, const char *role, const char *json, char *err,
+                      size_t errlen) {
+    cJSON *j = cJSON_Parse(json);
+    const char *code = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "Code"));
+    const char *ak = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "AccessKeyId"));
+    const char *sk = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "SecretAccessKey"));
+    const char *tok = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "Token"));
+    const char *exp = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "Expiration"));
+    time_t expires = 0;
+    bool valid = code && !strcmp(code, "Success") && ak && *ak && sk && *sk && tok && *tok &&
+                 parse_utc(exp, &expires);
+    bool ok = valid && set_secret(&imds.access_key, ak) && set_secret(&imds.secret_key, sk) &&
+              set_secret(&imds.token, tok);
+    const char *msg = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "Message"));
+    if (code && strcmp(code, "Success"))
+        seterr(err, errlen, "the credentials of role %s: %s%s%s", role, code, msg ? ": " : "",
+               msg ? msg : "");
+    else if (!valid)
+        seterr(err, errlen,
+               "the credentials of role %s: not a document with Code, AccessKeyId, "
+               "SecretAccessKey, Token and Expiration (YYYY-MM-DDTHH:MM:SSZ)",
+               role);
+    else if (!ok)
+        seterr(err, errlen, "out of memory");
+    if (ok) {
+        imds.expires = expires;
+        snprintf(imds.endpoint, sizeof(imds.endpoint), "%s", base);
+        snprintf(imds.role, sizeof(imds.role), "%s", role);
+    } else if (valid) {
+        imds.expires = 0; /* half replaced */
+    }
+    cJSON_Delete(j);
+    return ok;
+}
+
+/* Fetches the instance role's credentials into the cache (its lock held). */
+static bool imds_fetch(const char *base, char *err, size_t errlen) {
+    long status;
+    char *token = imds_call(base, "/latest/api/token", NULL, &status, err, errlen);
+    char *roles = token ? imds_call(base, IMDS_ROLES, token, &status, err, errlen) : NULL;
+    size_t len = roles ? strcspn(roles, "\r\n") : 0;
+    char role[sizeof(imds.role)], path[sizeof(IMDS_ROLES) + sizeof(role)];
+    bool ok = false;
+    if (token && (status == 404 || (roles && !len)))
+        seterr(err, errlen, "no IAM role on this instance (%s%s: none): attach an instance profile",
+               base, IMDS_ROLES);
+    else if (roles && (len >= sizeof(role) || memchr(roles, '/', len)))
+        seterr(err, errlen, "%s%s: '%.*s' is not a role name", base, IMDS_ROLES, (int)len, roles);
+    else if (roles) {
+        snprintf(role, sizeof(role), "%.*s", (int)len, roles);
+        snprintf(path, sizeof(path), "%s%s", IMDS_ROLES, role);
+        char *doc = imds_call(base, path, token, &status, err, errlen);
+        ok = doc && imds_take(base, role, doc, err, errlen);
+        free_secret(doc);
+    }
+    free(roles);
+    free_secret(token);
+    return ok;
+}
+
+/* The instance role's credentials into c: from the cache unless they came
+ * from another endpoint or expire within IMDS_REFRESH_S; when fetching them
+ * fails, cached ones that have not expired yet still serve. */
+static bool imds_credentials(struct aws_client *c, char *err, size_t errlen) {
+    const char *base = imds_endpoint(err, errlen);
+    if (!base) return false;
+    pthread_mutex_lock(&imds.lock);
+    time_t now = time(NULL);
+    char why[768];
+    bool cached = imds.access_key && !strcmp(imds.endpoint, base);
+    bool ok = (cached && imds.expires - now > IMDS_REFRESH_S) || imds_fetch(base, why, sizeof(why));
+    if (!ok && cached && imds.expires > now) {
+        log_warn("instance credentials expire in %ld s and could not be refreshed: %s",
+                 (long)(imds.expires - now), why);
+        ok = true;
+    } else if (!ok) {
+        seterr(err, errlen, "no credentials from the instance metadata service: %s", why);
+    }
+    if (ok) {
+        char *source = NULL;
+        ok = set_secret(&c->access_key, imds.access_key) &&
+             set_secret(&c->secret_key, imds.secret_key) &&
+             set_secret(&c->session_token, imds.token) &&
+             asprintf(&source, "instance metadata (role %s)", imds.role) >= 0;
+        if (ok) {
+            free(c->source);
+            c->source = source;
+            c->expires = imds.expires;
+        } else {
+            seterr(err, errlen, "out of memory");
+        }
+    }
+    pthread_mutex_unlock(&imds.lock);
+    return ok;
+}
+
+/* The instance's region into out, or false with why in err. */
+static bool imds_region(char *out, size_t outlen, char *err, size_t errlen) {
+    const char *base = imds_endpoint(err, errlen);
+    long status;
+    char why[768];
+    char *token =
+        base ? imds_call(base, "/latest/api/token", NULL, &status, why, sizeof(why)) : NULL;
+    char *region = token ? imds_call(base, "/latest/meta-data/placement/region", token, &status,
+                                     why, sizeof(why))
+                         : NULL;
+    bool ok = region && snprintf(out, outlen, "%s", region) < (int)outlen;
+    if (region && !ok) snprintf(why, sizeof(why), "'%.80s' is too long", region);
+    if (base && !ok) seterr(err, errlen, "no region from the instance metadata service: %s", why);
+    free(region);
+    free_secret(token);
+    return ok;
+}
+
+/* ---- resolution ---- */
+
 static bool take_credentials(struct aws_client *c, struct profile *p, const char *profile,
                              const char *path, char *err, size_t errlen) {
     if (!p->secret_key) {
@@ -177,6 +439,9 @@ static bool take_credentials(struct aws_client *c, struct profile *p, const char
     return true;
 }
 
+/* After the environment and the files: the instance role, unless the
+ * profile asks for a kind of credentials lbaws does not read or AWS_PROFILE
+ * names a profile that is nowhere. */
 static bool resolve_credentials(struct aws_client *c, const char *profile, struct profile *cred,
                                 const char *cred_path, struct profile *conf, const char *conf_path,
                                 char *err, size_t errlen) {
@@ -201,18 +466,29 @@ static bool resolve_credentials(struct aws_client *c, const char *profile, struc
     }
     if (cred->access_key) return take_credentials(c, cred, profile, cred_path, err, errlen);
     if (conf->access_key) return take_credentials(c, conf, profile, conf_path, err, errlen);
-    if (!cred->found && !conf->found)
+    const char *other = cred->other ? cred->other : conf->other;
+    if (other) {
         seterr(err, errlen,
-               "no AWS credentials: AWS_ACCESS_KEY_ID is not set and profile '%s' is in neither "
-               "%s nor %s",
-               profile, *cred_path ? cred_path : "~/.aws/credentials (HOME unset)",
-               *conf_path ? conf_path : "~/.aws/config (HOME unset)");
+               "no AWS credentials: profile '%s' has no aws_access_key_id in %s or %s but %s, "
+               "which lbaws does not support: export the keys, e.g. eval \"$(aws configure "
+               "export-credentials --format env)\"",
+               profile, cred_path, conf_path, other);
+        return false;
+    }
+    char files[8400], why[1024];
+    if (cred->found || conf->found)
+        snprintf(files, sizeof(files), "profile '%s' has no aws_access_key_id in %s or %s", profile,
+                 cred_path, conf_path);
     else
-        seterr(err, errlen,
-               "no AWS credentials: profile '%s' has no aws_access_key_id in %s or %s (role, SSO "
-               "and credential_process profiles are not supported: export the keys, e.g. eval "
-               "\"$(aws configure export-credentials --format env)\")",
-               profile, cred_path, conf_path);
+        snprintf(files, sizeof(files), "profile '%s' is in neither %s nor %s", profile,
+                 *cred_path ? cred_path : "~/.aws/credentials (HOME unset)",
+                 *conf_path ? conf_path : "~/.aws/config (HOME unset)");
+    if (!cred->found && !conf->found && env("AWS_PROFILE")) {
+        seterr(err, errlen, "no AWS credentials: AWS_PROFILE is set but %s", files);
+        return false;
+    }
+    if (imds_credentials(c, why, sizeof(why))) return true;
+    seterr(err, errlen, "no AWS credentials: AWS_ACCESS_KEY_ID is not set, %s, and %s", files, why);
     return false;
 }
 
@@ -220,14 +496,19 @@ static bool resolve_region(struct aws_client *c, const char *arg, const char *pr
                            const struct profile *conf, const char *conf_path, char *err,
                            size_t errlen) {
     const char *r = arg && *arg ? arg : NULL, *from = "the region argument";
+    char found[sizeof(c->region) + 1], why[1024];
     if (!r && (r = env("AWS_REGION"))) from = "AWS_REGION";
     if (!r && (r = env("AWS_DEFAULT_REGION"))) from = "AWS_DEFAULT_REGION";
     if (!r && (r = conf->region)) from = conf_path;
+    if (!r && imds_region(found, sizeof(found), why, sizeof(why))) {
+        r = found;
+        from = "the instance metadata";
+    }
     if (!r) {
         seterr(err, errlen,
                "no region: pass one (--region), set AWS_REGION or AWS_DEFAULT_REGION, or set "
-               "region in profile '%s' of %s",
-               profile, *conf_path ? conf_path : "~/.aws/config");
+               "region in profile '%s' of %s; %s",
+               profile, *conf_path ? conf_path : "~/.aws/config", why);
         return false;
     }
     size_t len = strlen(r);
@@ -239,12 +520,34 @@ static bool resolve_region(struct aws_client *c, const char *arg, const char *pr
     return true;
 }
 
+/* Where a global service (IAM) lives in each partition: the host's label
+ * after the service name (NULL: none), and the region requests are signed for. */
+static const struct partition {
+    const char *prefix, *label, *signing;
+} partitions[] = {
+    {"cn-", "cn-north-1", "cn-north-1"},
+    {"us-gov-", "us-gov", "us-gov-west-1"},
+    {"", NULL, "us-east-1"},
+};
+
+static const struct partition *partition_of(const char *region) {
+    const struct partition *p = partitions;
+    while (strncmp(region, p->prefix, strlen(p->prefix)))
+        p++;
+    return p;
+}
+
+static const char *signing_region(const struct aws_client *c, enum aws_service svc) {
+    return services[svc].global ? partition_of(c->region)->signing : c->region;
+}
+
 static bool resolve_endpoints(struct aws_client *c, char *err, size_t errlen) {
     const char *all = env("AWS_ENDPOINT_URL");
     /* China regions live under their own domain. */
     const char *domain = strncmp(c->region, "cn-", 3) ? "amazonaws.com" : "amazonaws.com.cn";
     for (int s = 0; s < AWS_SERVICE_COUNT; s++) {
         const char *var = services[s].env, *url = env(var);
+        const char *label = services[s].global ? partition_of(c->region)->label : c->region;
         if (!url && (url = all)) var = "AWS_ENDPOINT_URL";
         if (url) {
             if (strncmp(url, "http://", 7) && strncmp(url, "https://", 8)) {
@@ -252,8 +555,8 @@ static bool resolve_endpoints(struct aws_client *c, char *err, size_t errlen) {
                 return false;
             }
             c->endpoint[s] = strdup(url);
-        } else if (asprintf(&c->endpoint[s], "https://%s.%s.%s", services[s].name, c->region,
-                            domain) < 0) {
+        } else if (asprintf(&c->endpoint[s], "https://%s%s%s.%s", services[s].name,
+                            label ? "." : "", label ? label : "", domain) < 0) {
             c->endpoint[s] = NULL;
         }
         if (!c->endpoint[s]) {
@@ -495,27 +798,6 @@ bool aws_parse_error(const char *body, size_t len, long http_status, struct aws_
 
 /* ---- requests ---- */
 
-struct reply {
-    char *data;
-    size_t len;
-    bool too_big;
-};
-
-static size_t on_data(char *ptr, size_t size, size_t nmemb, void *userdata) {
-    struct reply *r = userdata;
-    size_t n = size * nmemb;
-    if (r->len + n > MAX_REPLY) {
-        r->too_big = true;
-        return 0;
-    }
-    char *d = realloc(r->data, r->len + n + 1);
-    if (!d) return 0;
-    memcpy(d + r->len, ptr, n);
-    d[r->len += n] = '\0';
-    r->data = d;
-    return n;
-}
-
 static bool transient_code(const char *code) {
     static const char *const codes[] = {
         "RequestLimitExceeded",
@@ -631,7 +913,7 @@ static bool request(struct aws_client *c, enum aws_service svc, const char *what
                     struct aws_error *err) {
     const char *url = c->endpoint[svc];
     char sigv4[128];
-    snprintf(sigv4, sizeof(sigv4), "aws:amz:%s:%s", c->region, services[svc].name);
+    snprintf(sigv4, sizeof(sigv4), "aws:amz:%s:%s", signing_region(c, svc), services[svc].name);
     CURL *h = c->curl;
     curl_easy_reset(h);
     curl_easy_setopt(h, CURLOPT_URL, url);
@@ -667,20 +949,6 @@ static bool request(struct aws_client *c, enum aws_service svc, const char *what
     }
 }
 
-static struct curl_slist *add_header(struct curl_slist *list, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-static struct curl_slist *add_header(struct curl_slist *list, const char *fmt, ...) {
-    char line[4096];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(line, sizeof(line), fmt, ap);
-    va_end(ap);
-    struct curl_slist *l =
-        n >= 0 && (size_t)n < sizeof(line) ? curl_slist_append(list, line) : NULL;
-    if (!l) curl_slist_free_all(list);
-    return l;
-}
-
 /* The headers every call carries besides its Content-Type. libcurl signs the
  * headers it is given, so Content-Type is set here rather than left to its
  * default, which it would send unsigned. */
@@ -690,14 +958,13 @@ static struct curl_slist *headers_for(const struct aws_client *c, const char *co
     return h;
 }
 
-static void set_plain_error(struct aws_error *err, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-static void set_plain_error(struct aws_error *err, const char *fmt, ...) {
-    memset(err, 0, sizeof(*err));
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err->message, sizeof(err->message), fmt, ap);
-    va_end(ap);
+/* Instance credentials are replaced before a call once they near their expiry. */
+static bool fresh_credentials(struct aws_client *c, struct aws_error *err) {
+    if (!c->expires || c->expires - time(NULL) > IMDS_REFRESH_S) return true;
+    char why[sizeof(err->message) - 64];
+    if (imds_credentials(c, why, sizeof(why))) return true;
+    set_plain_error(err, "cannot refresh the instance credentials: %s", why);
+    return false;
 }
 
 xmlDocPtr aws_query(struct aws_client *c, enum aws_service svc, const char *action,
@@ -706,6 +973,7 @@ xmlDocPtr aws_query(struct aws_client *c, enum aws_service svc, const char *acti
         set_plain_error(err, "%s has no Query API", services[svc].name);
         return NULL;
     }
+    if (!fresh_credentials(c, err)) return NULL;
     const char *extra = params ? aws_form_body(params) : "";
     struct aws_form *form = aws_form_new();
     struct curl_slist *headers = headers_for(c, "application/x-www-form-urlencoded; charset=utf-8");
@@ -736,6 +1004,7 @@ xmlDocPtr aws_query(struct aws_client *c, enum aws_service svc, const char *acti
 
 cJSON *aws_json(struct aws_client *c, enum aws_service svc, const char *target, const cJSON *body,
                 struct aws_error *err) {
+    if (!fresh_credentials(c, err)) return NULL;
     char *text = body ? cJSON_PrintUnformatted(body) : strdup("{}");
     struct curl_slist *headers = headers_for(c, "application/x-amz-json-1.1");
     if (headers) headers = add_header(headers, "X-Amz-Target: %s", target);

@@ -12,13 +12,29 @@
  *                (AWS_SHARED_CREDENTIALS_FILE, ~/.aws/credentials, section [NAME]),
  *                then from the config file (AWS_CONFIG_FILE, ~/.aws/config, section
  *                [profile NAME], [default] for the default profile):
- *                aws_access_key_id, aws_secret_access_key, aws_session_token.
+ *                aws_access_key_id, aws_secret_access_key, aws_session_token;
+ *                else the instance's role from the EC2 instance metadata service
+ *                (IMDSv2: a session token, then iam/security-credentials/ROLE;
+ *                AWS_EC2_METADATA_SERVICE_ENDPOINT, default http://169.254.169.254,
+ *                off with AWS_EC2_METADATA_DISABLED=true; 1 s to connect, 2 s per
+ *                request, so that a machine that is no instance fails fast). It is
+ *                not asked when the profile holds role_arn, credential_process or
+ *                SSO settings (not supported: an error), nor when AWS_PROFILE names
+ *                a profile that is in neither file. Instance credentials expire:
+ *                the process keeps one copy for all its clients, fetched again
+ *                when within 5 minutes of the expiry, at aws_client_new and
+ *                before every call, so both a client per call (the proxy's
+ *                discovery and CloudWatch) and a long-lived one (awsctl) stay valid.
  *   region       the argument, AWS_REGION, AWS_DEFAULT_REGION, the profile's region
- *                in the config file; no default: a client without one is an error,
- *                as it is for the AWS CLI (a guessed region would launch instances
- *                where nobody looks for them).
- *   endpoints    AWS_ENDPOINT_URL_EC2 / _SSM / _CLOUDWATCH, AWS_ENDPOINT_URL,
- *                https://{ec2,ssm,monitoring}.REGION.amazonaws.com.
+ *                in the config file, the instance's (from the instance metadata);
+ *                no default: a client without one is an error, as it is for the
+ *                AWS CLI (a guessed region would launch instances where nobody
+ *                looks for them).
+ *   endpoints    AWS_ENDPOINT_URL_EC2 / _SSM / _CLOUDWATCH / _IAM, AWS_ENDPOINT_URL,
+ *                https://{ec2,ssm,monitoring}.REGION.amazonaws.com; IAM is global:
+ *                https://iam.amazonaws.com signed for us-east-1 (China:
+ *                iam.cn-north-1.amazonaws.com.cn, GovCloud: iam.us-gov.amazonaws.com),
+ *                whatever the client's region and endpoint.
  *   retries      AWS_MAX_ATTEMPTS (default 5); LB_AWS_RETRY_BASE_MS (default 200):
  *                full-jitter exponential backoff, capped at 5 s between attempts.
  */
@@ -31,7 +47,7 @@
 #include <cjson/cJSON.h>
 #include <libxml/tree.h>
 
-enum aws_service { AWS_EC2, AWS_SSM, AWS_CLOUDWATCH, AWS_SERVICE_COUNT };
+enum aws_service { AWS_EC2, AWS_SSM, AWS_CLOUDWATCH, AWS_IAM, AWS_SERVICE_COUNT };
 
 struct aws_error {
     long http_status;   /* of the last reply; 0 when none came */
@@ -49,7 +65,8 @@ void aws_client_free(struct aws_client *c);
 const char *aws_client_region(const struct aws_client *c);
 const char *aws_client_endpoint(const struct aws_client *c, enum aws_service svc);
 const char *aws_client_access_key_id(const struct aws_client *c);
-/* Where the credentials came from: "environment" or "profile NAME (FILE)". */
+/* Where the credentials came from: "environment", "profile NAME (FILE)" or
+ * "instance metadata (role NAME)". */
 const char *aws_client_credentials_source(const struct aws_client *c);
 /* Attempts per call (>= 1) and the backoff base and cap in milliseconds. */
 void aws_client_set_retry(struct aws_client *c, int max_attempts, long base_ms, long cap_ms);
@@ -69,7 +86,8 @@ void aws_form_addf(struct aws_form *f, const char *name, const char *fmt, ...)
 /* "name=value&name=value…"; NULL after an allocation failure. */
 const char *aws_form_body(const struct aws_form *f);
 
-/* A Query API call (EC2 Version=2016-11-15, CloudWatch 2010-08-01): POSTs
+/* A Query API call (EC2 Version=2016-11-15, CloudWatch 2010-08-01, IAM
+ * 2010-05-08): POSTs
  * Action, Version and params (may be NULL), returns the parsed reply (free it
  * with xmlFreeDoc) or NULL with err filled; err is untouched on success. An EC2
  * DryRun=true that would succeed comes back as NULL with err->dry_run_ok.

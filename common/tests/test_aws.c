@@ -2,7 +2,8 @@
  * endpoint resolution from the environment and profile files in a temporary
  * HOME, error and XML parsing of canned replies, and requests against a small
  * server on 127.0.0.1 that answers from a script (retries, dry runs,
- * timeouts, what is signed). */
+ * timeouts, what is signed), which also plays the EC2 instance metadata
+ * service (role credentials, their refresh, the region). */
 #define _GNU_SOURCE
 #include "aws.h"
 #include "log.h"
@@ -46,6 +47,8 @@ static void clear_env(void) {
         "AWS_ENDPOINT_URL_EC2",
         "AWS_ENDPOINT_URL_SSM",
         "AWS_ENDPOINT_URL_CLOUDWATCH",
+        "AWS_ENDPOINT_URL_IAM",
+        "AWS_EC2_METADATA_SERVICE_ENDPOINT",
         "AWS_MAX_ATTEMPTS",
         "LB_AWS_RETRY_BASE_MS",
         "http_proxy",
@@ -57,6 +60,8 @@ static void clear_env(void) {
     for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++)
         unsetenv(vars[i]);
     setenv("HOME", home, 1);
+    /* No test reaches for 169.254.169.254; test_imds turns it on, on 127.0.0.1. */
+    setenv("AWS_EC2_METADATA_DISABLED", "true", 1);
 }
 
 static void env_keys(void) {
@@ -186,6 +191,7 @@ static void test_credentials(void) {
     unsetenv("HOME");
     CHECK(client("us-east-1", err, sizeof(err)) == NULL);
     CHECK(strstr(err, "no AWS credentials") && strstr(err, "HOME unset"));
+    CHECK(strstr(err, "instance metadata service is off (AWS_EC2_METADATA_DISABLED)"));
     setenv("HOME", home, 1);
     snprintf(path, sizeof(path), "%s/.aws/credentials", home);
     unlink(path);
@@ -236,10 +242,15 @@ static void test_endpoints(void) {
         CHECK_STR(aws_client_endpoint(c, AWS_SSM), "https://ssm.us-west-2.amazonaws.com");
         CHECK_STR(aws_client_endpoint(c, AWS_CLOUDWATCH),
                   "https://monitoring.us-west-2.amazonaws.com");
+        CHECK_STR(aws_client_endpoint(c, AWS_IAM), "https://iam.amazonaws.com");
         aws_client_free(c);
     }
     c = client("cn-north-1", err, sizeof(err));
     CHECK(c && !strcmp(aws_client_endpoint(c, AWS_EC2), "https://ec2.cn-north-1.amazonaws.com.cn"));
+    CHECK(c && !strcmp(aws_client_endpoint(c, AWS_IAM), "https://iam.cn-north-1.amazonaws.com.cn"));
+    aws_client_free(c);
+    c = client("us-gov-east-1", err, sizeof(err));
+    CHECK(c && !strcmp(aws_client_endpoint(c, AWS_IAM), "https://iam.us-gov.amazonaws.com"));
     aws_client_free(c);
 
     setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:4566", 1);
@@ -250,8 +261,13 @@ static void test_endpoints(void) {
         CHECK_STR(aws_client_endpoint(c, AWS_EC2), "http://127.0.0.1:4566");
         CHECK_STR(aws_client_endpoint(c, AWS_SSM), "http://127.0.0.1:4567/");
         CHECK_STR(aws_client_endpoint(c, AWS_CLOUDWATCH), "http://127.0.0.1:4566");
+        CHECK_STR(aws_client_endpoint(c, AWS_IAM), "http://127.0.0.1:4566");
         aws_client_free(c);
     }
+    setenv("AWS_ENDPOINT_URL_IAM", "http://127.0.0.1:4568", 1);
+    c = client("us-west-2", err, sizeof(err));
+    CHECK(c && !strcmp(aws_client_endpoint(c, AWS_IAM), "http://127.0.0.1:4568"));
+    aws_client_free(c);
     setenv("AWS_ENDPOINT_URL_CLOUDWATCH", "127.0.0.1:9", 1);
     CHECK(client("us-west-2", err, sizeof(err)) == NULL);
     CHECK(strstr(err, "AWS_ENDPOINT_URL_CLOUDWATCH=127.0.0.1:9 is not") != NULL);
@@ -379,7 +395,8 @@ struct server {
     int fd, port;
     const struct canned *replies;
     int n, served;
-    char last[16384]; /* the last request, head and body */
+    char last[16384];    /* the last request, head and body */
+    char heads[16][512]; /* the start of each request */
     pthread_t thread;
 };
 
@@ -409,6 +426,8 @@ static void *serve(void *arg) {
         if (fd < 0) break;
         if (read_request(fd, s->last, sizeof(s->last)) > 0) {
             const struct canned *c = &s->replies[s->served];
+            if (s->served < 16)
+                snprintf(s->heads[s->served], sizeof(s->heads[0]), "%.511s", s->last);
             if (c->status) {
                 char head[256];
                 int n = snprintf(head, sizeof(head),
@@ -576,6 +595,30 @@ static void test_query_errors(void) {
     aws_client_free(c);
 }
 
+/* IAM is global: signed for us-east-1 whatever the client's region. */
+static void test_iam(void) {
+    const char *missing = "<ErrorResponse xmlns=\"https://iam.amazonaws.com/doc/2010-05-08/\">"
+                          "<Error><Type>Sender</Type><Code>NoSuchEntity</Code><Message>The role "
+                          "with name x cannot be found.</Message></Error><RequestId>r</RequestId>"
+                          "</ErrorResponse>";
+    const struct canned replies[] = {{404, missing}};
+    struct server s;
+    struct aws_client *c = live_client(&s, replies, 1);
+    struct aws_form *f = aws_form_new();
+    aws_form_add(f, "RoleName", "x");
+    struct aws_error e;
+    CHECK(aws_query(c, AWS_IAM, "GetRole", f, &e) == NULL);
+    server_stop(&s);
+    CHECK(s.served == 1 && e.http_status == 404);
+    CHECK_STR(e.code, "NoSuchEntity");
+    CHECK_STR(e.message, "NoSuchEntity: The role with name x cannot be found.");
+    CHECK(strstr(s.last, "Credential=AKIDTEST/") &&
+          strstr(s.last, "/us-east-1/iam/aws4_request, "));
+    CHECK_STR(body_of(&s), "Action=GetRole&Version=2010-05-08&RoleName=x");
+    aws_form_free(f);
+    aws_client_free(c);
+}
+
 static void test_json(void) {
     struct aws_error e;
     struct server s;
@@ -673,6 +716,138 @@ static void test_threads(void) {
         CHECK(ok[i]);
 }
 
+/* ---- instance metadata: the scripted server plays 169.254.169.254 ---- */
+
+static void imds_env(struct server *s, const struct canned *replies, int n) {
+    clear_env();
+    unsetenv("AWS_EC2_METADATA_DISABLED");
+    server_start(s, replies, n);
+    setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", getenv("AWS_ENDPOINT_URL"), 1);
+}
+
+/* A role's credentials document for key, expiring in expires_s. */
+static void creds_doc(char *out, size_t len, const char *key, long expires_s) {
+    char when[32];
+    time_t t = time(NULL) + expires_s;
+    struct tm tm;
+    strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&t, &tm));
+    snprintf(out, len,
+             "{\"Code\":\"Success\",\"LastUpdated\":\"2026-01-01T00:00:00Z\",\"Type\":"
+             "\"AWS-HMAC\",\"AccessKeyId\":\"%s\",\"SecretAccessKey\":\"secret-%s\",\"Token\":"
+             "\"token-%s\",\"Expiration\":\"%s\"}",
+             key, key, key, when);
+}
+
+static bool head_is(const struct server *s, int i, const char *line, const char *header) {
+    return !strncmp(s->heads[i], line, strlen(line)) && strstr(s->heads[i], header);
+}
+
+/* No keys, no profile: the instance's role, through a session token.
+ * Credentials within 5 minutes of their expiry are fetched again by the next
+ * client and before the next call of a client that holds them; others are
+ * shared without asking. */
+static void test_imds_credentials(void) {
+    char err[1024], soon1[512], soon2[512], later[512];
+    creds_doc(soon1, sizeof(soon1), "ASIASOON1", 120);
+    creds_doc(soon2, sizeof(soon2), "ASIASOON2", 240);
+    creds_doc(later, sizeof(later), "ASIALATER", 3600);
+    const struct canned replies[] = {{200, "TOKEN-1"},         {200, "lb-proxy\n"}, {200, soon1},
+                                     {200, "TOKEN-2"},         {200, "lb-proxy"},   {200, soon2},
+                                     {200, "TOKEN-3"},         {200, "lb-proxy"},   {200, later},
+                                     {200, describe_instances}};
+    struct server s;
+    imds_env(&s, replies, 10);
+    struct aws_client *c1 = client("us-west-2", err, sizeof(err));
+    struct aws_client *c2 = client("us-west-2", err, sizeof(err));
+    struct aws_error e;
+    xmlDocPtr doc = c1 ? aws_query(c1, AWS_EC2, "DescribeInstances", NULL, &e) : NULL;
+    server_stop(&s);
+    CHECK(c1 && c2 && doc && s.served == 10);
+    xmlFreeDoc(doc);
+    CHECK(c2 && !strcmp(aws_client_access_key_id(c2), "ASIASOON2"));
+    CHECK(c1 && !strcmp(aws_client_access_key_id(c1), "ASIALATER"));
+    CHECK(c1 && !strcmp(aws_client_credentials_source(c1), "instance metadata (role lb-proxy)"));
+    CHECK(head_is(&s, 0, "PUT /latest/api/token HTTP/1.1\r\n",
+                  "\r\nX-aws-ec2-metadata-token-ttl-seconds: 21600\r\n"));
+    CHECK(head_is(&s, 1, "GET /latest/meta-data/iam/security-credentials/ HTTP/1.1\r\n",
+                  "\r\nX-aws-ec2-metadata-token: TOKEN-1\r\n"));
+    CHECK(head_is(&s, 2, "GET /latest/meta-data/iam/security-credentials/lb-proxy HTTP/1.1\r\n",
+                  "\r\nX-aws-ec2-metadata-token: TOKEN-1\r\n"));
+    CHECK(head_is(&s, 6, "PUT /latest/api/token ", "ttl-seconds: 21600\r\n"));
+    CHECK(head_is(&s, 8, "GET /latest/meta-data/iam/security-credentials/lb-proxy ",
+                  "\r\nX-aws-ec2-metadata-token: TOKEN-3\r\n"));
+    CHECK(strstr(s.last, "Credential=ASIALATER/") &&
+          strstr(s.last, "\r\nX-Amz-Security-Token: token-ASIALATER\r\n"));
+    aws_client_free(c1);
+    aws_client_free(c2);
+
+    /* They last an hour: the next client takes them as they are (the
+     * server is gone: asking it would fail). */
+    struct aws_client *c = client("us-west-2", err, sizeof(err));
+    CHECK(c && !strcmp(aws_client_access_key_id(c), "ASIALATER"));
+    aws_client_free(c);
+}
+
+static void test_imds_failures(void) {
+    char err[1024];
+    struct server s;
+
+    /* Off: the error says where else it looked. */
+    clear_env();
+    write_file(".aws/config", "[default]\nregion = us-east-2\n");
+    CHECK(client(NULL, err, sizeof(err)) == NULL);
+    CHECK(strstr(err, "profile 'default' has no aws_access_key_id in ") &&
+          strstr(err, "(AWS_EC2_METADATA_DISABLED)"));
+    char path[256];
+    snprintf(path, sizeof(path), "%s/.aws/config", home);
+    unlink(path);
+
+    /* Nothing answers: a fast failure that names the metadata service. */
+    const struct canned silent[] = {{0, NULL}};
+    imds_env(&s, silent, 1);
+    long t0 = now_ms();
+    CHECK(client("us-west-2", err, sizeof(err)) == NULL);
+    long took = now_ms() - t0;
+    server_stop(&s);
+    CHECK(took >= 1500 && took < 3000);
+    CHECK(strstr(err, "no AWS credentials: AWS_ACCESS_KEY_ID is not set, profile 'default' is in "
+                      "neither ") &&
+          strstr(err, "PUT http://127.0.0.1:") && strstr(err, "/latest/api/token: ") &&
+          strstr(err, "timed out"));
+
+    /* An instance without a role; a role EC2 cannot assume. */
+    const struct canned no_role[] = {{200, "T"}, {404, "Not Found"}};
+    imds_env(&s, no_role, 2);
+    CHECK(client("us-west-2", err, sizeof(err)) == NULL);
+    server_stop(&s);
+    CHECK(strstr(err, "no IAM role on this instance") && strstr(err, "attach an instance profile"));
+    const struct canned refused[] = {
+        {200, "T"},
+        {200, "lb-proxy"},
+        {200, "{\"Code\":\"AssumeRoleUnauthorizedAccess\",\"Message\":\"EC2 cannot assume the "
+              "role lb-proxy.\"}"}};
+    imds_env(&s, refused, 3);
+    CHECK(client("us-west-2", err, sizeof(err)) == NULL);
+    server_stop(&s);
+    CHECK(strstr(err, "the credentials of role lb-proxy: AssumeRoleUnauthorizedAccess: EC2 cannot "
+                      "assume the role lb-proxy.") != NULL);
+}
+
+/* The region too, when nothing else names one. */
+static void test_imds_region(void) {
+    char err[1024];
+    const struct canned replies[] = {{200, "T"}, {200, "eu-south-2"}};
+    struct server s;
+    imds_env(&s, replies, 2);
+    env_keys();
+    struct aws_client *c = client(NULL, err, sizeof(err));
+    server_stop(&s);
+    CHECK(c && !strcmp(aws_client_region(c), "eu-south-2"));
+    CHECK(head_is(&s, 1, "GET /latest/meta-data/placement/region HTTP/1.1\r\n",
+                  "\r\nX-aws-ec2-metadata-token: T\r\n"));
+    aws_client_free(c);
+}
+
 int main(void) {
     log_init("test_aws", LOG_ERROR);
     snprintf(home, sizeof(home), "/tmp/test_aws.XXXXXX");
@@ -692,9 +867,13 @@ int main(void) {
     test_xml();
     test_query_retry();
     test_query_errors();
+    test_iam();
     test_json();
     test_transport();
     test_threads();
+    test_imds_credentials();
+    test_imds_failures();
+    test_imds_region();
 
     char path[256];
     snprintf(path, sizeof(path), "%s/creds", home);
