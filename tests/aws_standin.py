@@ -1,25 +1,29 @@
 #!/usr/bin/env python3
 """A local stand-in for the AWS APIs that awsctl and the proxy call: EC2
-(Query API, Version 2016-11-15), SSM (JSON 1.1: GetParameter, GetParameters)
-and CloudWatch (Query API, Version 2010-08-01: PutMetricData), served on one
-HTTP endpoint on 127.0.0.1. Python 3.11 standard library only.
+(Query API, Version 2016-11-15), SSM (JSON 1.1: GetParameter, GetParameters),
+CloudWatch (Query API, Version 2010-08-01: PutMetricData) and IAM (Query API,
+Version 2010-05-08: roles, their inline policies, instance profiles), served
+on one HTTP endpoint on 127.0.0.1. Python 3.11 standard library only.
 
 Every API request must be a POST signed with SigV4 (an `Authorization:
 AWS4-HMAC-SHA256 Credential=AKID/DATE/REGION/SERVICE/aws4_request,
 SignedHeaders=..., Signature=...` header, as libcurl's CURLOPT_AWS_SIGV4 and
 `curl --aws-sigv4 aws:amz:REGION:SERVICE` make it) for the stand-in's region
-and for the service the request targets. The signature is recomputed from
+and for the service the request targets (IAM is global: signed for
+us-east-1, whatever the stand-in's region). The signature is recomputed from
 the canonical request and the known secret; anything else is answered 403
 in that service's error format.
 
-Which service a request targets (so one URL serves all three):
+Which service a request targets (so one URL serves all four):
   X-Amz-Target: AmazonSSM.<Operation>               -> ssm        (JSON 1.1)
   Action=<CloudWatch action>, or Version=2010-08-01   -> monitoring (Query)
+  Action=<IAM action>, or Version=2010-05-08          -> iam        (Query)
   any other Action=...                                -> ec2        (Query)
 Point every client at the same URL: AWS_ENDPOINT_URL=http://127.0.0.1:PORT
 (or AWS_ENDPOINT_URL_EC2, AWS_ENDPOINT_URL_SSM, AWS_ENDPOINT_URL_CLOUDWATCH,
-all that URL); sign with the service names ec2, ssm and monitoring
-(CloudWatch's signing name). StandIn.env() returns those variables.
+AWS_ENDPOINT_URL_IAM, all that URL); sign with the service names ec2, ssm,
+monitoring (CloudWatch's signing name) and iam. StandIn.env() returns those
+variables.
 
 Run as a script:
   python3 tests/aws_standin.py --port 0 --port-file F [--region us-east-1]
@@ -80,6 +84,9 @@ EC2_VERSION = "2016-11-15"
 EC2_NS = "http://ec2.amazonaws.com/doc/2016-11-15/"
 CW_VERSION = "2010-08-01"
 CW_NS = "http://monitoring.amazonaws.com/doc/2010-08-01/"
+IAM_VERSION = "2010-05-08"
+IAM_NS = "https://iam.amazonaws.com/doc/2010-05-08/"
+IAM_REGION = "us-east-1"   # IAM is global: requests are signed for us-east-1
 ACCOUNT_ID = "123456789012"
 DEFAULT_REGION = "us-east-1"
 DEFAULT_ACCESS_KEY = "AKIDSTANDINEXAMPLE"
@@ -103,6 +110,8 @@ DEFAULT_CONFIG = {
     "instance_limit": 64,          # pending + running instances at most
     "authorized_keys_file": None,  # RunInstances appends its key pair's public key here
     "max_skew_s": 900,             # x-amz-date this far from now: rejected
+    "profile_propagation_runs": 0, # RunInstances calls that find a new instance profile
+                                   # not usable yet (IAM is eventually consistent)
 }
 
 
@@ -194,8 +203,9 @@ def spec_regex(specs):
     return re.compile("|".join("(?:%s)" % one(s) for s in specs))
 
 
-def check_known_params(params, specs, code="UnknownParameter"):
-    pattern = spec_regex(list(specs) + ["Action", "Version", "DryRun"])
+def check_known_params(params, specs, code="UnknownParameter",
+                       common=("Action", "Version", "DryRun")):
+    pattern = spec_regex(list(specs) + list(common))
     for key in params.flat:
         if not pattern.fullmatch(key):
             raise AwsError(code, "The parameter %s is not recognized" % key)
@@ -305,6 +315,7 @@ AUTH_CODES = {
                    "scope": "SignatureDoesNotMatch", "expired": "SignatureDoesNotMatch",
                    "signature": "SignatureDoesNotMatch"},
 }
+AUTH_CODES["iam"] = AUTH_CODES["monitoring"]
 
 
 def parse_authorization(value):
@@ -330,8 +341,10 @@ class SigV4Verifier:
         self.credentials = credentials   # access key -> (secret, session token or None)
         self.max_skew_s = max_skew_s
 
-    def verify(self, req, service, now=None):
-        """The access key of a correctly signed request; raises AuthError."""
+    def verify(self, req, service, now=None, region=None):
+        """The access key of a correctly signed request (for `region`, by
+        default the verifier's); raises AuthError."""
+        expected_region = region or self.region
         value = req.header("authorization")
         if not value:
             raise AuthError("missing", "Request is missing Authentication Token")
@@ -352,9 +365,9 @@ class SigV4Verifier:
                             "(access key '%s' is not known)." % access_key)
         secret, token = self.credentials[access_key]
         amz_date = self._amz_date(req, date, now)
-        if region != self.region:
+        if region != expected_region:
             raise AuthError("scope", "Credential should be scoped to a valid region, not '%s'. "
-                            "Expected '%s'." % (region, self.region))
+                            "Expected '%s'." % (region, expected_region))
         if signed_service != service:
             raise AuthError("scope", "Credential should be scoped to correct service: '%s'. "
                             "Got '%s'." % (service, signed_service))
@@ -446,29 +459,30 @@ class Reply:
         self.disconnect = disconnect
 
 
-def _xml_element(name, value, out):
+def _xml_element(name, value, out, member):
     if value is None:
         return
     if isinstance(value, dict):
         out.append("<%s>" % name)
         for key, item in value.items():
-            _xml_element(key, item, out)
+            _xml_element(key, item, out, member)
         out.append("</%s>" % name)
     elif isinstance(value, (list, tuple)):
         out.append("<%s>" % name)
         for item in value:
-            _xml_element("item", item, out)
+            _xml_element(member, item, out, member)
         out.append("</%s>" % name)
     else:
         text = ("true" if value else "false") if isinstance(value, bool) else str(value)
         out.append("<%s>%s</%s>" % (name, xml_escape(text), name))
 
 
-def xml_children(fields):
-    """XML for a dict: dicts nest, lists become <item>s, None is left out."""
+def xml_children(fields, member="item"):
+    """XML for a dict: dicts nest, lists become <item>s (EC2; IAM says
+    <member>), None is left out."""
     out = []
     for name, value in fields.items():
-        _xml_element(name, value, out)
+        _xml_element(name, value, out, member)
     return "".join(out)
 
 
@@ -494,12 +508,27 @@ def cw_reply(action, request_id):
     return Reply(200, body, "text/xml", request_id)
 
 
-def cw_error(err, request_id):
-    kind = "Sender" if err.status < 500 else "Receiver"
-    body = ('%s<ErrorResponse xmlns="%s"><Error><Type>%s</Type><Code>%s</Code>'
-            '<Message>%s</Message></Error><RequestId>%s</RequestId></ErrorResponse>' % (
-                XML_DECL, CW_NS, kind, xml_escape(err.code), xml_escape(err.message), request_id))
-    return Reply(err.status, body, "text/xml", request_id)
+def query_error(namespace):
+    """The error reply of a Query API in namespace (CloudWatch, IAM)."""
+    def reply(err, request_id):
+        kind = "Sender" if err.status < 500 else "Receiver"
+        body = ('%s<ErrorResponse xmlns="%s"><Error><Type>%s</Type><Code>%s</Code>'
+                '<Message>%s</Message></Error><RequestId>%s</RequestId></ErrorResponse>' % (
+                    XML_DECL, namespace, kind, xml_escape(err.code), xml_escape(err.message),
+                    request_id))
+        return Reply(err.status, body, "text/xml", request_id)
+    return reply
+
+
+def iam_reply(action, request_id, result):
+    """<ActionResponse> with <ActionResult> (unless result is None) and the
+    request id, in IAM's namespace; lists as <member>s."""
+    inner = "" if result is None else "<%sResult>%s</%sResult>" % (
+        action, xml_children(result, "member"), action)
+    body = ('%s<%sResponse xmlns="%s">%s<ResponseMetadata><RequestId>%s</RequestId>'
+            '</ResponseMetadata></%sResponse>' % (XML_DECL, action, IAM_NS, inner, request_id,
+                                                   action))
+    return Reply(200, body, "text/xml", request_id)
 
 
 def ssm_reply(obj, request_id):
@@ -514,7 +543,8 @@ def ssm_error(err, request_id):
                  {"x-amzn-ErrorType": err.code})
 
 
-ERROR_REPLIES = {"ec2": ec2_error, "monitoring": cw_error, "ssm": ssm_error, "unknown": ssm_error}
+ERROR_REPLIES = {"ec2": ec2_error, "monitoring": query_error(CW_NS), "iam": query_error(IAM_NS),
+                 "ssm": ssm_error, "unknown": ssm_error}
 
 
 def classify(req):
@@ -548,6 +578,8 @@ def classify(req):
     action = params.get("Action")
     if params.get("Version") == CW_VERSION or action in CW_ACTIONS:
         return "monitoring", action, params
+    if params.get("Version") == IAM_VERSION or action in IAM_PARAMS:
+        return "iam", action, params
     return "ec2", action, params
 
 
@@ -811,9 +843,10 @@ class Ec2Model:
     private and its public IP. Handlers are do_<Action>(params, dry_run) and
     return the reply's fields; the caller holds the lock."""
 
-    def __init__(self, region, config):
+    def __init__(self, region, config, iam):
         self.region = region
         self.config = config
+        self.iam = iam               # RunInstances' IamInstanceProfile
         self.vpcs = {VPC_ID: types.SimpleNamespace(id=VPC_ID, cidr="172.31.0.0/16", tags={})}
         self.subnets = {}
         for sid, zone, cidr in SUBNETS:
@@ -1225,7 +1258,7 @@ class Ec2Model:
                 "privateIpAddress": private_ip,
                 "association": {"publicIp": public_ip, "publicDnsName": "",
                                 "ipOwnerId": "amazon"} if public_ip else None}],
-            "ebsOptimized": False, "enaSupport": True}
+            "iamInstanceProfile": i.iam_profile, "ebsOptimized": False, "enaSupport": True}
 
     def instance_json(self, i):
         return {"instance_id": i.id, "reservation_id": i.reservation_id, "state": i.state,
@@ -1233,7 +1266,8 @@ class Ec2Model:
                 "instance_type": i.instance_type, "image_id": i.image_id, "key_name": i.key_name,
                 "subnet_id": i.subnet_id, "availability_zone": i.az,
                 "security_group_ids": list(i.group_ids), "tags": dict(i.tags),
-                "client_token": i.client_token, "launch_time": iso_time(i.launch_time)}
+                "client_token": i.client_token, "launch_time": iso_time(i.launch_time),
+                "iam_instance_profile": i.iam_profile["arn"] if i.iam_profile else None}
 
     def _reservation_xml(self, rid, insts):
         return {"reservationId": rid, "ownerId": ACCOUNT_ID, "groupSet": [],
@@ -1258,14 +1292,15 @@ class Ec2Model:
         return subnet, groups or [DEFAULT_SG_ID]
 
     def add_instance(self, rid, image_id, instance_type, key_name, subnet, group_ids, tags,
-                     state="pending", ip=None, client_token=None, index=0, now=None):
+                     state="pending", ip=None, client_token=None, index=0, now=None,
+                     iam_profile=None):
         now = time.time() if now is None else now
         inst = types.SimpleNamespace(
             id=new_id("i"), reservation_id=rid, image_id=image_id, instance_type=instance_type,
             key_name=key_name, subnet_id=subnet.id, vpc_id=subnet.vpc_id, az=subnet.az,
             group_ids=list(group_ids), tags=dict(tags), ip=ip or self._allocate_ip(),
             launch_time=now, client_token=client_token, launch_index=index,
-            state=state, state_since=now, seen=0)
+            state=state, state_since=now, seen=0, iam_profile=iam_profile)
         self.instances[inst.id] = inst
         self.reservations.setdefault(rid, []).append(inst.id)
         self._install_key(key_name)
@@ -1295,6 +1330,7 @@ class Ec2Model:
         if key_name:
             self._key_pair(key_name)
         subnet, groups = self._network(p)
+        iam_profile = self._iam_profile(p)
         tags = parse_tag_specs(p).get("instance", {})
         user_data = p.get("UserData")
         if user_data:
@@ -1308,7 +1344,28 @@ class Ec2Model:
                            "your current instance limit of %d allows for the specified instance "
                            "type." % (min_count, self.config["instance_limit"]))
         return dict(image_id=image_id, instance_type=instance_type, key_name=key_name,
-                    subnet=subnet, group_ids=groups, tags=tags), min(max_count, room)
+                    subnet=subnet, group_ids=groups, tags=tags,
+                    iam_profile=iam_profile), min(max_count, room)
+
+    def _iam_profile(self, p):
+        """{"arn", "id"} of RunInstances' IamInstanceProfile.Name or .Arn, or
+        None. A profile that has not propagated yet is as unknown as a
+        missing one, as on EC2 (config profile_propagation_runs)."""
+        name, arn = p.get("IamInstanceProfile.Name"), p.get("IamInstanceProfile.Arn")
+        if name and arn:
+            raise AwsError("InvalidParameterCombination", "The parameter 'iamInstanceProfile.name' "
+                           "may not be used in combination with 'iamInstanceProfile.arn'")
+        if not name and not arn:
+            return None
+        found = [ip for ip in self.iam.profiles.values() if ip.name == name or ip.arn == arn]
+        if found and found[0].unseen_runs > 0:
+            found[0].unseen_runs -= 1
+            found = []
+        if not found:
+            raise invalid("Value (%s) for parameter iamInstanceProfile.%s is invalid. Invalid IAM "
+                          "Instance Profile %s" % (name or arn, "name" if name else "arn",
+                                                   "name" if name else "ARN"))
+        return {"arn": found[0].arn, "id": found[0].id}
 
     def do_RunInstances(self, p, dry_run):
         token = p.get("ClientToken")
@@ -1437,6 +1494,244 @@ class Ec2Model:
                            "origin": k.origin, "tags": dict(k.tags)}
                           for k in self.key_pairs.values()],
             "instances": [self.instance_json(i) for i in self.instances.values()],
+        }
+
+
+# --------------------------------------------------------------------------
+# IAM
+
+IAM_TAG_SPECS = ["Tags.member.N.Key", "Tags.member.N.Value"]
+IAM_PARAMS = {
+    "CreateRole": ["RoleName", "AssumeRolePolicyDocument", "Path", "Description",
+                   "MaxSessionDuration", "PermissionsBoundary"] + IAM_TAG_SPECS,
+    "GetRole": ["RoleName"],
+    "DeleteRole": ["RoleName"],
+    "PutRolePolicy": ["RoleName", "PolicyName", "PolicyDocument"],
+    "GetRolePolicy": ["RoleName", "PolicyName"],
+    "DeleteRolePolicy": ["RoleName", "PolicyName"],
+    "CreateInstanceProfile": ["InstanceProfileName", "Path"] + IAM_TAG_SPECS,
+    "GetInstanceProfile": ["InstanceProfileName"],
+    "DeleteInstanceProfile": ["InstanceProfileName"],
+    "AddRoleToInstanceProfile": ["InstanceProfileName", "RoleName"],
+    "RemoveRoleFromInstanceProfile": ["InstanceProfileName", "RoleName"],
+}
+IAM_NAME_RE = re.compile(r"[\w+=,.@-]+")
+IAM_PATH_RE = re.compile(r"/|/[\x21-\x7e]+/")
+
+
+def no_such_entity(message):
+    return AwsError("NoSuchEntity", message, 404)
+
+
+def iam_id(prefix):
+    return prefix + secrets.token_hex(8).upper()
+
+
+class IamModel:
+    """IAM's state: roles (assume-role policy, inline policies, tags) and
+    instance profiles (at most one role each, as on AWS), checked as IAM
+    checks them. Handlers are do_<Action>(params) and return the fields of
+    the <ActionResult>, or None for actions that answer none."""
+
+    def __init__(self, config):
+        self.config = config
+        self.roles = {}      # name -> namespace
+        self.profiles = {}   # name -> namespace
+
+    # -- helpers ----------------------------------------------------------
+
+    @staticmethod
+    def _name(p, key, limit):
+        value = p.get(key)
+        if not value:
+            raise AwsError("ValidationError", "1 validation error detected: Value null at '%s' "
+                           "failed to satisfy constraint: Member must not be null"
+                           % (key[0].lower() + key[1:]))
+        if len(value) > limit or not IAM_NAME_RE.fullmatch(value):
+            raise AwsError("ValidationError", "1 validation error detected: Value '%s' at '%s' "
+                           "failed to satisfy constraint: Member must have length less than or "
+                           "equal to %d and satisfy regular expression pattern: [\\w+=,.@-]+"
+                           % (value, key[0].lower() + key[1:], limit))
+        return value
+
+    @staticmethod
+    def _path(p):
+        path = p.get("Path", "/")
+        if len(path) > 512 or not IAM_PATH_RE.fullmatch(path):
+            raise AwsError("ValidationError", "The specified value for path is invalid. It must "
+                           "begin and end with / and contain only alphanumeric characters and/or "
+                           "/ characters.")
+        return path
+
+    @staticmethod
+    def _policy(p, key):
+        """The policy document of parameter key, which must be a JSON policy."""
+        text = p.get(key)
+        if not text:
+            raise AwsError("ValidationError", "1 validation error detected: Value null at '%s' "
+                           "failed to satisfy constraint: Member must not be null"
+                           % (key[0].lower() + key[1:]))
+        try:
+            doc = json.loads(text)
+        except ValueError:
+            raise AwsError("MalformedPolicyDocument", "This policy contains invalid Json")
+        if not isinstance(doc, dict) or not doc.get("Statement"):
+            raise AwsError("MalformedPolicyDocument", "Syntax errors in policy.")
+        return text
+
+    @staticmethod
+    def _tags(p):
+        tags = {}
+        for t in p.structs("Tags.member"):
+            key = t.require("Key")
+            if key.lower().startswith("aws:"):
+                raise AwsError("InvalidInput", "User-defined tag keys can't start with 'aws:'.")
+            tags[key] = t.get("Value", "")
+        if len(tags) > 50:
+            raise AwsError("LimitExceeded", "Cannot exceed quota for TagsPerRole: 50", 409)
+        return tags
+
+    def _role(self, name):
+        if name not in self.roles:
+            raise no_such_entity("The role with name %s cannot be found." % name)
+        return self.roles[name]
+
+    def _profile(self, name):
+        if name not in self.profiles:
+            raise no_such_entity("Instance Profile %s cannot be found." % name)
+        return self.profiles[name]
+
+    @staticmethod
+    def _tags_xml(tags):
+        return [{"Key": k, "Value": v} for k, v in tags.items()] or None
+
+    def _role_xml(self, r):
+        return {"Path": r.path, "RoleName": r.name, "RoleId": r.id, "Arn": r.arn,
+                "CreateDate": iso_time(r.created),
+                "AssumeRolePolicyDocument": urllib.parse.quote(r.assume_policy, safe=""),
+                "Description": r.description, "MaxSessionDuration": r.max_session,
+                "Tags": self._tags_xml(r.tags)}
+
+    def _profile_xml(self, ip):
+        return {"Path": ip.path, "InstanceProfileName": ip.name, "InstanceProfileId": ip.id,
+                "Arn": ip.arn, "CreateDate": iso_time(ip.created),
+                "Roles": [self._role_xml(self.roles[n]) for n in ip.roles],
+                "Tags": self._tags_xml(ip.tags)}
+
+    # -- roles and their inline policies ------------------------------------
+
+    def do_CreateRole(self, p):
+        name = self._name(p, "RoleName", 64)
+        path = self._path(p)
+        assume = self._policy(p, "AssumeRolePolicyDocument")
+        max_session = p.int("MaxSessionDuration", 3600)
+        if not 3600 <= max_session <= 43200:
+            raise AwsError("ValidationError", "The requested MaxSessionDuration exceeds the "
+                           "allowed range of 3600 to 43200 seconds.")
+        tags = self._tags(p)
+        if name in self.roles:
+            raise AwsError("EntityAlreadyExists", "Role with name %s already exists." % name, 409)
+        r = types.SimpleNamespace(
+            name=name, id=iam_id("AROA"), path=path, assume_policy=assume,
+            arn="arn:aws:iam::%s:role%s%s" % (ACCOUNT_ID, path, name),
+            description=p.get("Description"), max_session=max_session, tags=tags,
+            created=time.time(), policies={})
+        self.roles[name] = r
+        return {"Role": self._role_xml(r)}
+
+    def do_GetRole(self, p):
+        return {"Role": self._role_xml(self._role(self._name(p, "RoleName", 64)))}
+
+    def do_DeleteRole(self, p):
+        r = self._role(self._name(p, "RoleName", 64))
+        if any(r.name in ip.roles for ip in self.profiles.values()):
+            raise AwsError("DeleteConflict", "Cannot delete entity, must remove roles from "
+                           "instance profile first.", 409)
+        if r.policies:
+            raise AwsError("DeleteConflict", "Cannot delete entity, must delete policies first.",
+                           409)
+        del self.roles[r.name]
+        return None
+
+    def do_PutRolePolicy(self, p):
+        r = self._role(self._name(p, "RoleName", 64))
+        name = self._name(p, "PolicyName", 128)
+        r.policies[name] = self._policy(p, "PolicyDocument")
+        return None
+
+    def _role_policy(self, p):
+        r = self._role(self._name(p, "RoleName", 64))
+        name = self._name(p, "PolicyName", 128)
+        if name not in r.policies:
+            raise no_such_entity("The role policy with name %s cannot be found." % name)
+        return r, name
+
+    def do_GetRolePolicy(self, p):
+        r, name = self._role_policy(p)
+        return {"RoleName": r.name, "PolicyName": name,
+                "PolicyDocument": urllib.parse.quote(r.policies[name], safe="")}
+
+    def do_DeleteRolePolicy(self, p):
+        r, name = self._role_policy(p)
+        del r.policies[name]
+        return None
+
+    # -- instance profiles ---------------------------------------------------
+
+    def do_CreateInstanceProfile(self, p):
+        name = self._name(p, "InstanceProfileName", 128)
+        path = self._path(p)
+        tags = self._tags(p)
+        if name in self.profiles:
+            raise AwsError("EntityAlreadyExists", "Instance Profile %s already exists." % name,
+                           409)
+        ip = types.SimpleNamespace(
+            name=name, id=iam_id("AIPA"), path=path, tags=tags, created=time.time(), roles=[],
+            arn="arn:aws:iam::%s:instance-profile%s%s" % (ACCOUNT_ID, path, name),
+            unseen_runs=self.config["profile_propagation_runs"])
+        self.profiles[name] = ip
+        return {"InstanceProfile": self._profile_xml(ip)}
+
+    def do_GetInstanceProfile(self, p):
+        return {"InstanceProfile": self._profile_xml(
+            self._profile(self._name(p, "InstanceProfileName", 128)))}
+
+    def do_DeleteInstanceProfile(self, p):
+        ip = self._profile(self._name(p, "InstanceProfileName", 128))
+        if ip.roles:
+            raise AwsError("DeleteConflict", "Cannot delete entity, must remove roles from "
+                           "instance profile first.", 409)
+        del self.profiles[ip.name]
+        return None
+
+    def do_AddRoleToInstanceProfile(self, p):
+        ip = self._profile(self._name(p, "InstanceProfileName", 128))
+        r = self._role(self._name(p, "RoleName", 64))
+        if ip.roles:
+            raise AwsError("LimitExceeded", "Cannot exceed quota for "
+                           "InstanceSessionsPerInstanceProfile: 1", 409)
+        ip.roles.append(r.name)
+        return None
+
+    def do_RemoveRoleFromInstanceProfile(self, p):
+        ip = self._profile(self._name(p, "InstanceProfileName", 128))
+        r = self._role(self._name(p, "RoleName", 64))
+        if r.name not in ip.roles:
+            raise no_such_entity("The role with name %s cannot be found in instance profile "
+                                 "%s." % (r.name, ip.name))
+        ip.roles.remove(r.name)
+        return None
+
+    def to_json(self):
+        return {
+            "roles": [{"role_name": r.name, "role_id": r.id, "arn": r.arn, "path": r.path,
+                       "assume_role_policy": json.loads(r.assume_policy),
+                       "description": r.description, "tags": dict(r.tags),
+                       "policies": {n: json.loads(d) for n, d in r.policies.items()}}
+                      for r in self.roles.values()],
+            "instance_profiles": [{"instance_profile_name": ip.name, "instance_profile_id": ip.id,
+                                   "arn": ip.arn, "path": ip.path, "roles": list(ip.roles),
+                                   "tags": dict(ip.tags)} for ip in self.profiles.values()],
         }
 
 
@@ -1735,6 +2030,7 @@ class StandIn:
         env.update({
             "AWS_ENDPOINT_URL": self.url, "AWS_ENDPOINT_URL_EC2": self.url,
             "AWS_ENDPOINT_URL_SSM": self.url, "AWS_ENDPOINT_URL_CLOUDWATCH": self.url,
+            "AWS_ENDPOINT_URL_IAM": self.url,
             "AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
             "AWS_REGION": self.region, "AWS_DEFAULT_REGION": self.region,
             "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
@@ -1792,7 +2088,8 @@ class StandIn:
                            % req.method, 405)
         with self.lock:
             try:
-                entry["access_key"] = self._verifier().verify(req, service)
+                entry["access_key"] = self._verifier().verify(
+                    req, service, region=IAM_REGION if service == "iam" else None)
             except AuthError as e:
                 entry["rejected"] = True
                 if service == "unknown":
@@ -1825,7 +2122,20 @@ class StandIn:
                                "version %s, not %s" % (CW_VERSION, payload.get("Version")))
             self.cloudwatch.put_metric_data(payload, entry["seq"])
             return cw_reply(action, request_id)
+        if service == "iam":
+            return self._dispatch_iam(action, payload, request_id)
         return self._dispatch_ec2(action, payload, request_id)
+
+    def _dispatch_iam(self, action, p, request_id):
+        if action not in IAM_PARAMS:
+            raise AwsError("InvalidAction", "Could not find operation %s for version %s"
+                           % (action, IAM_VERSION))
+        if p.get("Version") != IAM_VERSION:
+            raise AwsError("InvalidParameterValue", "The stand-in speaks IAM API version %s, "
+                           "not %s" % (IAM_VERSION, p.get("Version")))
+        # IAM has no DryRun: a client that sends it would change things.
+        check_known_params(p, IAM_PARAMS[action], "InvalidInput", ("Action", "Version"))
+        return iam_reply(action, request_id, getattr(self.iam, "do_" + action)(p))
 
     def _dispatch_ec2(self, action, p, request_id):
         if not action:
@@ -1847,10 +2157,12 @@ class StandIn:
 
     def reset(self):
         """Back to a fresh start: constructor settings, no instances, no
-        key pairs, only the default security group, empty logs."""
+        key pairs, only the default security group, no IAM roles or
+        instance profiles, empty logs."""
         with self.lock:
             self.config = dict(self._initial_config)
-            self.ec2 = Ec2Model(self.region, self.config)
+            self.iam = IamModel(self.config)
+            self.ec2 = Ec2Model(self.region, self.config, self.iam)
             self.ssm = SsmModel(self.region)
             self.cloudwatch = CloudWatchModel()
             self.injections = []
@@ -1943,6 +2255,7 @@ class StandIn:
         with self.lock:
             out = self.ec2.to_json()
             out.update({"region": self.region, "config": dict(self.config),
+                        "iam": self.iam.to_json(),
                         "injections": [i.to_json() for i in self.injections],
                         "ssm_parameters": [dict(v) for v in self.ssm.parameters.values()],
                         "metric_data": self.metric_data(), "requests": self.requests()})
@@ -2088,10 +2401,11 @@ class AwsClient:
         self.region, self.session_token = region, session_token
         self.timeout = timeout
 
-    def send(self, body, headers, service, when=None, tamper=None):
-        """POSTs body signed for service; tamper(body) -> bytes sent instead."""
-        signed = sign_headers("POST", self.url + "/", headers, body, self.region, service,
-                              self.access_key, self.secret_key, self.session_token, when)
+    def send(self, body, headers, service, when=None, tamper=None, region=None):
+        """POSTs body signed for service (and region, by default the
+        client's); tamper(body) -> bytes sent instead."""
+        signed = sign_headers("POST", self.url + "/", headers, body, region or self.region,
+                              service, self.access_key, self.secret_key, self.session_token, when)
         parts = urllib.parse.urlsplit(self.url)
         conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=self.timeout)
         try:
@@ -2106,7 +2420,8 @@ class AwsClient:
     def query(self, action, params=None, service=None, version=None, **kw):
         """A Query API call (EC2 unless service says otherwise)."""
         service = service or "ec2"
-        version = version or (CW_VERSION if service == "monitoring" else EC2_VERSION)
+        version = version or {"monitoring": CW_VERSION, "iam": IAM_VERSION}.get(service,
+                                                                                EC2_VERSION)
         fields = [("Action", action), ("Version", version)] + list((params or {}).items())
         body = urllib.parse.urlencode(fields).encode()
         return self.send(body, {"Content-Type": "application/x-www-form-urlencoded; "
@@ -2115,6 +2430,13 @@ class AwsClient:
     def ec2(self, action, params=None, **kw):
         """(status, root element without namespaces) of an EC2 call."""
         status, text = self.query(action, params, "ec2", **kw)
+        return status, parse_xml(text)
+
+    def iam(self, action, params=None, **kw):
+        """(status, root element without namespaces) of an IAM call, signed
+        for us-east-1 as IAM is (region= to sign otherwise)."""
+        kw.setdefault("region", IAM_REGION)
+        status, text = self.query(action, params, "iam", **kw)
         return status, parse_xml(text)
 
     def ssm(self, operation, obj, service="ssm", **kw):

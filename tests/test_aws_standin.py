@@ -1,5 +1,5 @@
 """Tests of the test fixtures for awsctl and the proxy's AWS features: the
-EC2/SSM/CloudWatch stand-in (aws_standin.py), checked against signatures
+EC2/SSM/CloudWatch/IAM stand-in (aws_standin.py), checked against signatures
 made by curl's --aws-sigv4 (the same code as libcurl's CURLOPT_AWS_SIGV4
 that the project's clients use), and the real-sshd fixture
 (sshd_fixture.py), checked with the OpenSSH client. Everything runs on
@@ -589,6 +589,169 @@ class CloudWatchTests(StandInCase):
                           root.findtext("Error/Code")),
                          (400, "ErrorResponse", "Sender", "Throttling"))
         self.assertEqual(self.standin.metric_data(), [])
+
+
+ASSUME_EC2 = json.dumps({"Version": "2012-10-17", "Statement": [{
+    "Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"},
+    "Action": "sts:AssumeRole"}]})
+DESCRIBE_ONLY = json.dumps({"Version": "2012-10-17", "Statement": [{
+    "Effect": "Allow", "Action": ["ec2:DescribeInstances"], "Resource": "*"}]})
+
+
+class IamTests(StandInCase):
+    """IAM's Query protocol: global, so signed for us-east-1 whatever the
+    stand-in's region; stateful roles, inline policies and instance profiles."""
+
+    standin_args = {"region": "eu-west-1"}
+
+    def setUp(self):
+        super().setUp()
+        self.client.region = self.standin.region  # for EC2; IAM's calls sign for us-east-1
+
+    def iam(self, action, params=None):
+        """The <ActionResult> (or the response root) of an IAM call that must succeed."""
+        status, root = self.client.iam(action, params)
+        self.assertEqual(status, 200, xml_text(root))
+        self.assertEqual(root.tag, action + "Response")
+        self.assertIsNotNone(root.findtext("ResponseMetadata/RequestId"))
+        result = root.find(action + "Result")
+        return root if result is None else result
+
+    def iam_error(self, action, params=None):
+        """(status, code) of an IAM call that must fail, in IAM's error format."""
+        status, root = self.client.iam(action, params)
+        self.assertNotEqual(status, 200, xml_text(root))
+        self.assertEqual((root.tag, root.findtext("Error/Type")), ("ErrorResponse", "Sender"))
+        self.assertTrue(root.findtext("Error/Message"))
+        return status, root.findtext("Error/Code")
+
+    def create_role(self, name="r1"):
+        return self.iam("CreateRole", {
+            "RoleName": name, "AssumeRolePolicyDocument": ASSUME_EC2,
+            "Tags.member.1.Key": "Deployment", "Tags.member.1.Value": "d1"}).find("Role")
+
+    def test_signed_by_curl_for_us_east_1(self):
+        data = urllib.parse.urlencode([
+            ("Action", "CreateRole"), ("Version", "2010-05-08"), ("RoleName", "r1"),
+            ("AssumeRolePolicyDocument", ASSUME_EC2)])
+        status, body = self.curl("iam", data, region="us-east-1")
+        self.assertEqual(status, 200, body)
+        self.assertIn('xmlns="https://iam.amazonaws.com/doc/2010-05-08/"', body)
+        role = parse_xml(body).find("CreateRoleResult/Role")
+        self.assertEqual(role.findtext("Arn"), "arn:aws:iam::123456789012:role/r1")
+        self.assertEqual(json.loads(urllib.parse.unquote(
+            role.findtext("AssumeRolePolicyDocument"))), json.loads(ASSUME_EC2))
+        entry = self.last_request()
+        self.assertEqual((entry["service"], entry["action"], entry["ok"]),
+                         ("iam", "CreateRole", True))
+        # Signed for the stand-in's own region, or as another service: refused.
+        status, body = self.curl("iam", data, region="eu-west-1")
+        self.assertEqual((status, error_code(body)), (403, "SignatureDoesNotMatch"), body)
+        self.assertIn("Expected 'us-east-1'", body)
+        status, body = self.curl("ec2", data, region="us-east-1")
+        self.assertEqual((status, error_code(body)), (403, "SignatureDoesNotMatch"), body)
+        self.assertEqual([r["role_name"] for r in self.standin.state()["iam"]["roles"]], ["r1"])
+
+    def test_role_policy_and_profile_lifecycle(self):
+        role = self.create_role()
+        self.assertTrue(role.findtext("RoleId").startswith("AROA"))
+        self.assertEqual(self.iam_error("CreateRole", {
+            "RoleName": "r1", "AssumeRolePolicyDocument": ASSUME_EC2}),
+            (409, "EntityAlreadyExists"))
+        got = self.iam("GetRole", {"RoleName": "r1"}).find("Role")
+        self.assertEqual([(t.findtext("Key"), t.findtext("Value"))
+                          for t in got.findall("Tags/member")], [("Deployment", "d1")])
+        self.assertEqual(self.iam_error("GetRole", {"RoleName": "r2"}), (404, "NoSuchEntity"))
+
+        self.iam("PutRolePolicy", {"RoleName": "r1", "PolicyName": "p",
+                                   "PolicyDocument": DESCRIBE_ONLY})
+        doc = self.iam("GetRolePolicy", {"RoleName": "r1", "PolicyName": "p"})
+        self.assertEqual(json.loads(urllib.parse.unquote(doc.findtext("PolicyDocument"))),
+                         json.loads(DESCRIBE_ONLY))
+        self.assertEqual(self.iam_error("GetRolePolicy", {"RoleName": "r1", "PolicyName": "q"}),
+                         (404, "NoSuchEntity"))
+
+        profile = self.iam("CreateInstanceProfile", {"InstanceProfileName": "ip1"}).find(
+            "InstanceProfile")
+        self.assertEqual(profile.findtext("Arn"),
+                         "arn:aws:iam::123456789012:instance-profile/ip1")
+        self.assertEqual(self.iam_error("CreateInstanceProfile", {"InstanceProfileName": "ip1"}),
+                         (409, "EntityAlreadyExists"))
+        self.iam("AddRoleToInstanceProfile", {"InstanceProfileName": "ip1", "RoleName": "r1"})
+        self.assertEqual(self.iam_error("AddRoleToInstanceProfile", {
+            "InstanceProfileName": "ip1", "RoleName": "r1"}), (409, "LimitExceeded"))
+        got = self.iam("GetInstanceProfile", {"InstanceProfileName": "ip1"})
+        self.assertEqual([r.findtext("RoleName") for r in
+                          got.findall("InstanceProfile/Roles/member")], ["r1"])
+
+        # Taken apart in the only order IAM allows.
+        self.assertEqual(self.iam_error("DeleteRole", {"RoleName": "r1"}), (409, "DeleteConflict"))
+        self.assertEqual(self.iam_error("DeleteInstanceProfile", {"InstanceProfileName": "ip1"}),
+                         (409, "DeleteConflict"))
+        self.iam("RemoveRoleFromInstanceProfile", {"InstanceProfileName": "ip1", "RoleName": "r1"})
+        self.assertEqual(self.iam_error("RemoveRoleFromInstanceProfile", {
+            "InstanceProfileName": "ip1", "RoleName": "r1"}), (404, "NoSuchEntity"))
+        self.assertEqual(self.iam_error("DeleteRole", {"RoleName": "r1"}), (409, "DeleteConflict"))
+        self.iam("DeleteRolePolicy", {"RoleName": "r1", "PolicyName": "p"})
+        self.iam("DeleteRole", {"RoleName": "r1"})
+        self.iam("DeleteInstanceProfile", {"InstanceProfileName": "ip1"})
+        self.assertEqual(self.iam_error("DeleteRole", {"RoleName": "r1"}), (404, "NoSuchEntity"))
+        self.assertEqual(self.iam_error("GetInstanceProfile", {"InstanceProfileName": "ip1"}),
+                         (404, "NoSuchEntity"))
+        self.assertEqual(self.standin.state()["iam"], {"roles": [], "instance_profiles": []})
+
+    def test_bad_input(self):
+        self.assertEqual(self.iam_error("CreateRole", {
+            "RoleName": "r1", "AssumeRolePolicyDocument": "{not json"}),
+            (400, "MalformedPolicyDocument"))
+        self.assertEqual(self.iam_error("CreateRole", {
+            "RoleName": "bad name", "AssumeRolePolicyDocument": ASSUME_EC2}),
+            (400, "ValidationError"))
+        self.assertEqual(self.iam_error("CreateRole", {"RoleName": "x" * 65,
+                                                       "AssumeRolePolicyDocument": ASSUME_EC2}),
+                         (400, "ValidationError"))
+        # IAM has no DryRun: a client that sends it would change things for real.
+        self.assertEqual(self.iam_error("CreateRole", {
+            "RoleName": "r1", "AssumeRolePolicyDocument": ASSUME_EC2, "DryRun": "true"}),
+            (400, "InvalidInput"))
+        self.assertEqual(self.iam_error("ListUsers"), (400, "InvalidAction"))
+        self.assertEqual(self.standin.state()["iam"]["roles"], [])
+
+    def test_run_instances_with_an_instance_profile(self):
+        base = {"ImageId": DEFAULT_AMI, "MinCount": "1", "MaxCount": "1"}
+        status, root = self.client.ec2("RunInstances", dict(base, **{
+            "IamInstanceProfile.Name": "ip1"}))
+        self.assertEqual((status, root.findtext("Errors/Error/Code"),
+                          root.findtext("Errors/Error/Message")),
+                         (400, "InvalidParameterValue", "Value (ip1) for parameter "
+                          "iamInstanceProfile.name is invalid. Invalid IAM Instance Profile name"))
+        self.create_role()
+        arn = self.iam("CreateInstanceProfile", {"InstanceProfileName": "ip1"}).findtext(
+            "InstanceProfile/Arn")
+        self.iam("AddRoleToInstanceProfile", {"InstanceProfileName": "ip1", "RoleName": "r1"})
+        [by_name] = self.run_instances(1, **{"IamInstanceProfile.Name": "ip1"})
+        [by_arn] = self.run_instances(1, **{"IamInstanceProfile.Arn": arn})
+        [plain] = self.run_instances(1)
+        root = self.ec2("DescribeInstances")
+        profiles = {i.findtext("instanceId"): i.findtext("iamInstanceProfile/arn")
+                    for i in root.findall("reservationSet/item/instancesSet/item")}
+        self.assertEqual(profiles, {by_name: arn, by_arn: arn, plain: None})
+        self.assertEqual({i["instance_id"]: i["iam_instance_profile"]
+                          for i in self.standin.instances()}, profiles)
+        self.assertEqual(self.ec2_error("RunInstances", dict(base, **{
+            "IamInstanceProfile.Name": "ip1", "IamInstanceProfile.Arn": arn})),
+            (400, "InvalidParameterCombination"))
+        # A role in use by no profile can go; one in a profile cannot.
+        self.assertEqual(self.iam_error("DeleteRole", {"RoleName": "r1"}), (409, "DeleteConflict"))
+
+    def test_a_new_profile_takes_a_while_to_reach_ec2(self):
+        self.standin.configure(profile_propagation_runs=2)
+        self.iam("CreateInstanceProfile", {"InstanceProfileName": "ip1"})
+        params = {"ImageId": DEFAULT_AMI, "MinCount": "1", "MaxCount": "1",
+                  "IamInstanceProfile.Name": "ip1"}
+        for _ in range(2):
+            self.assertEqual(self.ec2_error("RunInstances", params), (400, "InvalidParameterValue"))
+        self.assertEqual(len(self.run_instances(1, **{"IamInstanceProfile.Name": "ip1"})), 1)
 
 
 class ScriptTests(unittest.TestCase):
