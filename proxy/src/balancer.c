@@ -21,8 +21,10 @@ static struct backend *row_new(struct lb_cluster *lc, const struct backend_addr 
                                int healthy) {
     struct backend *be = calloc(1, sizeof(*be));
     if (!be) return NULL;
-    be->pools = calloc((size_t)nworkers + 1, sizeof(*be->pools));
-    if (!be->pools) {
+    size_t bytes = sizeof(*be->slots) * (size_t)nworkers;
+    be->slots = aligned_alloc(64, bytes ? bytes : sizeof(*be->slots));
+    if (be->slots) memset(be->slots, 0, bytes);
+    if (!be->slots) {
         free(be);
         return NULL;
     }
@@ -42,7 +44,7 @@ void backend_ref(struct backend *be) {
 void backend_unref(struct backend *be) {
     if (atomic_fetch_sub_explicit(&be->refs, 1, memory_order_acq_rel) == 1) {
         pthread_mutex_destroy(&be->note_lock);
-        free(be->pools);
+        free(be->slots);
         free(be);
     }
 }
@@ -364,25 +366,40 @@ static struct cluster_rt *find_cluster(struct lb_table *t, const struct lb_clust
 }
 
 struct backend *balancer_pick(struct balancer *b, const struct lb_cluster *cluster,
-                              const struct backend *avoid, uint64_t rnd) {
+                              const struct backend *avoid, uint64_t rnd, int worker) {
     struct cluster_rt *c = find_cluster(balancer_table(b), cluster);
     if (!c) return NULL; /* removed by a reload since the request was routed */
     struct backend *be = strategy_pick(c->cfg->strategy, c->rows, c->n, avoid, &c->next, rnd);
     if (!be) return NULL;
     backend_ref(be);
     atomic_fetch_add_explicit(&be->inflight, 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&be->requests, 1, memory_order_relaxed);
+    ctr_add(&be->slots[worker].requests, 1);
     return be;
 }
 
-void balancer_done(struct backend *be, enum outcome o, uint64_t latency_us, const char *why) {
+void balancer_done(struct backend *be, enum outcome o, uint64_t latency_us, const char *why,
+                   int worker) {
     atomic_fetch_sub_explicit(&be->inflight, 1, memory_order_relaxed);
     if (o == OUTCOME_OK) backend_sample(be, latency_us);
     if (o == OUTCOME_FAILED) {
-        atomic_fetch_add_explicit(&be->failures, 1, memory_order_relaxed);
+        ctr_add(&be->slots[worker].failures, 1);
         backend_observe(be, 0, why);
     }
     backend_unref(be);
+}
+
+uint64_t backend_requests(const struct backend *be, int nworkers) {
+    uint64_t n = 0;
+    for (int i = 0; i < nworkers; i++)
+        n += ctr_get(&be->slots[i].requests);
+    return n;
+}
+
+uint64_t backend_failures(const struct backend *be, int nworkers) {
+    uint64_t n = 0;
+    for (int i = 0; i < nworkers; i++)
+        n += ctr_get(&be->slots[i].failures);
+    return n;
 }
 
 /* ---- health and latency ---- */

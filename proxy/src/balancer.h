@@ -32,11 +32,14 @@ struct lb_cluster {
     struct cluster_counters *per_worker; /* one per worker */
 };
 
-/* A worker's idle keep-alive connections to one backend. */
-struct idle_pool {
-    struct upconn *head;
+/* A worker's part of a row: its idle keep-alive connections to the
+ * backend and its counts. Only that worker writes it (the admin thread reads
+ * the counts); each on its own cache line. */
+struct row_slot {
+    struct upconn *head; /* idle connections */
     int n;
-};
+    atomic_ullong requests, failures;
+} __attribute__((aligned(64)));
 
 struct backend {
     struct net_addr addr;
@@ -47,10 +50,9 @@ struct backend {
     atomic_int healthy;
     atomic_int consec_ok, consec_fail;
     atomic_int inflight;
-    atomic_uint probe_us; /* last successful probe's latency; 0: none yet */
-    atomic_ullong ewma;   /* packed: float µs << 32 | stamp ms */
-    atomic_ullong requests, failures;
-    struct idle_pool *pools; /* one per worker, touched only by that worker */
+    atomic_uint probe_us;   /* last successful probe's latency; 0: none yet */
+    atomic_ullong ewma;     /* packed: float µs << 32 | stamp ms */
+    struct row_slot *slots; /* one per worker */
     /* for /status: the last health transition and the last failure */
     pthread_mutex_t note_lock;
     int64_t changed_ms, failed_ms; /* wall clock; 0: never */
@@ -145,14 +147,18 @@ void backend_unref(struct backend *be);
  * another healthy one exists; NULL when none is healthy. Counts it in
  * flight and takes a reference: pair with balancer_done(). */
 struct backend *balancer_pick(struct balancer *b, const struct lb_cluster *cluster,
-                              const struct backend *avoid, uint64_t rnd);
+                              const struct backend *avoid, uint64_t rnd, int worker);
 
 enum outcome {
     OUTCOME_OK,      /* answered: latency_us is its time to first byte */
     OUTCOME_FAILED,  /* refused, reset, timed out, garbage: passive health */
     OUTCOME_NEUTRAL, /* ended for reasons not the backend's (client left) */
 };
-void balancer_done(struct backend *be, enum outcome o, uint64_t latency_us, const char *why);
+void balancer_done(struct backend *be, enum outcome o, uint64_t latency_us, const char *why,
+                   int worker);
+/* Requests sent to the backend, and live ones it failed, over all workers. */
+uint64_t backend_requests(const struct backend *be, int nworkers);
+uint64_t backend_failures(const struct backend *be, int nworkers);
 
 /* Health, from the probe thread and from live requests. */
 void backend_observe(struct backend *be, int ok, const char *why);

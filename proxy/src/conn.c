@@ -148,7 +148,7 @@ static const struct proxy_config *cfg_of(struct client *c) {
 /* Ends the request's hold on its backend, telling the table how it went. */
 static void release_be(struct client *c, enum outcome o, const char *why) {
     if (!c->be) return;
-    balancer_done(c->be, o, c->ttfb_us, why);
+    balancer_done(c->be, o, c->ttfb_us, why, c->w->id);
     c->be = NULL;
 }
 
@@ -463,7 +463,7 @@ static void start_txn(struct client *c) {
     c->req_done = c->resp_done = 0;
     c->req_err = c->resp_err = 0;
     c->resp_started = 0;
-    struct backend *be = balancer_pick(c->w->bal, c->lc, NULL, worker_random(c->w));
+    struct backend *be = balancer_pick(c->w->bal, c->lc, NULL, worker_random(c->w), c->w->id);
     if (!be) {
         count_error(c, ERR_NO_HEALTHY_BACKEND);
         reply_status(c, 503); /* nothing healthy: no connect attempt */
@@ -479,7 +479,8 @@ static void retry_or_fail(struct client *c, int status, const char *why) {
     c->failed_be = c->be;
     release_be(c, OUTCOME_FAILED, why);
     if (c->tries < c->retries) {
-        struct backend *be = balancer_pick(c->w->bal, c->lc, c->failed_be, worker_random(c->w));
+        struct backend *be =
+            balancer_pick(c->w->bal, c->lc, c->failed_be, worker_random(c->w), c->w->id);
         if (be) {
             c->tries++;
             ctr_add(&c->w->counters.errors[ERR_RETRY], 1);

@@ -161,34 +161,38 @@ static void cluster_families(const struct admin_view *v, struct sbuf *out) {
 /* name{cluster="c",backend="b"} value, for every row of the current table. */
 static void backend_family(const struct admin_view *v, struct sbuf *out, const char *name,
                            const char *type, const char *help,
-                           double (*value)(const struct backend *)) {
+                           double (*value)(const struct backend *, int nworkers)) {
     family(out, name, type, help);
     const struct lb_table *t = balancer_table(v->bal);
     for (size_t i = 0; i < t->nclusters; i++)
         for (size_t j = 0; j < t->clusters[i].n; j++) {
             const struct backend *be = t->clusters[i].rows[j];
             series(out, name, t->clusters[i].id->name, "backend", be->name);
-            sbuf_addf(out, "%.9g\n", value(be));
+            sbuf_addf(out, "%.9g\n", value(be, v->nworkers));
         }
 }
 
-static double be_healthy(const struct backend *be) {
+static double be_healthy(const struct backend *be, int nworkers) {
+    (void)nworkers;
     return atomic_load(&be->healthy);
 }
-static double be_ewma_s(const struct backend *be) {
+static double be_ewma_s(const struct backend *be, int nworkers) {
+    (void)nworkers;
     return backend_ewma_us(be) / 1e6;
 }
-static double be_probe_s(const struct backend *be) {
+static double be_probe_s(const struct backend *be, int nworkers) {
+    (void)nworkers;
     return atomic_load(&be->probe_us) / 1e6;
 }
-static double be_inflight(const struct backend *be) {
+static double be_inflight(const struct backend *be, int nworkers) {
+    (void)nworkers;
     return atomic_load(&be->inflight);
 }
-static double be_requests(const struct backend *be) {
-    return (double)atomic_load(&be->requests);
+static double be_requests(const struct backend *be, int nworkers) {
+    return (double)backend_requests(be, nworkers);
 }
-static double be_failures(const struct backend *be) {
-    return (double)atomic_load(&be->failures);
+static double be_failures(const struct backend *be, int nworkers) {
+    return (double)backend_failures(be, nworkers);
 }
 
 static void backend_families(const struct admin_view *v, struct sbuf *out) {

@@ -42,7 +42,7 @@ static void add_ms(cJSON *o, const char *key, double us) {
         cJSON_AddNumberToObject(o, key, us / 1e3);
 }
 
-static cJSON *backend_json(struct backend *be) {
+static cJSON *backend_json(struct backend *be, int nworkers) {
     cJSON *b = cJSON_CreateObject();
     cJSON_AddStringToObject(b, "address", be->name);
     cJSON_AddBoolToObject(b, "healthy", atomic_load(&be->healthy));
@@ -51,8 +51,8 @@ static cJSON *backend_json(struct backend *be) {
     add_ms(b, "last_probe_ms", atomic_load(&be->probe_us));
     add_ms(b, "ewma_ms", backend_ewma_us(be));
     cJSON_AddNumberToObject(b, "inflight", atomic_load(&be->inflight));
-    cJSON_AddNumberToObject(b, "requests", (double)atomic_load(&be->requests));
-    cJSON_AddNumberToObject(b, "errors", (double)atomic_load(&be->failures));
+    cJSON_AddNumberToObject(b, "requests", (double)backend_requests(be, nworkers));
+    cJSON_AddNumberToObject(b, "errors", (double)backend_failures(be, nworkers));
     int64_t changed, failed;
     char changed_why[128], failed_why[128];
     backend_notes(be, &changed, changed_why, &failed, failed_why, sizeof(changed_why));
@@ -85,7 +85,7 @@ static cJSON *cluster_json(const struct admin_view *v, const struct cluster_rt *
     cJSON *list = cJSON_AddArrayToObject(o, "backends");
     for (size_t j = 0; j < c->n; j++) {
         healthy += atomic_load(&c->rows[j]->healthy);
-        cJSON_AddItemToArray(list, backend_json(c->rows[j]));
+        cJSON_AddItemToArray(list, backend_json(c->rows[j], v->nworkers));
     }
     cJSON_AddNumberToObject(o, "healthy_backends", healthy);
     return o;

@@ -58,7 +58,7 @@ static int still_open(int fd) {
 }
 
 static void unlink_idle(struct worker *w, struct upconn *u) {
-    struct idle_pool *p = &u->be->pools[w->id];
+    struct row_slot *p = &u->be->slots[w->id];
     if (u->prev_idle)
         u->prev_idle->next_idle = u->next_idle;
     else
@@ -77,7 +77,7 @@ static void unlink_idle(struct worker *w, struct upconn *u) {
 }
 
 struct upconn *pool_take(struct worker *w, struct backend *be) {
-    struct idle_pool *p = &be->pools[w->id];
+    struct row_slot *p = &be->slots[w->id];
     uint64_t now = ev_now_ms(w->loop);
     while (p->head) {
         struct upconn *u = p->head;
@@ -92,7 +92,7 @@ struct upconn *pool_take(struct worker *w, struct backend *be) {
 }
 
 void pool_put(struct worker *w, struct upconn *u) {
-    struct idle_pool *p = &u->be->pools[w->id];
+    struct row_slot *p = &u->be->slots[w->id];
     if (p->n >= POOL_MAX_IDLE || w->draining || atomic_load(&u->be->removed)) {
         upconn_free(w, u);
         return;

@@ -54,9 +54,9 @@ static void *reader(void *arg) {
             rnd ^= rnd << 13;
             rnd ^= rnd >> 7;
             rnd ^= rnd << 17;
-            struct backend *be = balancer_pick(&bal, cluster, NULL, rnd);
+            struct backend *be = balancer_pick(&bal, cluster, NULL, rnd, id);
             if (!be || strncmp(be->name, "127.0.0.1:900", 13)) atomic_fetch_add(&bad_rows, 1);
-            if (be) balancer_done(be, OUTCOME_OK, 100 + rnd % 1000, NULL);
+            if (be) balancer_done(be, OUTCOME_OK, 100 + rnd % 1000, NULL, id);
             atomic_fetch_add(&picks, 1);
         }
         balancer_quiescent(&bal, id);
@@ -68,11 +68,12 @@ int main(void) {
     struct proxy_config cfg[2];
     make_config(&cfg[0], 0);
     make_config(&cfg[1], 1);
-    CHECK(balancer_init(&bal, &cfg[0], READERS) == 0);
+    /* threads 0..READERS are the workers; no probe thread, no admin thread */
+    CHECK(balancer_init(&bal, &cfg[0], READERS + 1) == 0);
+    balancer_reader_offline(&bal, BALANCER_PROBE(&bal));
     balancer_reader_offline(&bal, BALANCER_ADMIN(&bal));
     cluster = balancer_table(&bal)->clusters[0].id;
     pthread_t t[READERS + 1];
-    /* readers 0..READERS-1 are the workers, READERS the probe thread */
     for (int i = 0; i <= READERS; i++)
         pthread_create(&t[i], NULL, reader, (void *)(intptr_t)i);
 
