@@ -1,11 +1,12 @@
 """awsctl up / status / down end to end, with no AWS and no network beyond
 this machine:
 
-- EC2 and SSM are tests/aws_standin.py: a local server that checks every
+- EC2, SSM and IAM are tests/aws_standin.py: a local server that checks every
   request's SigV4 signature, keeps state (VPC, subnets, groups, key pairs,
-  instances), gives instances loopback addresses (the same one as public and
-  private IP) and serves injected faults. awsctl reaches it through
-  AWS_ENDPOINT_URL* with the stand-in's fake credentials.
+  instances, the proxy's IAM role and instance profile), gives instances
+  loopback addresses (the same one as public and private IP) and serves
+  injected faults. awsctl reaches it through AWS_ENDPOINT_URL* with the
+  stand-in's fake credentials.
 - The "instances" are one real OpenSSH sshd (tests/sshd_fixture.py) that
   listens on all their addresses on one high port (AWSCTL_SSH_PORT); the
   stand-in writes each launched key pair's public key to its authorized_keys,
@@ -35,7 +36,7 @@ import time
 import unittest
 
 import lbtest
-from aws_standin import StandIn
+from aws_standin import AwsClient, StandIn
 from sshd_fixture import SSHD
 
 AWSCTL = os.environ.get("AWSCTL_BIN", os.path.join(lbtest.BUILD, "awsctl"))
@@ -45,6 +46,7 @@ NET = "127.%d.%d" % (random.randint(100, 250), random.randint(0, 255))
 # every reset, so each test has .11 to .26.
 ADDRESSES = ["%s.%d" % (NET, n) for n in range(11, 27)]
 NAME = "e2e"
+PROXY_ROLE = "awsctl-%s-proxy" % NAME  # and its instance profile
 CMD_TIMEOUT = 120
 
 
@@ -206,6 +208,14 @@ class AwsctlTest(unittest.TestCase):
     def remote_path(self, instance_id, name):
         return os.path.join(self.remote, instance_id, name)
 
+    def iam(self):
+        return self.standin.state()["iam"]
+
+    def iam_changes(self):
+        """The IAM calls that were not reads."""
+        return [r["action"] for r in self.standin.requests(service="iam")
+                if not r["action"].startswith("Get")]
+
     def group(self):
         groups = [g for g in self.standin.state()["security_groups"]
                   if g["group_name"] == "awsctl-" + NAME]
@@ -247,6 +257,33 @@ class AwsctlTest(unittest.TestCase):
                 health = json.loads(body)
                 self.assertEqual(health["instance_id"], i["instance_id"])
                 self.assertEqual(health["cluster"], i["tags"]["Cluster"])
+
+    def check_iam(self, insts):
+        """The proxy's role may do exactly what the proxy does on AWS, its
+        instance profile holds it, and only the proxy instance carries it."""
+        iam = self.iam()
+        [role] = iam["roles"]
+        self.assertEqual((role["role_name"], role["tags"]),
+                         (PROXY_ROLE, {"Deployment": NAME, "CreatedBy": "awsctl"}))
+        self.assertEqual(role["assume_role_policy"]["Statement"], [{
+            "Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"},
+            "Action": "sts:AssumeRole"}])
+        [policy] = role["policies"].values()
+        allowed = []
+        for statement in policy["Statement"]:
+            self.assertEqual((statement["Effect"], statement["Resource"]), ("Allow", "*"))
+            action = statement["Action"]
+            allowed += [action] if isinstance(action, str) else action
+        self.assertEqual(sorted(allowed), ["cloudwatch:PutMetricData", "ec2:DescribeInstances"])
+        [profile] = iam["instance_profiles"]
+        self.assertEqual((profile["instance_profile_name"], profile["roles"]),
+                         (PROXY_ROLE, [PROXY_ROLE]))
+        self.assertEqual({i["instance_id"]: i["iam_instance_profile"] for i in insts},
+                         {i["instance_id"]: profile["arn"] if i["tags"]["Role"] == "proxy" else None
+                          for i in insts})
+        state = self.state()
+        self.assertEqual((state["iam_role"], state["iam_instance_profile"]),
+                         (PROXY_ROLE, PROXY_ROLE))
 
     def check_routing(self, insts):
         """The proxy routes /cluster1 and /cluster2 to their own backends."""
@@ -290,13 +327,19 @@ class AwsctlTest(unittest.TestCase):
         self.assertTrue({(22, "127.0.0.1/32"), (8000, "127.0.0.1/32")} <= rules, rules)
         self.assertIn(group["group_id"], {r.get("group") for r in group["ingress"]})
 
+        self.check_iam(insts)
         self.check_pushed(insts)
         self.check_routing(insts)
 
         # Again: nothing new is created, the same instances are used.
         launches = len(self.standin.requests(action="RunInstances"))
+        iam_changes = self.iam_changes()
+        self.assertEqual(sorted(iam_changes), ["AddRoleToInstanceProfile",
+                                               "CreateInstanceProfile", "CreateRole",
+                                               "PutRolePolicy"])
         self.up()
         self.assertEqual(len(self.standin.requests(action="RunInstances")), launches)
+        self.assertEqual(self.iam_changes(), iam_changes)
         self.assertEqual(len(self.served("CreateSecurityGroup")), 1)
         self.assertEqual(len(self.served("CreateKeyPair")), 1)
         self.assertEqual({i["instance_id"] for i in self.check_instances(4, 4)},
@@ -323,6 +366,7 @@ class AwsctlTest(unittest.TestCase):
         self.assertEqual(len(self.standin.instances(Deployment=NAME)), 9)
         self.assertIsNone(self.group())
         self.assertEqual(self.standin.state()["key_pairs"], [])
+        self.assertEqual(self.iam(), {"roles": [], "instance_profiles": []})
         self.assertFalse(os.path.exists(self.state_path))
         self.assertFalse(os.path.exists(key_path))
         _, err = self.awsctl("status", "--name", NAME, expect=1)
@@ -363,6 +407,50 @@ class AwsctlTest(unittest.TestCase):
         self.assertEqual(self.instances(), [])
         self.standin.clear_injections()
         self.awsctl("down", "--name", NAME)
+
+    def test_new_instance_profile_is_retried(self):
+        """EC2 learns of a new instance profile seconds after IAM made it, and
+        refuses it until then: the proxy's launch waits for it."""
+        self.standin.configure(profile_propagation_runs=2)
+        out, _ = self.up("--micro", "1", "--large", "0", "--allow-cidr", "127.0.0.1/32")
+        self.assertIn("instance profile %s is not known to EC2 yet: retrying in 1 s" % PROXY_ROLE,
+                      out)
+        refused = [r for r in self.standin.requests(action="RunInstances")
+                   if r["code"] == "InvalidParameterValue"]
+        self.assertEqual(len(refused), 2)
+        self.assertTrue(all(r["params"]["IamInstanceProfile.Name"] == PROXY_ROLE
+                            for r in refused))
+        self.check_iam(self.check_instances(1, 0))
+        self.awsctl("down", "--name", NAME)
+        self.assertEqual(self.iam(), {"roles": [], "instance_profiles": []})
+
+    def test_iam_refusals_stop_up_before_ec2(self):
+        """Without IAM permissions, or with a role of that name that awsctl did
+        not make, up stops before it changes anything in EC2."""
+        self.standin.inject(kind="error", service="iam", action="CreateRole", count=None,
+                            code="AccessDenied", status=403,
+                            message="User: arn:aws:iam::123456789012:user/op is not authorized "
+                                    "to perform: iam:CreateRole")
+        _, err = self.up("--allow-cidr", "127.0.0.1/32", expect=1)
+        self.assertIn("create IAM role %s (assumed by ec2.amazonaws.com) (CreateRole): "
+                      "AccessDenied: User: " % PROXY_ROLE, err)
+        self.assertIsNone(self.group())
+        self.assertEqual(self.standin.requests(action="RunInstances"), [])
+        self.standin.clear_injections()
+
+        client = AwsClient(self.standin.url, self.standin.access_key, self.standin.secret_key)
+        status, _ = client.iam("CreateRole", {"RoleName": PROXY_ROLE, "AssumeRolePolicyDocument":
+                                              '{"Statement": [{"Effect": "Allow"}]}'})
+        self.assertEqual(status, 200)
+        changes = self.iam_changes()
+        _, err = self.up("--allow-cidr", "127.0.0.1/32", expect=1)
+        self.assertIn("IAM role %s exists but is not awsctl's for deployment %s"
+                      % (PROXY_ROLE, NAME), err)
+        self.assertEqual(self.iam_changes(), changes)
+        out, _ = self.awsctl("down", "--name", NAME)
+        self.assertIn("leaving IAM role %s: not awsctl's" % PROXY_ROLE, out)
+        self.assertEqual([r["role_name"] for r in self.iam()["roles"]], [PROXY_ROLE])
+        self.assertEqual(self.iam()["roles"][0]["policies"], {})
 
     def test_changed_host_key_is_refused(self):
         self.up("--micro", "1", "--large", "0", "--allow-cidr", "127.0.0.1/32")
@@ -425,6 +513,7 @@ class AwsctlTest(unittest.TestCase):
         self.assertEqual(self.instances(), [])
         self.assertIsNone(self.group())
         self.assertEqual(self.standin.state()["key_pairs"], [])
+        self.assertEqual(self.iam(), {"roles": [], "instance_profiles": []})
 
     def test_dry_run_creates_nothing(self):
         out, _ = self.up("--dry-run")
@@ -432,10 +521,19 @@ class AwsctlTest(unittest.TestCase):
         self.assertIn("would: create ed25519 key pair awsctl-%s" % NAME, out)
         self.assertIn("would: launch 2 t2.micro (cluster1)", out)
         self.assertIn("would: launch 1 t2.large (proxy)", out)
+        # IAM has no DryRun: only its reads are made.
+        self.assertIn("would: create IAM role %s (assumed by ec2.amazonaws.com)" % PROXY_ROLE, out)
+        self.assertIn("would: allow ec2:DescribeInstances and cloudwatch:PutMetricData to IAM "
+                      "role %s" % PROXY_ROLE, out)
+        self.assertIn("would: create instance profile %s" % PROXY_ROLE, out)
+        self.assertIn("would: add IAM role %s to instance profile %s" % (PROXY_ROLE, PROXY_ROLE),
+                      out)
+        self.assertEqual(self.iam_changes(), [])
+        self.assertEqual(self.iam(), {"roles": [], "instance_profiles": []})
         dry = [r for r in self.standin.requests(action="RunInstances")]
         self.assertEqual(len(dry), 7)
         self.assertTrue(all(r["params"].get("DryRun") == "true" and r["code"] == "DryRunOperation"
-                            for r in dry))
+                            and "IamInstanceProfile.Name" not in r["params"] for r in dry))
         st = self.standin.state()
         self.assertEqual(st["instances"], [])
         self.assertEqual(st["key_pairs"], [])

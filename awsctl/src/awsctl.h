@@ -1,8 +1,9 @@
 /* awsctl: launches the proxy and two clusters of backends on EC2 and pushes
  * the binaries to them over SSH. The pieces: flags and commands (main.c), the
- * state file (state.c), EC2 and SSM calls (ec2.c, instances.c), SSH key files
- * (keys.c), libssh2 sessions (ssh.c), the files pushed and the bootstraps run
- * (push.c), the commands (up.c, down.c, status.c) and small helpers (util.c). */
+ * state file (state.c), EC2 and SSM calls (ec2.c, instances.c), the proxy
+ * instance's IAM role (iam.c), SSH key files (keys.c), libssh2 sessions
+ * (ssh.c), the files pushed and the bootstraps run (push.c), the commands
+ * (up.c, down.c, status.c) and small helpers (util.c). */
 #ifndef AWSCTL_H
 #define AWSCTL_H
 
@@ -42,6 +43,7 @@ struct state {
     bool key_created;      /* the key pair: awsctl created or imported it */
     bool key_file_created; /* the private key file: awsctl wrote it (CreateKeyPair) */
     char ami[64];
+    char iam_role[72], iam_profile[72]; /* the proxy's role and instance profile */
     struct instance inst[MAX_INSTANCES];
     int ninst;
 };
@@ -57,7 +59,9 @@ struct ctl {
     struct aws_client *aws;
     struct state *st;
     bool dry_run;
-    bool sg_pending, key_pending; /* dry run: would be created, so not named in RunInstances */
+    /* dry run: would be created, so not named in RunInstances */
+    bool sg_pending, key_pending, profile_pending;
+    struct aws_error err; /* of the last change that did not go through (ctl_mutate) */
 };
 
 /* util.c */
@@ -97,9 +101,15 @@ bool ctl_save(struct ctl *c);
 enum mut { MUT_FAILED, MUT_DONE, MUT_WOULD, MUT_TOLERATED };
 /* A read-only call: the reply, or NULL (printed). */
 xmlDocPtr ec2_read(struct ctl *c, const char *action, struct aws_form *f);
-/* A call that changes something; in a dry run it carries DryRun=true and
- * prints "would: <what>". MUT_TOLERATED: it failed with a code in tolerated
- * (NULL-terminated, may be NULL). *doc (doc may be NULL) gets the reply. */
+/* A Query call to svc that changes something. In a dry run, an EC2 call
+ * carries DryRun=true and prints "would: <what>" when EC2 says it would
+ * succeed; IAM has no DryRun: the call is not made, "would: <what>" printed.
+ * MUT_TOLERATED: it failed with a code in tolerated (NULL-terminated, may be
+ * NULL), not printed. The error of a call that did not go through is left in
+ * c->err. *doc (doc may be NULL) gets the reply. */
+enum mut ctl_mutate(struct ctl *c, enum aws_service svc, const char *action, struct aws_form *f,
+                    const char *what, const char *const *tolerated, xmlDocPtr *doc);
+/* ctl_mutate for EC2. */
 enum mut ec2_mutate(struct ctl *c, const char *action, struct aws_form *f, const char *what,
                     const char *const *tolerated, xmlDocPtr *doc);
 /* TagSpecification.<spec> for rtype: Deployment=<name>, CreatedBy=awsctl and
@@ -114,6 +124,19 @@ bool ec2_remove_group(struct ctl *c, long timeout_s);
 bool ec2_key_pair(struct ctl *c, const struct up_opts *o);
 bool ec2_delete_key_pair(struct ctl *c);
 bool ec2_ami(struct ctl *c, const char *ami);
+
+/* iam.c: the proxy instance's role (awsctl-<name>-proxy), allowed
+ * ec2:DescribeInstances and cloudwatch:PutMetricData, in an instance profile of
+ * the same name. */
+/* Sets the state's role and profile names; false when the deployment's name
+ * makes them too long for IAM. */
+bool iam_names(struct state *st);
+/* up: makes the role, its inline policy and the profile, or finds them
+ * (created by awsctl for this deployment: tagged so). A dry run only reads. */
+bool iam_up(struct ctl *c);
+/* down: takes the role out of the profile and deletes both, when they are
+ * awsctl's for this deployment; what is already gone is no error. */
+bool iam_down(struct ctl *c);
 
 /* instances.c */
 /* The deployment's instances (by tag) in the given states ("pending,running"). */

@@ -1,6 +1,7 @@
 /* EC2 and SSM calls for the deployment's network, security group, key pair
- * and AMI. Every resource is tagged Deployment=<name> and CreatedBy=awsctl,
- * so that `down` finds what `up` made even without the state file. */
+ * and AMI, and the path of every call that changes something (ctl_mutate).
+ * Every resource is tagged Deployment=<name> and CreatedBy=awsctl, so that
+ * `down` finds what `up` made even without the state file. */
 #define _GNU_SOURCE
 #include "awsctl.h"
 
@@ -24,11 +25,14 @@ xmlDocPtr ec2_read(struct ctl *c, const char *action, struct aws_form *f) {
     return doc;
 }
 
-enum mut ec2_mutate(struct ctl *c, const char *action, struct aws_form *f, const char *what,
-                    const char *const *tolerated, xmlDocPtr *doc) {
-    struct aws_error err;
+enum mut ctl_mutate(struct ctl *c, enum aws_service svc, const char *action, struct aws_form *f,
+                    const char *what, const char *const *tolerated, xmlDocPtr *doc) {
+    if (c->dry_run && svc == AWS_IAM) {
+        say("would: %s", what);
+        return MUT_WOULD;
+    }
     if (c->dry_run) aws_form_add(f, "DryRun", "true");
-    xmlDocPtr d = aws_query(c->aws, AWS_EC2, action, f, &err);
+    xmlDocPtr d = aws_query(c->aws, svc, action, f, &c->err);
     if (d) {
         if (doc)
             *doc = d;
@@ -36,13 +40,18 @@ enum mut ec2_mutate(struct ctl *c, const char *action, struct aws_form *f, const
             xmlFreeDoc(d);
         return MUT_DONE;
     }
-    if (c->dry_run && err.dry_run_ok) {
+    if (c->dry_run && c->err.dry_run_ok) {
         say("would: %s", what);
         return MUT_WOULD;
     }
-    if (listed(tolerated, err.code)) return MUT_TOLERATED;
-    fail("%s (%s): %s", what, action, err.message);
+    if (listed(tolerated, c->err.code)) return MUT_TOLERATED;
+    fail("%s (%s): %s", what, action, c->err.message);
     return MUT_FAILED;
+}
+
+enum mut ec2_mutate(struct ctl *c, const char *action, struct aws_form *f, const char *what,
+                    const char *const *tolerated, xmlDocPtr *doc) {
+    return ctl_mutate(c, AWS_EC2, action, f, what, tolerated, doc);
 }
 
 void ec2_tags(struct aws_form *f, int spec, const char *rtype, const char *name,

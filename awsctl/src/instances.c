@@ -9,13 +9,15 @@
 
 #include <openssl/evp.h>
 
-#define MAX_SUBNETS 16
+#define MAX_SUBNETS    16
+#define PROFILE_WAIT_S 60 /* for EC2 to know a new instance profile */
 
 /* What `up` launches: a cluster of backends, or the proxy. */
 struct group {
     const char *key; /* "cluster1", "cluster2", "proxy" */
     const char *role, *cluster, *type;
     int count;
+    bool profile; /* with the proxy's instance profile */
 };
 
 static void filter_values(struct aws_form *f, int n, const char *name, const char *csv) {
@@ -161,6 +163,29 @@ static void client_token(const struct state *st, const struct group *g, const ch
         w += snprintf(out + w, len - (size_t)w, "%02x", h[i]);
 }
 
+/* RunInstances. A new instance profile takes seconds to reach EC2 (IAM is
+ * eventually consistent), which until then refuses it as an invalid
+ * parameter: that is retried with backoff for PROFILE_WAIT_S. */
+static enum mut launch(struct ctl *c, struct aws_form *f, const char *what, bool profile,
+                       xmlDocPtr *doc) {
+    static const char *const unknown_profile[] = {"InvalidParameterValue", NULL};
+    double start = now_s(), pause = 1;
+    for (;;) {
+        enum mut m = ec2_mutate(c, "RunInstances", f, what,
+                                profile && !c->dry_run ? unknown_profile : NULL, doc);
+        if (m != MUT_TOLERATED) return m;
+        if (!strstr(c->err.message, "iamInstanceProfile") ||
+            now_s() - start + pause > PROFILE_WAIT_S) {
+            fail("%s (RunInstances): %s", what, c->err.message);
+            return MUT_FAILED;
+        }
+        say("instance profile %s is not known to EC2 yet: retrying in %.0f s", c->st->iam_profile,
+            pause);
+        sleep_s(pause);
+        pause = pause * 2 > 10 ? 10 : pause * 2;
+    }
+}
+
 static bool run(struct ctl *c, const struct group *g, const char *subnet, int count) {
     struct state *st = c->st;
     char token[64], what[256], name[192];
@@ -175,12 +200,14 @@ static bool run(struct ctl *c, const struct group *g, const char *subnet, int co
     if (!c->key_pending) aws_form_add(f, "KeyName", st->key_name);
     aws_form_add(f, "SubnetId", subnet);
     if (!c->sg_pending) aws_form_add(f, "SecurityGroupId.1", st->sg_id);
+    bool profile = g->profile && !c->profile_pending;
+    if (profile) aws_form_add(f, "IamInstanceProfile.Name", st->iam_profile);
     aws_form_add(f, "ClientToken", token);
     const char *extra[] = {"Name",     name, "Role", g->role, *g->cluster ? "Cluster" : NULL,
                            g->cluster, NULL};
     ec2_tags(f, 1, "instance", st->name, extra);
     xmlDocPtr doc = NULL;
-    enum mut m = ec2_mutate(c, "RunInstances", f, what, NULL, &doc);
+    enum mut m = launch(c, f, what, profile, &doc);
     aws_form_free(f);
     if (m != MUT_DONE) return m == MUT_WOULD;
     struct instance *got = calloc(MAX_INSTANCES, sizeof(*got));
@@ -238,9 +265,9 @@ bool instances_launch(struct ctl *c, const struct up_opts *o) {
     struct subnets s;
     if (!ok || !ctl_save(c) || !default_subnets(c, &s)) return false;
     const struct group groups[] = {
-        {"cluster1", "backend", "cluster1", "t2.micro", o->micro},
-        {"cluster2", "backend", "cluster2", "t2.large", o->large},
-        {"proxy", "proxy", "", o->lb_type, 1},
+        {"cluster1", "backend", "cluster1", "t2.micro", o->micro, false},
+        {"cluster2", "backend", "cluster2", "t2.large", o->large, false},
+        {"proxy", "proxy", "", o->lb_type, 1, true},
     };
     for (size_t i = 0; i < sizeof(groups) / sizeof(groups[0]); i++)
         if (!launch_group(c, &groups[i], &s)) return false;

@@ -75,6 +75,8 @@ static void load_root(struct state *st, const cJSON *root) {
     st->key_created = get_bool(root, "key_created");
     st->key_file_created = get_bool(root, "key_file_created");
     GET_STR(root, "ami", st->ami);
+    GET_STR(root, "iam_role", st->iam_role);
+    GET_STR(root, "iam_instance_profile", st->iam_profile);
     st->ninst = 0;
     cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(root, "instances")) {
         if (st->ninst < MAX_INSTANCES && cJSON_IsObject(it))
@@ -144,6 +146,8 @@ static cJSON *state_json(const struct state *st) {
     cJSON_AddStringToObject(root, "key_path", st->key_path);
     cJSON_AddBoolToObject(root, "key_file_created", st->key_file_created);
     cJSON_AddStringToObject(root, "ami", st->ami);
+    cJSON_AddStringToObject(root, "iam_role", st->iam_role);
+    cJSON_AddStringToObject(root, "iam_instance_profile", st->iam_profile);
     cJSON *insts = cJSON_AddArrayToObject(root, "instances");
     for (int i = 0; i < st->ninst; i++)
         cJSON_AddItemToArray(insts, instance_json(&st->inst[i]));

@@ -1,5 +1,6 @@
-/* awsctl up: security group, key pair, AMI, instances, wait, push. Each
- * step saves the state file, so that a rerun continues where one stopped. */
+/* awsctl up: the proxy's IAM role, security group, key pair, AMI, instances,
+ * wait, push. Each step saves the state file, so that a rerun continues where
+ * one stopped. */
 #define _GNU_SOURCE
 #include "awsctl.h"
 
@@ -55,11 +56,19 @@ int cmd_up(struct ctl *c, const struct up_opts *o) {
         fail("%s", err);
         return 1;
     }
+    if (!iam_names(c->st)) {
+        fail("--name %s: too long for the proxy's IAM role awsctl-%s-proxy (IAM allows 64 "
+             "characters: --name may have 51)",
+             c->st->name, c->st->name);
+        return 1;
+    }
     if (!resolve_cidr(o->allow_cidr, cidr, sizeof(cidr))) return 1;
     say("%s deployment %s in %s (state %s)", c->dry_run ? "dry run of" : "up:", c->st->name,
         c->st->region, c->dry_run ? "not written" : c->st->path);
-    if (!ctl_save(c) || !ec2_network(c) || !ec2_security_group(c, cidr) || !ec2_key_pair(c, o) ||
-        !ec2_ami(c, o->ami) || !instances_launch(c, o))
+    /* IAM first: its changes take seconds to reach EC2, and an operator
+     * without IAM permissions is told so before anything is launched. */
+    if (!ctl_save(c) || !ec2_network(c) || !iam_up(c) || !ec2_security_group(c, cidr) ||
+        !ec2_key_pair(c, o) || !ec2_ami(c, o->ami) || !instances_launch(c, o))
         return 1;
     if (c->dry_run) {
         say("dry run: nothing was created or changed");
