@@ -39,7 +39,7 @@ class Reload(LBTestCase):
                 "clusters": [{"name": "cluster1", "path_prefix": "/cluster1",
                               "strategy": strategy,
                               "backends": [b.addr for b in backends],
-                              "health_check": {"interval_ms": 200}}]}
+                              "health_check": {"interval_ms": 500, "unhealthy_threshold": 4}}]}
 
     def test_reload_under_load(self):
         b1, b2, b3 = self.cluster("cluster1", 3)

@@ -53,7 +53,11 @@ class ProxyOnAWS(LBTestCase):
                "clusters": [{"name": "cluster1", "path_prefix": "/cluster1",
                              "discovery": {"ec2": {"region": self.aws.region, "tags": TAGS,
                                                    "port": self.port, "interval_s": 1}},
-                             "health_check": {"interval_ms": 200, "healthy_threshold": 2}}]}
+                             # generous: a sanitizer build on a busy machine answers
+                             # a probe slowly, and both backends must stay in
+                             "health_check": {"interval_ms": 400, "timeout_ms": 400,
+                                              "healthy_threshold": 2,
+                                              "unhealthy_threshold": 4}}]}
         if cloudwatch:
             cfg["cloudwatch"] = {"namespace": "CustomLB", "region": self.aws.region,
                                  "interval_s": 1}
