@@ -34,6 +34,7 @@ struct job {
     struct instance *in;
     const char *proxy_json, *proxy_env;
     bool ok;
+    bool retryable; /* the SSH session failed midway, not a command or a host key */
     char summary[512];
     char err[4096];
 };
@@ -173,12 +174,16 @@ static char *proxy_env(void) {
 
 /* ---- one instance ---- */
 
-static bool run(struct ssh *s, const char *cmd, const char *what, char *tail, size_t taillen,
-                char *err, size_t errlen) {
+/* Runs cmd: true when it exited 0; a failed session marks the job retryable. */
+static bool run(struct job *j, struct ssh *s, const char *cmd, const char *what, char *tail,
+                size_t taillen) {
     int status = -1;
-    if (!ssh_exec(s, cmd, &status, tail, taillen, err, errlen)) return false;
+    if (!ssh_exec(s, cmd, &status, tail, taillen, j->err, sizeof(j->err))) {
+        j->retryable = true;
+        return false;
+    }
     if (status == 0) return true;
-    snprintf(err, errlen, "%s exited with status %d:\n%s", what, status, tail);
+    snprintf(j->err, sizeof(j->err), "%s exited with status %d:\n%s", what, status, tail);
     return false;
 }
 
@@ -215,7 +220,10 @@ static bool upload_all(struct job *j, struct ssh *s, const char *dir, struct fil
                                                  files[i].mode, j->err, sizeof(j->err))
                                 : ssh_upload(s, files[i].local, remote, files[i].mode, j->err,
                                              sizeof(j->err));
-        if (!ok) return false;
+        if (!ok) {
+            j->retryable = true;
+            return false;
+        }
         /* Renamed into place: a running binary cannot be overwritten (ETXTBSY). */
         w += (size_t)snprintf(mv + w, mvlen - w, "mv -f %s.new %s && ", files[i].remote,
                               files[i].remote);
@@ -257,10 +265,10 @@ static void push_one(struct job *j) {
              "mkdir -p %s%s 2>/dev/null && test -w %s || "
              "sudo -n install -d -o \"$(id -un)\" -g \"$(id -gn)\" %s %s%s",
              qdir, sub, qdir, qdir, qdir, sub);
-    if (run(s, cmd, "creating the remote directory", tail, sizeof(tail), j->err, sizeof(j->err)) &&
+    if (run(j, s, cmd, "creating the remote directory", tail, sizeof(tail)) &&
         upload_all(j, s, dir, files, n, mv, sizeof(mv))) {
         bootstrap_cmd(j, qdir, mv, cmd, sizeof(cmd));
-        j->ok = run(s, cmd, files[1].remote, tail, sizeof(tail), j->err, sizeof(j->err));
+        j->ok = run(j, s, cmd, files[1].remote, tail, sizeof(tail));
         /* The bootstrap's last line says what it started. */
         char *end = tail + strlen(tail);
         while (end > tail && end[-1] == '\n')
@@ -271,8 +279,18 @@ static void push_one(struct job *j) {
     ssh_close(s);
 }
 
+/* Pushes to one instance; a session that broke midway gets one more try
+ * (every step can be repeated: uploads are renamed into place, the
+ * bootstraps are idempotent). */
 static void *push_thread(void *arg) {
-    push_one(arg);
+    struct job *j = arg;
+    push_one(j);
+    if (!j->ok && j->retryable) {
+        say("%s: %s; trying again", j->in->id, j->err);
+        j->retryable = false;
+        sleep(1);
+        push_one(j);
+    }
     return NULL;
 }
 
@@ -282,7 +300,7 @@ static bool push_role(struct job *jobs, int n, const char *role) {
         struct job *j = &jobs[i];
         if (strcmp(j->in->role, role)) continue;
         j->threaded = pthread_create(&j->tid, NULL, push_thread, j) == 0;
-        if (!j->threaded) push_one(j);
+        if (!j->threaded) push_thread(j);
     }
     bool ok = true;
     for (int i = 0; i < n; i++) {

@@ -270,11 +270,18 @@ bool ssh_exec(struct ssh *s, const char *cmd, int *status, char *out, size_t out
     while (n == 0 && (n = libssh2_channel_read_stderr(ch, buf, sizeof(buf))) > 0)
         keep_tail(out, outlen, &used, buf, (size_t)n);
     libssh2_session_set_timeout(s->s, SESSION_MS);
-    bool ok = n == 0 && libssh2_channel_close(ch) == 0 && libssh2_channel_wait_closed(ch) == 0;
-    if (ok)
+    const char *step = "reading its output";
+    int rc = (int)n;
+    if (!rc && (rc = libssh2_channel_close(ch))) step = "closing its channel";
+    if (!rc && (rc = libssh2_channel_wait_closed(ch))) step = "waiting for its channel to close";
+    bool ok = rc == 0;
+    if (ok) {
         *status = libssh2_channel_get_exit_status(ch);
-    else
-        session_error(s, "remote command", err, errlen);
+    } else {
+        char what[96];
+        snprintf(what, sizeof(what), "remote command: %s (libssh2 error %d)", step, rc);
+        session_error(s, what, err, errlen);
+    }
     libssh2_channel_free(ch);
     return ok;
 }
