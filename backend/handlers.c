@@ -2,6 +2,7 @@
  * small bodies into the output buffer; large bodies streamed). */
 #define _GNU_SOURCE
 #include "backend.h"
+#include "fmt.h"
 #include "http_status.h"
 
 #include <stdio.h>
@@ -11,25 +12,6 @@
 const unsigned char *pattern_block;
 
 /* ---- small writers ---- */
-
-static char *put(char *p, const char *s, size_t n) {
-    memcpy(p, s, n);
-    return p + n;
-}
-
-#define PUT_LIT(p, lit) put((p), (lit), sizeof(lit) - 1)
-
-static char *put_u64(char *p, uint64_t v) {
-    char tmp[24];
-    int n = 0;
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    while (n)
-        *p++ = tmp[--n];
-    return p;
-}
 
 static char *put_hex(char *p, uint64_t v) {
     static const char digits[] = "0123456789abcdef";
@@ -65,16 +47,16 @@ size_t json_escape(char *dst, const char *src, size_t len) {
     for (size_t i = 0; i < len; i++) {
         unsigned char ch = (unsigned char)src[i];
         switch (ch) {
-        case '"': o = PUT_LIT(o, "\\\""); break;
-        case '\\': o = PUT_LIT(o, "\\\\"); break;
-        case '\n': o = PUT_LIT(o, "\\n"); break;
-        case '\r': o = PUT_LIT(o, "\\r"); break;
-        case '\t': o = PUT_LIT(o, "\\t"); break;
-        case '\b': o = PUT_LIT(o, "\\b"); break;
-        case '\f': o = PUT_LIT(o, "\\f"); break;
+        case '"': o = FMT_LIT(o, "\\\""); break;
+        case '\\': o = FMT_LIT(o, "\\\\"); break;
+        case '\n': o = FMT_LIT(o, "\\n"); break;
+        case '\r': o = FMT_LIT(o, "\\r"); break;
+        case '\t': o = FMT_LIT(o, "\\t"); break;
+        case '\b': o = FMT_LIT(o, "\\b"); break;
+        case '\f': o = FMT_LIT(o, "\\f"); break;
         default:
             if (ch < 0x20 || ch == 0x7f) {
-                o = PUT_LIT(o, "\\u00");
+                o = FMT_LIT(o, "\\u00");
                 *o++ = hex[ch >> 4];
                 *o++ = hex[ch & 15];
             } else {
@@ -218,27 +200,27 @@ size_t head_max(const struct conn *c, size_t ctype_len) {
 char *put_head(struct conn *c, char *p, int status, const char *ctype, size_t ctype_len,
                int framing, uint64_t clen) {
     const char *why = http_reason(status);
-    p = PUT_LIT(p, "HTTP/1.1 ");
-    p = put_u64(p, (uint64_t)status);
+    p = FMT_LIT(p, "HTTP/1.1 ");
+    p = fmt_u64(p, (uint64_t)status);
     *p++ = ' ';
-    p = put(p, why, strlen(why));
+    p = fmt_put(p, why, strlen(why));
     if (ctype) {
-        p = PUT_LIT(p, "\r\nContent-Type: ");
-        p = put(p, ctype, ctype_len);
+        p = FMT_LIT(p, "\r\nContent-Type: ");
+        p = fmt_put(p, ctype, ctype_len);
     }
     if (framing == FR_LENGTH) {
-        p = PUT_LIT(p, "\r\nContent-Length: ");
-        p = put_u64(p, clen);
+        p = FMT_LIT(p, "\r\nContent-Length: ");
+        p = fmt_u64(p, clen);
     } else if (framing == FR_CHUNKED) {
-        p = PUT_LIT(p, "\r\nTransfer-Encoding: chunked");
+        p = FMT_LIT(p, "\r\nTransfer-Encoding: chunked");
     }
-    p = PUT_LIT(p, "\r\nX-Instance-Id: ");
-    p = put(p, cfg.instance_id, strlen(cfg.instance_id));
+    p = FMT_LIT(p, "\r\nX-Instance-Id: ");
+    p = fmt_put(p, cfg.instance_id, strlen(cfg.instance_id));
     if (!c->req.keepalive)
-        p = PUT_LIT(p, "\r\nConnection: close");
+        p = FMT_LIT(p, "\r\nConnection: close");
     else if (c->req.http_major == 1 && c->req.http_minor == 0)
-        p = PUT_LIT(p, "\r\nConnection: keep-alive");
-    return PUT_LIT(p, "\r\n\r\n");
+        p = FMT_LIT(p, "\r\nConnection: keep-alive");
+    return FMT_LIT(p, "\r\n\r\n");
 }
 
 void burn_cpu(unsigned us) {
@@ -275,7 +257,7 @@ static int respond_json(struct conn *c, int status, const char *body, size_t len
     char *p = begin_response(c, head_max(c, sizeof(json_type)) + len);
     if (!p) return 0;
     char *o = put_head(c, p, status, JSON_TYPE, FR_LENGTH, len);
-    if (!c->req.head_only) o = put(o, body, len);
+    if (!c->req.head_only) o = fmt_put(o, body, len);
     end_response(c, status, p, o, 0);
     request_finished(c);
     return 1;
@@ -316,9 +298,9 @@ static int respond_default(struct conn *c) {
     if (!p) return 0;
     char *o = put_head(c, p, 200, JSON_TYPE, FR_LENGTH, len);
     if (!c->req.head_only) {
-        o = put(o, cfg.default_prefix, cfg.default_prefix_len);
+        o = fmt_put(o, cfg.default_prefix, cfg.default_prefix_len);
         o += json_escape(o, url, n);
-        o = PUT_LIT(o, "\"}");
+        o = FMT_LIT(o, "\"}");
     }
     end_response(c, 200, p, o, 0);
     request_finished(c);
@@ -340,7 +322,7 @@ static int respond_bytes(struct conn *c) {
     if (!p) return 0;
     char *o = put_head(c, p, 200, octet_type, sizeof(octet_type) - 1,
                        chunked ? FR_CHUNKED : FR_LENGTH, len);
-    o = put(o, (const char *)pattern_block, inline_len);
+    o = fmt_put(o, (const char *)pattern_block, inline_len);
     if (c->req.head_only || (!chunked && inline_len == len)) {
         end_response(c, 200, p, o, 0);
         request_finished(c);
@@ -364,7 +346,7 @@ static int respond_echo(struct conn *c) {
     char *p = begin_response(c, head_max(c, ctype_len) + sizeof(cont));
     if (!p) return 0;
     char *o = p;
-    if (send_continue) o = PUT_LIT(o, cont);
+    if (send_continue) o = FMT_LIT(o, cont);
     char *head = o;
     if (!r->has_body) {
         o = put_head(c, o, 200, ctype, ctype_len, FR_LENGTH, 0);
@@ -426,13 +408,13 @@ int stream_step(struct conn *c) {
         char *o = p;
         if (n) {
             o = put_hex(o, n);
-            o = PUT_LIT(o, "\r\n");
-            o = put(o, (const char *)pattern_block + c->body_pos % PATTERN_PERIOD, n);
-            o = PUT_LIT(o, "\r\n");
+            o = FMT_LIT(o, "\r\n");
+            o = fmt_put(o, (const char *)pattern_block + c->body_pos % PATTERN_PERIOD, n);
+            o = FMT_LIT(o, "\r\n");
             c->body_left -= n;
             c->body_pos += n;
         }
-        if (!c->body_left) o = PUT_LIT(o, "0\r\n\r\n");
+        if (!c->body_left) o = FMT_LIT(o, "0\r\n\r\n");
         out_commit(c, o);
         c->req.bytes_out += (uint64_t)(o - p);
         if (!c->body_left) stream_done(c);

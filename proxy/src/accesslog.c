@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "fmt.h"
 #include "log.h"
 
 #define CHUNK_SIZE   (64 * 1024)
@@ -67,30 +68,12 @@ struct alog {
 
 /* ---- formatting ---- */
 
-static char *put_lit(char *p, const char *s, size_t n) {
-    memcpy(p, s, n);
-    return p + n;
-}
-#define PUT(p, lit) put_lit(p, lit, sizeof(lit) - 1)
-
-static char *put_u64(char *p, uint64_t v) {
-    char tmp[20];
-    int n = 0;
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    while (n)
-        *p++ = tmp[--n];
-    return p;
-}
-
 static char *put_i64(char *p, int64_t v) {
     if (v < 0) {
         *p++ = '-';
-        return put_u64(p, 0 - (uint64_t)v);
+        return fmt_u64(p, 0 - (uint64_t)v);
     }
-    return put_u64(p, (uint64_t)v);
+    return fmt_u64(p, (uint64_t)v);
 }
 
 static char *put_2d(char *p, unsigned v) {
@@ -138,7 +121,7 @@ static char *put_str(char *p, const char *str, size_t n) {
         }
         size_t len = c >= 0x80 ? utf8_seq(s + i, n - i) : 0;
         if (len) {
-            p = put_lit(p, (const char *)s + i, len);
+            p = fmt_put(p, (const char *)s + i, len);
             i += len;
             continue;
         }
@@ -150,7 +133,7 @@ static char *put_str(char *p, const char *str, size_t n) {
         case '\r': *p++ = 'r'; break;
         case '\t': *p++ = 't'; break;
         default:
-            p = PUT(p, "u00");
+            p = FMT_LIT(p, "u00");
             *p++ = hex[c >> 4];
             *p++ = hex[c & 15];
         }
@@ -161,7 +144,7 @@ static char *put_str(char *p, const char *str, size_t n) {
 }
 
 static char *put_str_or_null(char *p, const char *s, size_t n) {
-    return s ? put_str(p, s, n) : PUT(p, "null");
+    return s ? put_str(p, s, n) : FMT_LIT(p, "null");
 }
 
 /* Proleptic Gregorian date of a day count since 1970-01-01 (H. Hinnant's
@@ -206,11 +189,11 @@ static char *put_time(struct alog_buf *b, char *p, int64_t time_us) {
         b->cached_sec = sec;
     }
     *p++ = '"';
-    p = put_lit(p, b->cached_time, sizeof(b->cached_time));
+    p = fmt_put(p, b->cached_time, sizeof(b->cached_time));
     unsigned ms = (unsigned)(us / 1000);
     *p++ = (char)('0' + ms / 100);
     p = put_2d(p, ms % 100);
-    return PUT(p, "Z\"");
+    return FMT_LIT(p, "Z\"");
 }
 
 /* ---- handing over ---- */
@@ -276,31 +259,31 @@ void alog_write(struct alog_buf *b, const struct alog_entry *e) {
     struct chunk *c = b->cur;
     if (!c->len) b->first_ms = b->tick_ms;
     char *p = c->data + c->len;
-    p = PUT(p, "{\"time\":");
+    p = FMT_LIT(p, "{\"time\":");
     p = put_time(b, p, e->time_us);
-    p = PUT(p, ",\"client\":");
+    p = FMT_LIT(p, ",\"client\":");
     p = put_str_or_null(p, e->client, client_n);
-    p = PUT(p, ",\"method\":");
+    p = FMT_LIT(p, ",\"method\":");
     p = put_str_or_null(p, e->method, method_n);
-    p = PUT(p, ",\"path\":");
+    p = FMT_LIT(p, ",\"path\":");
     p = put_str_or_null(p, e->path, path_n);
-    p = PUT(p, ",\"status\":");
+    p = FMT_LIT(p, ",\"status\":");
     p = put_i64(p, e->status);
-    p = PUT(p, ",\"cluster\":");
+    p = FMT_LIT(p, ",\"cluster\":");
     p = put_str_or_null(p, e->cluster, cluster_n);
-    p = PUT(p, ",\"backend\":");
+    p = FMT_LIT(p, ",\"backend\":");
     p = put_str_or_null(p, e->backend, backend_n);
-    p = PUT(p, ",\"bytes_in\":");
-    p = put_u64(p, e->bytes_in);
-    p = PUT(p, ",\"bytes_out\":");
-    p = put_u64(p, e->bytes_out);
-    p = PUT(p, ",\"duration_us\":");
-    p = put_u64(p, e->duration_us);
-    p = PUT(p, ",\"backend_us\":");
-    p = e->backend_us < 0 ? PUT(p, "null") : put_i64(p, e->backend_us);
-    p = PUT(p, ",\"request_id\":");
+    p = FMT_LIT(p, ",\"bytes_in\":");
+    p = fmt_u64(p, e->bytes_in);
+    p = FMT_LIT(p, ",\"bytes_out\":");
+    p = fmt_u64(p, e->bytes_out);
+    p = FMT_LIT(p, ",\"duration_us\":");
+    p = fmt_u64(p, e->duration_us);
+    p = FMT_LIT(p, ",\"backend_us\":");
+    p = e->backend_us < 0 ? FMT_LIT(p, "null") : put_i64(p, e->backend_us);
+    p = FMT_LIT(p, ",\"request_id\":");
     p = put_str_or_null(p, e->request_id, id_n);
-    p = PUT(p, "}\n");
+    p = FMT_LIT(p, "}\n");
     c->len = (size_t)(p - c->data);
     c->nlines++;
 }

@@ -6,6 +6,7 @@
 
 #include "accesslog.h"
 #include "admin.h"
+#include "fmt.h"
 
 struct cluster_sums {
     uint64_t requests, responses[5];
@@ -26,14 +27,9 @@ static void family(struct sbuf *out, const char *name, const char *type, const c
 /* A sample's integer value and the line's end; by hand, as a scrape writes
  * hundreds of them (printf was most of its cost). */
 static void value_line(struct sbuf *out, uint64_t v) {
-    char buf[24];
-    int i = sizeof(buf);
-    buf[--i] = '\n';
-    do {
-        buf[--i] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    sbuf_add(out, buf + i, sizeof(buf) - (size_t)i);
+    char buf[24], *end = fmt_u64(buf, v);
+    *end++ = '\n';
+    sbuf_add(out, buf, (size_t)(end - buf));
 }
 
 /* A label value with the format's three escapes. */
