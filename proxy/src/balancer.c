@@ -202,6 +202,19 @@ void balancer_free(struct balancer *b) {
     pthread_mutex_destroy(&b->write_lock);
 }
 
+size_t balancer_clusters(struct balancer *b, struct lb_cluster ***out) {
+    size_t n = 0;
+    struct lb_cluster *head = atomic_load_explicit(&b->clusters, memory_order_acquire);
+    for (struct lb_cluster *lc = head; lc; lc = lc->next)
+        n++;
+    *out = calloc(n ? n : 1, sizeof(**out));
+    if (!*out) return 0;
+    size_t i = n;
+    for (struct lb_cluster *lc = head; lc; lc = lc->next)
+        (*out)[--i] = lc;
+    return n;
+}
+
 void balancer_reader_offline(struct balancer *b, int id) {
     atomic_store(&b->seen[id], ~0ull);
 }

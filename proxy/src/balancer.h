@@ -107,6 +107,9 @@ int balancer_init(struct balancer *b, const struct proxy_config *cfg, int nworke
 /* A reader that will never run (no admin listener): grace periods skip it. */
 void balancer_reader_offline(struct balancer *b, int id);
 void balancer_free(struct balancer *b);
+/* Every cluster ever built, oldest first ("none" first of all), in an array
+ * the caller frees; their count (0 when out of memory). Any thread. */
+size_t balancer_clusters(struct balancer *b, struct lb_cluster ***out);
 static inline struct lb_table *balancer_table(struct balancer *b) {
     return atomic_load_explicit(&b->table, memory_order_acquire);
 }

@@ -19,11 +19,7 @@
 /* The counters of one cluster, summed over the workers. */
 struct cluster_totals {
     const struct lb_cluster *lc;
-    uint64_t requests, responses[5], own[5], backend_us, backend_n;
-};
-
-struct process_totals {
-    uint64_t connections, bytes;
+    struct cluster_sums s;
 };
 
 struct cloudwatch {
@@ -33,7 +29,7 @@ struct cloudwatch {
     int nworkers;
     struct cluster_totals *last; /* as of the last successful publication */
     size_t nlast;
-    struct process_totals last_process;
+    struct worker_sums last_process;
     pthread_t thread;
     pthread_mutex_t lock;
     pthread_cond_t wake;
@@ -49,23 +45,6 @@ struct batch {
     struct datum d[DATUMS_PER_CALL];
     int n;
 };
-
-static void totals_of(const struct cloudwatch *cw, const struct lb_cluster *lc,
-                      struct cluster_totals *t) {
-    memset(t, 0, sizeof(*t));
-    t->lc = lc;
-    for (int w = 0; w < cw->nworkers; w++) {
-        const struct cluster_counters *c = &lc->per_worker[w];
-        t->requests += ctr_get(&c->requests);
-        for (int k = 0; k < 5; k++) {
-            t->responses[k] += ctr_get(&c->responses[k]);
-            t->own[k] += ctr_get(&c->own_responses[k]);
-        }
-        t->backend_us += ctr_get(&c->backend.sum_us);
-        for (int i = 0; i <= LB_HIST_BOUNDS; i++)
-            t->backend_n += ctr_get(&c->backend.bucket[i]);
-    }
-}
 
 static const struct cluster_totals *last_of(const struct cloudwatch *cw,
                                             const struct lb_cluster *lc) {
@@ -149,16 +128,21 @@ static int cluster_datums(struct aws_client *c, const struct cloudwatch *cw, str
     static const char *const target[5] = {NULL, "HTTPCode_Target_2XX_Count",
                                           "HTTPCode_Target_3XX_Count", "HTTPCode_Target_4XX_Count",
                                           "HTTPCode_Target_5XX_Count"};
-    const struct cluster_totals *was = last_of(cw, now->lc);
+    const struct cluster_sums *is = &now->s, *was = &last_of(cw, now->lc)->s;
     const char *g = now->lc->name;
-    ADD("RequestCount", "Count", g, (double)(now->requests - was->requests));
+    ADD("RequestCount", "Count", g, (double)(is->requests - was->requests));
     for (int k = 1; k < 5; k++)
         ADD(target[k], "Count", g,
-            (double)((now->responses[k] - now->own[k]) - (was->responses[k] - was->own[k])));
-    ADD("HTTPCode_ELB_4XX_Count", "Count", g, (double)(now->own[3] - was->own[3]));
-    ADD("HTTPCode_ELB_5XX_Count", "Count", g, (double)(now->own[4] - was->own[4]));
-    uint64_t n = now->backend_n - was->backend_n;
-    if (n) ADD("TargetResponseTime", "Seconds", g, (now->backend_us - was->backend_us) / 1e6 / n);
+            (double)((is->responses[k] - is->own_responses[k]) -
+                     (was->responses[k] - was->own_responses[k])));
+    ADD("HTTPCode_ELB_4XX_Count", "Count", g,
+        (double)(is->own_responses[3] - was->own_responses[3]));
+    ADD("HTTPCode_ELB_5XX_Count", "Count", g,
+        (double)(is->own_responses[4] - was->own_responses[4]));
+    uint64_t n = is->backend_count - was->backend_count;
+    if (n)
+        ADD("TargetResponseTime", "Seconds", g,
+            (is->backend_sum_us - was->backend_sum_us) / 1e6 / n);
     if (now->lc != cw->bal->unrouted) {
         int up, down;
         healthy_counts(cw->bal, now->lc, &up, &down);
@@ -169,36 +153,31 @@ static int cluster_datums(struct aws_client *c, const struct cloudwatch *cw, str
 }
 
 static int process_datums(struct aws_client *c, const struct cloudwatch *cw, struct batch *b,
-                          const struct process_totals *now, char *err, size_t errlen) {
+                          const struct worker_sums *now, char *err, size_t errlen) {
+    const struct worker_sums *was = &cw->last_process;
     ADD("ActiveConnectionCount", "Count", "all", (double)atomic_load(&g_connections));
-    ADD("NewConnectionCount", "Count", "all",
-        (double)(now->connections - cw->last_process.connections));
-    ADD("ProcessedBytes", "Bytes", "all", (double)(now->bytes - cw->last_process.bytes));
+    ADD("NewConnectionCount", "Count", "all", (double)(now->connections - was->connections));
+    ADD("ProcessedBytes", "Bytes", "all",
+        (double)((now->bytes_in + now->bytes_out) - (was->bytes_in + was->bytes_out)));
     return 0;
 }
 
 static size_t snapshot(const struct cloudwatch *cw, struct cluster_totals **out,
-                       struct process_totals *p) {
-    size_t n = 0;
-    struct lb_cluster *head = atomic_load_explicit(&cw->bal->clusters, memory_order_acquire);
-    for (struct lb_cluster *lc = head; lc; lc = lc->next)
-        n++;
-    *out = calloc(n ? n : 1, sizeof(**out));
-    if (!*out) return 0;
-    size_t i = 0;
-    for (struct lb_cluster *lc = head; lc && i < n; lc = lc->next)
-        totals_of(cw, lc, &(*out)[i++]);
-    memset(p, 0, sizeof(*p));
-    for (int w = 0; w < cw->nworkers; w++) {
-        p->connections += ctr_get(&cw->workers[w].counters.connections);
-        p->bytes += ctr_get(&cw->workers[w].counters.bytes_in) +
-                    ctr_get(&cw->workers[w].counters.bytes_out);
+                       struct worker_sums *p) {
+    struct lb_cluster **lcs;
+    size_t n = balancer_clusters(cw->bal, &lcs);
+    *out = lcs ? calloc(n ? n : 1, sizeof(**out)) : NULL;
+    for (size_t i = 0; *out && i < n; i++) {
+        (*out)[i].lc = lcs[i];
+        cluster_counters_sum(lcs[i]->per_worker, cw->nworkers, &(*out)[i].s);
     }
-    return i;
+    free(lcs);
+    workers_sum(cw->workers, cw->nworkers, p);
+    return *out ? n : 0;
 }
 
 static int publish_all(struct cloudwatch *cw, const struct cluster_totals *now, size_t n,
-                       const struct process_totals *p, char *err, size_t errlen) {
+                       const struct worker_sums *p, char *err, size_t errlen) {
     struct aws_client *c = aws_client_new(cw->cfg.region, err, errlen);
     if (!c) return -1;
     aws_client_set_timeouts(c, 2000, 5000);
@@ -216,7 +195,7 @@ static int publish_all(struct cloudwatch *cw, const struct cluster_totals *now, 
 
 static void publish(struct cloudwatch *cw) {
     struct cluster_totals *now;
-    struct process_totals p;
+    struct worker_sums p;
     char err[1200] = "out of memory";
     size_t n = snapshot(cw, &now, &p);
     if (!now || publish_all(cw, now, n, &p, err, sizeof(err)) < 0) {

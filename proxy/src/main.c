@@ -59,27 +59,24 @@ static void wait_drain(struct worker *w, int n, int drain_ms) {
     }
 }
 
-/* Requests counted by every worker for every cluster. */
-static unsigned long long total_requests(struct balancer *bal, int nworkers) {
-    unsigned long long n = 0;
-    for (struct lb_cluster *lc = atomic_load(&bal->clusters); lc; lc = lc->next)
-        for (int i = 0; i < nworkers; i++)
-            n += ctr_get(&lc->per_worker[i].requests);
-    return n;
-}
-
 static void log_exit(struct worker *w, int n, struct balancer *bal) {
     struct ev_stats total = {0};
-    unsigned long long copied = 0;
     for (int i = 0; i < n; i++) {
         const struct ev_stats *s = ev_loop_stats(w[i].loop);
         total.splice_bytes += s->splice_bytes;
         total.splice_ops += s->splice_ops;
-        copied += ctr_get(&w[i].counters.copied_bytes);
+    }
+    struct worker_sums sum;
+    workers_sum(w, n, &sum);
+    unsigned long long requests = 0;
+    for (struct lb_cluster *lc = atomic_load(&bal->clusters); lc; lc = lc->next) {
+        struct cluster_sums cs;
+        cluster_counters_sum(lc->per_worker, n, &cs);
+        requests += cs.requests;
     }
     log_info("exit: splice_bytes=%llu splice_ops=%llu copied_bytes=%llu requests=%llu",
-             (unsigned long long)total.splice_bytes, (unsigned long long)total.splice_ops, copied,
-             total_requests(bal, n));
+             (unsigned long long)total.splice_bytes, (unsigned long long)total.splice_ops,
+             (unsigned long long)sum.copied_bytes, requests);
 }
 
 static int init_workers(struct worker *w, int n, const struct proxy_config *cfg,

@@ -8,18 +8,6 @@
 #include "admin.h"
 #include "fmt.h"
 
-struct cluster_sums {
-    uint64_t requests, responses[5];
-    uint64_t duration[LB_HIST_BOUNDS + 1], duration_sum_us;
-    uint64_t backend[LB_HIST_BOUNDS + 1], backend_sum_us;
-};
-
-/* The "le" labels of the histogram buckets (lb_hist_bounds_us in seconds). */
-static const char *const bucket_le[LB_HIST_BOUNDS + 1] = {
-    "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1",
-    "0.25",   "0.5",   "1",      "2.5",   "5",    "10",    "+Inf",
-};
-
 static void family(struct sbuf *out, const char *name, const char *type, const char *help) {
     sbuf_addf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
@@ -67,25 +55,6 @@ static void series(struct sbuf *out, const char *name, const char *cluster, cons
     sbuf_adds(out, "} ");
 }
 
-static void sum_hist(uint64_t *buckets, uint64_t *sum_us, const struct lb_hist *h) {
-    for (int i = 0; i <= LB_HIST_BOUNDS; i++)
-        buckets[i] += ctr_get(&h->bucket[i]);
-    *sum_us += ctr_get(&h->sum_us);
-}
-
-static void sum_cluster(const struct admin_view *v, const struct lb_cluster *lc,
-                        struct cluster_sums *s) {
-    memset(s, 0, sizeof(*s));
-    for (int w = 0; w < v->nworkers; w++) {
-        const struct cluster_counters *c = &lc->per_worker[w];
-        s->requests += ctr_get(&c->requests);
-        for (int k = 0; k < 5; k++)
-            s->responses[k] += ctr_get(&c->responses[k]);
-        sum_hist(s->duration, &s->duration_sum_us, &c->duration);
-        sum_hist(s->backend, &s->backend_sum_us, &c->backend);
-    }
-}
-
 static void hist_series(struct sbuf *out, const char *name, const char *cluster,
                         const uint64_t *buckets, uint64_t sum_us) {
     char bucket[96], sum[96], count[96];
@@ -95,7 +64,7 @@ static void hist_series(struct sbuf *out, const char *name, const char *cluster,
     uint64_t cum = 0;
     for (int i = 0; i <= LB_HIST_BOUNDS; i++) {
         cum += buckets[i];
-        series(out, bucket, cluster, "le", bucket_le[i]);
+        series(out, bucket, cluster, "le", lb_hist_le[i]);
         value_line(out, cum);
     }
     series(out, sum, cluster, NULL, NULL);
@@ -105,28 +74,13 @@ static void hist_series(struct sbuf *out, const char *name, const char *cluster,
     value_line(out, cum);
 }
 
-/* The registry's clusters, oldest first ("none" first of all). */
-static size_t clusters_of(struct balancer *b, struct lb_cluster ***out) {
-    size_t n = 0;
-    struct lb_cluster *head = atomic_load_explicit(&b->clusters, memory_order_acquire);
-    for (struct lb_cluster *lc = head; lc; lc = lc->next)
-        n++;
-    *out = calloc(n ? n : 1, sizeof(**out));
-    if (!*out) return 0;
-    size_t i = n;
-    for (struct lb_cluster *lc = head; lc; lc = lc->next)
-        (*out)[--i] = lc;
-    return n;
-}
-
 static void cluster_families(const struct admin_view *v, struct sbuf *out) {
-    static const char *const classes[5] = {"1xx", "2xx", "3xx", "4xx", "5xx"};
     struct lb_cluster **lcs;
-    size_t n = clusters_of(v->bal, &lcs);
+    size_t n = balancer_clusters(v->bal, &lcs);
     struct cluster_sums *sums = calloc(n ? n : 1, sizeof(*sums));
     if (!sums) n = 0;
     for (size_t i = 0; i < n; i++)
-        sum_cluster(v, lcs[i], &sums[i]);
+        cluster_counters_sum(lcs[i]->per_worker, v->nworkers, &sums[i]);
 
     family(out, "lb_requests_total", "counter",
            "Requests received, by cluster (\"none\": no route matched or the head was refused).");
@@ -137,7 +91,7 @@ static void cluster_families(const struct admin_view *v, struct sbuf *out) {
     family(out, "lb_responses_total", "counter", "Responses sent to clients, by status class.");
     for (size_t i = 0; i < n; i++)
         for (int k = 0; k < 5; k++) {
-            series(out, "lb_responses_total", lcs[i]->name, "code", classes[k]);
+            series(out, "lb_responses_total", lcs[i]->name, "code", lb_status_classes[k]);
             value_line(out, sums[i].responses[k]);
         }
     family(out, "lb_request_duration_seconds", "histogram",
@@ -207,33 +161,24 @@ static void backend_families(const struct admin_view *v, struct sbuf *out) {
                    be_failures);
 }
 
-static uint64_t sum_workers(const struct admin_view *v, size_t offset) {
-    uint64_t n = 0;
-    for (int i = 0; i < v->nworkers; i++)
-        n += ctr_get((const atomic_ullong *)((const char *)&v->workers[i].counters + offset));
-    return n;
-}
-
-#define SUM(field) sum_workers(v, offsetof(struct worker_counters, field))
-
 static void process_families(const struct admin_view *v, struct sbuf *out) {
+    struct worker_sums sum;
+    workers_sum(v->workers, v->nworkers, &sum);
     family(out, "lb_errors_total", "counter", "Errors, by kind.");
     for (int k = 0; k < ERR_COUNT; k++) {
         series(out, "lb_errors_total", NULL, "kind", lb_error_names[k]);
-        sbuf_addf(out, "%llu\n",
-                  (unsigned long long)sum_workers(v, offsetof(struct worker_counters, errors) +
-                                                         (size_t)k * sizeof(atomic_ullong)));
+        value_line(out, sum.errors[k]);
     }
     family(out, "lb_connections_active", "gauge", "Client connections open now.");
     sbuf_addf(out, "lb_connections_active %ld\n", atomic_load(&g_connections));
     family(out, "lb_connections_total", "counter", "Client connections accepted.");
-    sbuf_addf(out, "lb_connections_total %llu\n", (unsigned long long)SUM(connections));
+    sbuf_addf(out, "lb_connections_total %llu\n", (unsigned long long)sum.connections);
     family(out, "lb_bytes_total", "counter",
            "Bytes from clients (in) and to clients (out), heads and bodies.");
     series(out, "lb_bytes_total", NULL, "direction", "in");
-    sbuf_addf(out, "%llu\n", (unsigned long long)SUM(bytes_in));
+    value_line(out, sum.bytes_in);
     series(out, "lb_bytes_total", NULL, "direction", "out");
-    sbuf_addf(out, "%llu\n", (unsigned long long)SUM(bytes_out));
+    value_line(out, sum.bytes_out);
     family(out, "lb_access_log_dropped_total", "counter",
            "Access log lines dropped because the writer fell behind.");
     sbuf_addf(out, "lb_access_log_dropped_total %llu\n",

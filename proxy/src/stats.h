@@ -12,6 +12,7 @@
  * counts what is above the last bound (+Inf). */
 #define LB_HIST_BOUNDS 14
 extern const uint32_t lb_hist_bounds_us[LB_HIST_BOUNDS];
+extern const char *const lb_hist_le[LB_HIST_BOUNDS + 1]; /* the bounds in seconds, then "+Inf" */
 
 struct lb_hist {
     /* not cumulative: each bucket its own range; the count is their sum, so
@@ -43,6 +44,7 @@ enum lb_error {
     ERR_COUNT
 };
 extern const char *const lb_error_names[ERR_COUNT];
+extern const char *const lb_status_classes[5]; /* "1xx" .. "5xx" */
 
 /* What one worker counted for the whole process. */
 struct worker_counters {
@@ -63,5 +65,21 @@ static inline uint64_t ctr_get(const atomic_ullong *c) {
 }
 
 void hist_observe(struct lb_hist *h, uint64_t us);
+
+/* What the readers (/metrics, /status, CloudWatch) see: the counters of
+ * every worker added up. A histogram's count is the sum of its buckets. */
+struct cluster_sums {
+    uint64_t requests, responses[5], own_responses[5];
+    uint64_t duration[LB_HIST_BOUNDS + 1], duration_sum_us, duration_count;
+    uint64_t backend[LB_HIST_BOUNDS + 1], backend_sum_us, backend_count;
+};
+void cluster_counters_sum(const struct cluster_counters *per_worker, int nworkers,
+                          struct cluster_sums *out);
+
+struct worker_sums {
+    uint64_t connections, bytes_in, bytes_out, copied_bytes, errors[ERR_COUNT];
+};
+/* Adds one worker's counters to out. */
+void worker_counters_add(const struct worker_counters *c, struct worker_sums *out);
 
 #endif

@@ -62,17 +62,12 @@ static cJSON *backend_json(struct backend *be, int nworkers) {
 }
 
 static void add_counts(const struct admin_view *v, cJSON *o, const struct lb_cluster *lc) {
-    static const char *const classes[5] = {"1xx", "2xx", "3xx", "4xx", "5xx"};
-    uint64_t requests = 0, responses[5] = {0};
-    for (int w = 0; w < v->nworkers; w++) {
-        requests += ctr_get(&lc->per_worker[w].requests);
-        for (int k = 0; k < 5; k++)
-            responses[k] += ctr_get(&lc->per_worker[w].responses[k]);
-    }
-    cJSON_AddNumberToObject(o, "requests", (double)requests);
+    struct cluster_sums sum;
+    cluster_counters_sum(lc->per_worker, v->nworkers, &sum);
+    cJSON_AddNumberToObject(o, "requests", (double)sum.requests);
     cJSON *r = cJSON_AddObjectToObject(o, "responses");
     for (int k = 0; k < 5; k++)
-        cJSON_AddNumberToObject(r, classes[k], (double)responses[k]);
+        cJSON_AddNumberToObject(r, lb_status_classes[k], (double)sum.responses[k]);
 }
 
 static cJSON *cluster_json(const struct admin_view *v, const struct cluster_rt *c) {
@@ -119,11 +114,10 @@ static void add_process(const struct admin_view *v, cJSON *root) {
     cJSON_AddNumberToObject(root, "threads", v->nworkers);
     cJSON_AddStringToObject(root, "listen", v->cfg->listen_text);
     cJSON *conns = cJSON_AddObjectToObject(root, "connections");
-    uint64_t total = 0;
-    for (int i = 0; i < v->nworkers; i++)
-        total += ctr_get(&v->workers[i].counters.connections);
+    struct worker_sums sum;
+    workers_sum(v->workers, v->nworkers, &sum);
     cJSON_AddNumberToObject(conns, "active", (double)atomic_load(&g_connections));
-    cJSON_AddNumberToObject(conns, "total", (double)total);
+    cJSON_AddNumberToObject(conns, "total", (double)sum.connections);
     cJSON *unrouted = cJSON_AddObjectToObject(root, "unrouted");
     add_counts(v, unrouted, v->bal->unrouted);
     cJSON *log = cJSON_AddObjectToObject(root, "access_log");

@@ -26,6 +26,12 @@ uint64_t worker_random(struct worker *w) {
     return w->rng * 2685821657736338717ull;
 }
 
+void workers_sum(const struct worker *w, int n, struct worker_sums *out) {
+    memset(out, 0, sizeof(*out));
+    for (int i = 0; i < n; i++)
+        worker_counters_add(&w[i].counters, out);
+}
+
 int worker_init(struct worker *w, int id, const struct proxy_config *cfg, struct balancer *bal) {
     memset(w, 0, sizeof(*w));
     w->id = id;

@@ -61,6 +61,8 @@ int worker_init(struct worker *w, int id, const struct proxy_config *cfg, struct
 void *worker_main(void *arg);
 void worker_fini(struct worker *w);
 uint64_t worker_random(struct worker *w);
+/* The counters of n workers added up (any thread). */
+void workers_sum(const struct worker *w, int n, struct worker_sums *out);
 
 /* upstream.c: backend connections and their pools */
 struct upconn *upconn_open(struct worker *w, struct backend *be);
