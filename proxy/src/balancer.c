@@ -253,7 +253,8 @@ static int in_table(const struct lb_table *t, const struct backend *be) {
     return 0;
 }
 
-static const struct cluster_rt *cluster_in(const struct lb_table *t, const struct lb_cluster *id) {
+/* The table's cluster with that identity, or NULL. */
+static struct cluster_rt *cluster_in(const struct lb_table *t, const struct lb_cluster *id) {
     for (size_t i = 0; i < t->nclusters; i++)
         if (t->clusters[i].id == id) return &t->clusters[i];
     return NULL;
@@ -372,15 +373,9 @@ struct lb_cluster *balancer_route(struct balancer *b, const char *target, size_t
     return t->clusters[i].id;
 }
 
-static struct cluster_rt *find_cluster(struct lb_table *t, const struct lb_cluster *id) {
-    for (size_t i = 0; i < t->nclusters; i++)
-        if (t->clusters[i].id == id) return &t->clusters[i];
-    return NULL;
-}
-
 struct backend *balancer_pick(struct balancer *b, const struct lb_cluster *cluster,
                               const struct backend *avoid, uint64_t rnd, int worker) {
-    struct cluster_rt *c = find_cluster(balancer_table(b), cluster);
+    struct cluster_rt *c = cluster_in(balancer_table(b), cluster);
     if (!c) return NULL; /* removed by a reload since the request was routed */
     struct backend *be = strategy_pick(c->cfg->strategy, c->rows, c->n, avoid, &c->next, rnd);
     if (!be) return NULL;

@@ -82,7 +82,8 @@ static void count_error(struct client *c, enum lb_error kind) {
     c->error_counted = 1;
 }
 
-static void log_request(struct client *c, uint64_t duration_us) {
+static void log_request(struct client *c, uint64_t duration_us, uint64_t bytes_in,
+                        uint64_t bytes_out) {
     int64_t now = ev_wall_us();
     const char *method = c->req.head_done ? llhttp_method_name(c->req.method) : NULL;
     struct alog_entry e = {
@@ -94,8 +95,8 @@ static void log_request(struct client *c, uint64_t duration_us) {
         .status = c->status,
         .cluster = c->lc ? c->lc->name : "none",
         .backend = c->be_name[0] ? c->be_name : NULL,
-        .bytes_in = c->req.head_done ? c->req.head_len + c->reqhead_body + c->reqp.moved : 0,
-        .bytes_out = c->bytes_out + c->respp.moved,
+        .bytes_in = bytes_in,
+        .bytes_out = bytes_out,
         .duration_us = duration_us,
         .backend_us = c->ttfb_us ? (int64_t)c->ttfb_us : -1,
         .request_id = c->request_id[0] ? c->request_id : NULL,
@@ -120,10 +121,11 @@ static void request_end(struct client *c) {
     hist_observe(&cc->duration, duration);
     if (c->ttfb_us) hist_observe(&cc->backend, c->ttfb_us);
     uint64_t in = c->req.head_done ? c->req.head_len + c->reqhead_body + c->reqp.moved : 0;
+    uint64_t out = c->bytes_out + c->respp.moved;
     ctr_add(&w->counters.bytes_in, in);
-    ctr_add(&w->counters.bytes_out, c->bytes_out + c->respp.moved);
+    ctr_add(&w->counters.bytes_out, out);
     ctr_add(&w->counters.copied_bytes, c->reqp.copied + c->respp.copied);
-    if (w->alog) log_request(c, duration);
+    if (w->alog) log_request(c, duration, in, out);
     c->reqp.moved = c->reqp.copied = c->respp.moved = c->respp.copied = 0;
     c->reqhead_body = 0;
     c->bytes_out = 0;
