@@ -722,6 +722,14 @@ void aws_form_add(struct aws_form *f, const char *name, const char *value) {
     form_put_encoded(f, value);
 }
 
+void aws_form_filter(struct aws_form *f, int n, const char *name, const char *value) {
+    char key[48];
+    snprintf(key, sizeof(key), "Filter.%d.Name", n);
+    aws_form_add(f, key, name);
+    snprintf(key, sizeof(key), "Filter.%d.Value.1", n);
+    aws_form_add(f, key, value);
+}
+
 void aws_form_addf(struct aws_form *f, const char *name, const char *fmt, ...) {
     char *value;
     va_list ap;

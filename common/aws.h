@@ -83,6 +83,8 @@ void aws_form_free(struct aws_form *f);
 void aws_form_add(struct aws_form *f, const char *name, const char *value);
 void aws_form_addf(struct aws_form *f, const char *name, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* An EC2 filter with one value: Filter.n.Name=name, Filter.n.Value.1=value. */
+void aws_form_filter(struct aws_form *f, int n, const char *name, const char *value);
 /* "name=value&name=value…"; NULL after an allocation failure. */
 const char *aws_form_body(const struct aws_form *f);
 

@@ -75,14 +75,6 @@ void ec2_tags(struct aws_form *f, int spec, const char *rtype, const char *name,
     }
 }
 
-static void filter(struct aws_form *f, int n, const char *name, const char *value) {
-    char key[48];
-    snprintf(key, sizeof(key), "Filter.%d.Name", n);
-    aws_form_add(f, key, name);
-    snprintf(key, sizeof(key), "Filter.%d.Value.1", n);
-    aws_form_add(f, key, value);
-}
-
 static bool created_by_us(xmlNodePtr item, const char *name) {
     const char *by = aws_xml_tag(item, "CreatedBy"), *dep = aws_xml_tag(item, "Deployment");
     return by && dep && !strcmp(by, "awsctl") && !strcmp(dep, name);
@@ -93,7 +85,7 @@ static bool created_by_us(xmlNodePtr item, const char *name) {
 bool ec2_network(struct ctl *c) {
     struct state *st = c->st;
     struct aws_form *f = aws_form_new();
-    filter(f, 1, "is-default", "true");
+    aws_form_filter(f, 1, "is-default", "true");
     xmlDocPtr doc = ec2_read(c, "DescribeVpcs", f);
     aws_form_free(f);
     if (!doc) return false;
@@ -119,8 +111,8 @@ static bool find_group(struct ctl *c) {
     char name[160];
     group_name(st, name, sizeof(name));
     struct aws_form *f = aws_form_new();
-    filter(f, 1, "group-name", name);
-    if (st->vpc_id[0]) filter(f, 2, "vpc-id", st->vpc_id);
+    aws_form_filter(f, 1, "group-name", name);
+    if (st->vpc_id[0]) aws_form_filter(f, 2, "vpc-id", st->vpc_id);
     xmlDocPtr doc = ec2_read(c, "DescribeSecurityGroups", f);
     aws_form_free(f);
     if (!doc) return false;
@@ -261,7 +253,7 @@ bool ec2_remove_group(struct ctl *c, long timeout_s) {
 static bool describe_key(struct ctl *c, const char *name, bool *exists, char *pub, size_t publen,
                          bool *ours) {
     struct aws_form *f = aws_form_new();
-    filter(f, 1, "key-name", name);
+    aws_form_filter(f, 1, "key-name", name);
     aws_form_add(f, "IncludePublicKey", "true");
     xmlDocPtr doc = ec2_read(c, "DescribeKeyPairs", f);
     aws_form_free(f);

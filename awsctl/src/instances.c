@@ -57,8 +57,7 @@ bool instances_describe(struct ctl *c, const char *states, struct instance *out,
     *n = 0;
     do {
         struct aws_form *f = aws_form_new();
-        aws_form_add(f, "Filter.1.Name", "tag:Deployment");
-        aws_form_add(f, "Filter.1.Value.1", c->st->name);
+        aws_form_filter(f, 1, "tag:Deployment", c->st->name);
         filter_values(f, 2, "instance-state-name", states);
         if (*token) aws_form_add(f, "NextToken", token);
         xmlDocPtr doc = ec2_read(c, "DescribeInstances", f);
@@ -108,10 +107,8 @@ static int by_zone(const void *a, const void *b) {
 /* The default subnets of the default VPC, in zone order. */
 static bool default_subnets(struct ctl *c, struct subnets *s) {
     struct aws_form *f = aws_form_new();
-    aws_form_add(f, "Filter.1.Name", "default-for-az");
-    aws_form_add(f, "Filter.1.Value.1", "true");
-    aws_form_add(f, "Filter.2.Name", "vpc-id");
-    aws_form_add(f, "Filter.2.Value.1", c->st->vpc_id);
+    aws_form_filter(f, 1, "default-for-az", "true");
+    aws_form_filter(f, 2, "vpc-id", c->st->vpc_id);
     xmlDocPtr doc = ec2_read(c, "DescribeSubnets", f);
     aws_form_free(f);
     if (!doc) return false;

@@ -89,6 +89,11 @@ static void test_form(void) {
     const char *b = aws_form_body(f);
     CHECK(b && strlen(b) == 2 + 3 * (sizeof(big) - 1) && !strncmp(b, "k=%26%26", 8));
     aws_form_free(f);
+
+    f = aws_form_new();
+    aws_form_filter(f, 2, "tag:Cluster", "a b");
+    CHECK_STR(aws_form_body(f), "Filter.2.Name=tag%3ACluster&Filter.2.Value.1=a%20b");
+    aws_form_free(f);
 }
 
 static struct aws_client *client(const char *region, char *err, size_t errlen) {

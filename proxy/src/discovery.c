@@ -64,14 +64,6 @@ static void refresh_jobs(struct discovery *d) {
     d->njobs = n;
 }
 
-static void add_filter(struct aws_form *f, int k, const char *name, const char *value) {
-    char key[48];
-    snprintf(key, sizeof(key), "Filter.%d.Name", k);
-    aws_form_add(f, key, name);
-    snprintf(key, sizeof(key), "Filter.%d.Value.1", k);
-    aws_form_add(f, key, value);
-}
-
 static struct aws_form *describe_form(const struct ec2_discovery *e, const char *next_token) {
     struct aws_form *f = aws_form_new();
     if (!f) return NULL;
@@ -79,9 +71,9 @@ static struct aws_form *describe_form(const struct ec2_discovery *e, const char 
     for (int t = 0; t < e->ntags; t++) {
         char name[160];
         snprintf(name, sizeof(name), "tag:%s", e->tag_keys[t]);
-        add_filter(f, k++, name, e->tag_values[t]);
+        aws_form_filter(f, k++, name, e->tag_values[t]);
     }
-    add_filter(f, k, "instance-state-name", "running");
+    aws_form_filter(f, k, "instance-state-name", "running");
     if (next_token) aws_form_add(f, "NextToken", next_token);
     return f;
 }
