@@ -205,6 +205,22 @@ def get(port, path, method="GET", body=None, headers=None, timeout=30):
         c.close()
 
 
+def admin_get(port, path, method="GET"):
+    """One request to the proxy's admin listener: (status, Content-Type, body)."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        c.request(method, path)
+        r = c.getresponse()
+        return r.status, r.getheader("Content-Type"), r.read()
+    finally:
+        c.close()
+
+
+def admin_status(port):
+    """The admin listener's /status, parsed."""
+    return json.loads(admin_get(port, "/status")[2])
+
+
 def post_chunked(port, path, parts, timeout=30):
     """POSTs the parts as a chunked body on a new connection: (status, body)."""
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)

@@ -14,7 +14,7 @@ import threading
 import unittest
 
 import promtext
-from lbtest import (LBTestCase, free_port, get, raw, wait_routable, wait_until)
+from lbtest import (LBTestCase, admin_get, free_port, get, raw, wait_routable, wait_until)
 
 CONTRACT_FAMILIES = {
     "lb_requests_total": "counter",
@@ -32,16 +32,6 @@ CONTRACT_FAMILIES = {
 
 LOG_FIELDS = ["time", "client", "method", "path", "status", "cluster", "backend", "bytes_in",
               "bytes_out", "duration_us", "backend_us", "request_id"]
-
-
-def admin_get(port, path, method="GET"):
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        c.request(method, path)
-        r = c.getresponse()
-        return r.status, r.getheader("Content-Type"), r.read()
-    finally:
-        c.close()
 
 
 def scrape(port):

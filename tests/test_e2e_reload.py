@@ -12,7 +12,8 @@ import threading
 import time
 import unittest
 
-from lbtest import (BUILD, LBTestCase, free_port, Process, wait_routable, wait_until)
+from lbtest import (BUILD, LBTestCase, admin_status, free_port, Process, wait_routable,
+                    wait_until)
 
 LOADGEN_BIN = os.environ.get("LOADGEN_BIN", os.path.join(BUILD, "loadgen"))
 
@@ -22,15 +23,6 @@ def write_config(path, cfg):
     with open(tmp, "w") as f:
         json.dump(cfg, f)
     os.replace(tmp, path)  # the proxy never reads a half-written file
-
-
-def admin_status(port):
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        c.request("GET", "/status")
-        return json.loads(c.getresponse().read())
-    finally:
-        c.close()
 
 
 class Reload(LBTestCase):

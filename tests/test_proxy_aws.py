@@ -5,8 +5,6 @@ keeps the last known set, and CloudWatch receives the ALB metric names with
 the values the proxy counted."""
 
 import csv
-import http.client
-import json
 import os
 import tempfile
 import time
@@ -14,24 +12,15 @@ import unittest
 from unittest import mock
 
 from aws_standin import StandIn
-from lbtest import BUILD, LBTestCase, Process, free_port, get, wait_until
+from lbtest import BUILD, LBTestCase, Process, admin_status, free_port, get, wait_until
 
 LOADGEN_BIN = os.environ.get("LOADGEN_BIN", os.path.join(BUILD, "loadgen"))
 TAGS = {"Cluster": "cluster1", "Deployment": "lb-test"}
 
 
-def status(admin):
-    c = http.client.HTTPConnection("127.0.0.1", admin, timeout=5)
-    try:
-        c.request("GET", "/status")
-        return json.loads(c.getresponse().read())
-    finally:
-        c.close()
-
-
 def backends_of(admin):
     """{address: healthy} of cluster1 in /status."""
-    return {b["address"]: b["healthy"] for b in status(admin)["clusters"][0]["backends"]}
+    return {b["address"]: b["healthy"] for b in admin_status(admin)["clusters"][0]["backends"]}
 
 
 class ProxyOnAWS(LBTestCase):
