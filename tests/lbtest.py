@@ -4,10 +4,12 @@
 Environment (set by CTest): PROXY_BIN, BACKEND_BIN, LB_ENGINE (uring, epoll
 or any), LB_SANITIZE (1 in the ASan build)."""
 
+import csv
 import http.client
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,6 +21,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 BUILD = os.environ.get("LB_BUILD_DIR", os.path.join(HERE, "..", "build"))
 PROXY_BIN = os.environ.get("PROXY_BIN", os.path.join(BUILD, "proxy"))
 BACKEND_BIN = os.environ.get("BACKEND_BIN", os.path.join(BUILD, "backend"))
+LOADGEN_BIN = os.environ.get("LOADGEN_BIN", os.path.join(BUILD, "loadgen"))
 ENGINE = os.environ.get("LB_ENGINE", "any")
 SANITIZE = os.environ.get("LB_SANITIZE", "0") in ("1", "ON", "true")
 
@@ -121,6 +124,32 @@ class Backend(Process):
     def connections_accepted(self):
         """How many connections this backend accepted (its log says so on each)."""
         return sum(1 for l in self.log().splitlines() if "accepted conn=" in l)
+
+
+class Loadgen(Process):
+    """perf/loadgen against url with args (flags as strings), writing its
+    per-request and summary CSVs into a temp dir removed by cleanup()."""
+
+    def __init__(self, url, args=()):
+        self.dir = tempfile.mkdtemp(prefix="loadgen-")
+        self.csv_path = os.path.join(self.dir, "requests.csv")
+        self.summary_path = os.path.join(self.dir, "summary.csv")
+        super().__init__([LOADGEN_BIN, url, "--csv", self.csv_path,
+                          "--summary", self.summary_path] + list(args), "loadgen")
+
+    def summary(self):
+        """The summary row (strings, by column name)."""
+        with open(self.summary_path) as f:
+            return next(csv.DictReader(f))
+
+    def rows(self):
+        """The per-request rows."""
+        with open(self.csv_path) as f:
+            return list(csv.DictReader(f))
+
+    def cleanup(self):
+        super().cleanup()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class Proxy(Process):

@@ -1,7 +1,6 @@
 """SIGHUP reload under steady load, a broken config refused, and SIGTERM
 drain under load, on a real proxy with real backends and 32 clients."""
 
-import csv
 import http.client
 import json
 import os
@@ -12,10 +11,8 @@ import threading
 import time
 import unittest
 
-from lbtest import (BUILD, LBTestCase, admin_status, free_port, Process, wait_routable,
-                    wait_until)
+from lbtest import LBTestCase, Loadgen, admin_status, free_port, wait_routable, wait_until
 
-LOADGEN_BIN = os.environ.get("LOADGEN_BIN", os.path.join(BUILD, "loadgen"))
 
 
 def write_config(path, cfg):
@@ -43,11 +40,8 @@ class Reload(LBTestCase):
         p = self.proxy(args=["--config", path])
         self.assertEqual(wait_routable(p.port), 200)
 
-        out = tempfile.mkdtemp(prefix="lb-reload-")
-        csv_path, summary = os.path.join(out, "req.csv"), os.path.join(out, "sum.csv")
-        lg = Process([LOADGEN_BIN, "http://127.0.0.1:%d/cluster1/x" % p.port,
-                      "--concurrency", "32", "--duration", "6", "--threads", "1",
-                      "--csv", csv_path, "--summary", summary], "loadgen")
+        lg = Loadgen("http://127.0.0.1:%d/cluster1/x" % p.port,
+                     ["--concurrency", "32", "--duration", "6", "--threads", "1"])
         self._procs.append(lg)
         time.sleep(1.5)
 
@@ -65,13 +59,10 @@ class Reload(LBTestCase):
 
         self.assertEqual(lg.wait(30), 0, lg.log())
         self.assertGreater(time.monotonic() - t_reload, 3)
-        with open(summary) as f:
-            row = next(csv.DictReader(f))
+        row = lg.summary()
         self.assertGreater(int(row["requests"]), 1000)
         self.assertEqual(int(row["errors"]), 0, "requests failed across the reloads")
-        with open(csv_path) as f:
-            statuses = {r["status"] for r in csv.DictReader(f)}
-        self.assertEqual(statuses, {"200"})
+        self.assertEqual({r["status"] for r in lg.rows()}, {"200"})
 
         self.assertGreater(len(b3.requests_logged()), 100, "the added backend got no traffic")
         self.assertEqual(len(b2.requests_logged()), b2_after_reload,

@@ -4,17 +4,14 @@ drops a terminated one with no failed request, a failing DescribeInstances
 keeps the last known set, and CloudWatch receives the ALB metric names with
 the values the proxy counted."""
 
-import csv
 import os
-import tempfile
 import time
 import unittest
 from unittest import mock
 
 from aws_standin import StandIn
-from lbtest import BUILD, LBTestCase, Process, admin_status, free_port, get, wait_until
+from lbtest import LBTestCase, Loadgen, admin_status, free_port, get, wait_until
 
-LOADGEN_BIN = os.environ.get("LOADGEN_BIN", os.path.join(BUILD, "loadgen"))
 TAGS = {"Cluster": "cluster1", "Deployment": "lb-test"}
 
 
@@ -64,11 +61,8 @@ class ProxyOnAWS(LBTestCase):
         self.assertTrue(wait_until(lambda: backends_of(self.admin) == want, 10),
                         "%r\n%s" % (backends_of(self.admin), p.log()[-3000:]))
 
-        out = tempfile.mkdtemp(prefix="lb-disc-")
-        summary = os.path.join(out, "sum.csv")
-        lg = Process([LOADGEN_BIN, "http://127.0.0.1:%d/cluster1/x" % p.port,
-                      "--concurrency", "8", "--duration", "8", "--threads", "1",
-                      "--summary", summary], "loadgen")
+        lg = Loadgen("http://127.0.0.1:%d/cluster1/x" % p.port,
+                     ["--concurrency", "8", "--duration", "8", "--threads", "1"])
         self._procs.append(lg)
         time.sleep(1)
 
@@ -82,8 +76,7 @@ class ProxyOnAWS(LBTestCase):
         b1_after = len(b1.requests_logged())
 
         self.assertEqual(lg.wait(30), 0, lg.log())
-        with open(summary) as f:
-            row = next(csv.DictReader(f))
+        row = lg.summary()
         self.assertGreater(int(row["requests"]), 500)
         self.assertEqual(int(row["errors"]), 0, "requests failed while membership changed")
         self.assertEqual(len(b1.requests_logged()), b1_after,
