@@ -9,10 +9,10 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "aws.h"
 #include "log.h"
+#include "periodic.h"
 
 #define DATUMS_PER_CALL 20 /* PutMetricData's long-standing limit */
 
@@ -30,10 +30,8 @@ struct cloudwatch {
     struct cluster_totals *last; /* as of the last successful publication */
     size_t nlast;
     struct worker_sums last_process;
-    pthread_t thread;
-    pthread_mutex_t lock;
-    pthread_cond_t wake;
-    int stop, failing;
+    struct periodic thread;
+    int failing;
 };
 
 struct datum {
@@ -193,7 +191,8 @@ static int publish_all(struct cloudwatch *cw, const struct cluster_totals *now, 
     return rc;
 }
 
-static void publish(struct cloudwatch *cw) {
+static void publish(void *arg) {
+    struct cloudwatch *cw = arg;
     struct cluster_totals *now;
     struct worker_sums p;
     char err[1200] = "out of memory";
@@ -214,24 +213,6 @@ static void publish(struct cloudwatch *cw) {
     cw->last_process = p;
 }
 
-static void *cloudwatch_main(void *arg) {
-    struct cloudwatch *cw = arg;
-    pthread_mutex_lock(&cw->lock);
-    while (!cw->stop) {
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_sec += cw->cfg.interval_s;
-        while (!cw->stop && pthread_cond_timedwait(&cw->wake, &cw->lock, &until) == 0) {
-        }
-        if (cw->stop) break;
-        pthread_mutex_unlock(&cw->lock);
-        publish(cw);
-        pthread_mutex_lock(&cw->lock);
-    }
-    pthread_mutex_unlock(&cw->lock);
-    return NULL;
-}
-
 struct cloudwatch *cloudwatch_start(const struct cloudwatch_config *cfg, struct balancer *b,
                                     struct worker *workers, int nworkers) {
     struct cloudwatch *cw = calloc(1, sizeof(*cw));
@@ -240,11 +221,7 @@ struct cloudwatch *cloudwatch_start(const struct cloudwatch_config *cfg, struct 
     cw->bal = b;
     cw->workers = workers;
     cw->nworkers = nworkers;
-    pthread_mutex_init(&cw->lock, NULL);
-    pthread_cond_init(&cw->wake, NULL);
-    if (pthread_create(&cw->thread, NULL, cloudwatch_main, cw) != 0) {
-        pthread_mutex_destroy(&cw->lock);
-        pthread_cond_destroy(&cw->wake);
+    if (periodic_start(&cw->thread, cfg->interval_s, 0, publish, cw) < 0) {
         free(cw);
         return NULL;
     }
@@ -253,13 +230,7 @@ struct cloudwatch *cloudwatch_start(const struct cloudwatch_config *cfg, struct 
 
 void cloudwatch_stop(struct cloudwatch *cw) {
     if (!cw) return;
-    pthread_mutex_lock(&cw->lock);
-    cw->stop = 1;
-    pthread_cond_signal(&cw->wake);
-    pthread_mutex_unlock(&cw->lock);
-    pthread_join(cw->thread, NULL);
-    pthread_mutex_destroy(&cw->lock);
-    pthread_cond_destroy(&cw->wake);
+    periodic_stop(&cw->thread);
     free(cw->last);
     free(cw);
 }

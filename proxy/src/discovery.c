@@ -9,11 +9,11 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "aws.h"
 #include "ev.h"
 #include "log.h"
+#include "periodic.h"
 
 #define MAX_FOUND 1024
 
@@ -29,10 +29,8 @@ struct discovery {
     struct balancer *bal;
     struct job *jobs;
     size_t njobs;
-    pthread_t thread;
-    pthread_mutex_t lock;
-    pthread_cond_t wake;
-    int stop;
+    struct backend_addr *buf; /* MAX_FOUND addresses, for each call's answer */
+    struct periodic thread;
 };
 
 static struct job *job_for(struct discovery *d, const char *cluster) {
@@ -148,40 +146,27 @@ static void run_job(struct discovery *d, struct job *j, struct backend_addr *buf
         log_error("discovery %s: out of memory", j->cluster);
 }
 
-static void *discovery_main(void *arg) {
+/* One pass: the jobs due now. The thread wakes every second, so a due job
+ * or a reload that adds one is seen within a second. */
+static void discover(void *arg) {
     struct discovery *d = arg;
-    struct backend_addr *buf = calloc(MAX_FOUND, sizeof(*buf));
-    pthread_mutex_lock(&d->lock);
-    while (buf && !d->stop) {
-        pthread_mutex_unlock(&d->lock);
-        refresh_jobs(d);
-        uint64_t now = ev_clock_ms();
-        for (size_t i = 0; i < d->njobs; i++) {
-            struct job *j = &d->jobs[i];
-            if (now < j->due_ms) continue;
-            run_job(d, j, buf);
-            j->due_ms = ev_clock_ms() + (uint64_t)j->ec2.interval_s * 1000;
-        }
-        pthread_mutex_lock(&d->lock);
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_sec += 1; /* the next due job, or a reload, is seen within a second */
-        if (!d->stop) pthread_cond_timedwait(&d->wake, &d->lock, &until);
+    refresh_jobs(d);
+    uint64_t now = ev_clock_ms();
+    for (size_t i = 0; i < d->njobs; i++) {
+        struct job *j = &d->jobs[i];
+        if (now < j->due_ms) continue;
+        run_job(d, j, d->buf);
+        j->due_ms = ev_clock_ms() + (uint64_t)j->ec2.interval_s * 1000;
     }
-    pthread_mutex_unlock(&d->lock);
-    free(buf);
-    return NULL;
 }
 
 struct discovery *discovery_start(struct balancer *b) {
     struct discovery *d = calloc(1, sizeof(*d));
     if (!d) return NULL;
     d->bal = b;
-    pthread_mutex_init(&d->lock, NULL);
-    pthread_cond_init(&d->wake, NULL);
-    if (pthread_create(&d->thread, NULL, discovery_main, d) != 0) {
-        pthread_mutex_destroy(&d->lock);
-        pthread_cond_destroy(&d->wake);
+    d->buf = calloc(MAX_FOUND, sizeof(*d->buf));
+    if (!d->buf || periodic_start(&d->thread, 1, 1, discover, d) < 0) {
+        free(d->buf);
         free(d);
         return NULL;
     }
@@ -190,13 +175,8 @@ struct discovery *discovery_start(struct balancer *b) {
 
 void discovery_stop(struct discovery *d) {
     if (!d) return;
-    pthread_mutex_lock(&d->lock);
-    d->stop = 1;
-    pthread_cond_signal(&d->wake);
-    pthread_mutex_unlock(&d->lock);
-    pthread_join(d->thread, NULL);
-    pthread_mutex_destroy(&d->lock);
-    pthread_cond_destroy(&d->wake);
+    periodic_stop(&d->thread);
+    free(d->buf);
     free(d->jobs);
     free(d);
 }
