@@ -65,7 +65,7 @@ static void script_path(const char *name, char *out, size_t len) {
 bool push_check_files(char *err, size_t errlen) {
     char p[PATH_MAX];
     const char *bins[] = {"backend", "proxy"},
-               *scripts[] = {"bootstrap-backend.sh", "bootstrap-proxy.sh"};
+               *scripts[] = {"bootstrap-backend.sh", "bootstrap-proxy.sh", "bootstrap-service.sh"};
     for (int i = 0; i < 2; i++) {
         binary_path(bins[i], p, sizeof(p));
         if (access(p, R_OK)) {
@@ -73,6 +73,8 @@ bool push_check_files(char *err, size_t errlen) {
                      p, bins[i]);
             return false;
         }
+    }
+    for (int i = 0; i < 3; i++) {
         script_path(scripts[i], p, sizeof(p));
         if (access(p, R_OK)) {
             snprintf(err, errlen,
@@ -197,6 +199,9 @@ static int file_list(const struct job *j, struct file *files) {
                              .mode = 0755};
     script_path(files[n].remote, files[n].local, sizeof(files[n].local));
     n++;
+    files[n] = (struct file){.remote = "bootstrap-service.sh", .mode = 0644};
+    script_path(files[n].remote, files[n].local, sizeof(files[n].local));
+    n++;
     if (!proxy) return n;
     files[n++] = (struct file){.remote = "proxy.json", .data = j->proxy_json, .mode = 0644};
     files[n++] = (struct file){.remote = "proxy.env", .data = j->proxy_env, .mode = 0600};
@@ -250,7 +255,7 @@ static void bootstrap_cmd(const struct job *j, const char *qdir, const char *mv,
 static void push_one(struct job *j) {
     struct instance *in = j->in;
     char dir[256], qdir[1024], cmd[8192], mv[1024], tail[2048];
-    struct file files[5];
+    struct file files[6];
     if (!remote_dir(in, dir, sizeof(dir)) || !shq(dir, qdir, sizeof(qdir))) {
         snprintf(j->err, sizeof(j->err), "the remote directory (AWSCTL_REMOTE_DIR) is too long");
         return;
