@@ -28,10 +28,12 @@ CONTRACT_FAMILIES = {
     "lb_connections_active": "gauge",
     "lb_connections_total": "counter",
     "lb_bytes_total": "counter",
+    "lb_desync_requests_total": "counter",
 }
 
 LOG_FIELDS = ["time", "client", "method", "path", "status", "cluster", "backend", "bytes_in",
-              "bytes_out", "duration_us", "backend_us", "request_id"]
+              "bytes_out", "duration_us", "backend_us", "request_id", "desync_class",
+              "desync_reason"]
 
 
 def scrape(port):
@@ -227,6 +229,7 @@ class AccessLog(AdminCase):
         self.assertEqual(ok["bytes_out"], len(resp))
         self.assertEqual(ok["request_id"], "abc-123")
         self.assertEqual(ok["client"], "127.0.0.1")
+        self.assertEqual((ok["desync_class"], ok["desync_reason"]), ("compliant", None))
         self.assertGreaterEqual(ok["duration_us"], ok["backend_us"])
         self.assertRegex(ok["time"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
         self.assertEqual((miss["status"], miss["cluster"], miss["backend"], miss["backend_us"]),

@@ -60,7 +60,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             size_t pos = m.head_len, used;
             while (pos < len) {
                 size_t n = len - pos < step ? len - pos : step;
-                int b = http_parse_chunked(&m, buf + pos, n, &used);
+                int b = http_dechunk(&m, buf + pos, n, &used, NULL, 1);
                 if (b < 0) break;
                 if (used > n) abort();
                 pos += used;

@@ -22,7 +22,7 @@
 #define LINE_FIXED     512
 #define ESCAPED_MAX(n) (6 * (size_t)(n) + 2) /* every byte as \u00XX, and the quotes */
 
-_Static_assert(LINE_FIXED + ESCAPED_MAX(ALOG_PATH_MAX) + 5 * ESCAPED_MAX(ALOG_FIELD_MAX) <=
+_Static_assert(LINE_FIXED + ESCAPED_MAX(ALOG_PATH_MAX) + 7 * ESCAPED_MAX(ALOG_FIELD_MAX) <=
                    CHUNK_SIZE,
                "a longest line must fit an empty chunk");
 
@@ -248,9 +248,10 @@ void alog_write(struct alog_buf *b, const struct alog_entry *e) {
     size_t client_n = field_len(e->client), method_n = field_len(e->method);
     size_t cluster_n = field_len(e->cluster), backend_n = field_len(e->backend);
     size_t id_n = field_len(e->request_id);
+    size_t class_n = field_len(e->desync_class), reason_n = field_len(e->desync_reason);
     size_t path_n = !e->path ? 0 : e->path_len < ALOG_PATH_MAX ? e->path_len : ALOG_PATH_MAX;
     size_t need = LINE_FIXED + ESCAPED_MAX(path_n) +
-                  ESCAPED_MAX(client_n + method_n + cluster_n + backend_n + id_n);
+                  ESCAPED_MAX(client_n + method_n + cluster_n + backend_n + id_n + class_n + reason_n);
     if (b->cur && CHUNK_SIZE - b->cur->len < need) hand_over(b, 0);
     if (!b->cur && !(b->cur = chunk_new())) {
         atomic_fetch_add_explicit(&b->log->dropped, 1, memory_order_relaxed);
@@ -283,6 +284,10 @@ void alog_write(struct alog_buf *b, const struct alog_entry *e) {
     p = e->backend_us < 0 ? FMT_LIT(p, "null") : put_i64(p, e->backend_us);
     p = FMT_LIT(p, ",\"request_id\":");
     p = put_str_or_null(p, e->request_id, id_n);
+    p = FMT_LIT(p, ",\"desync_class\":");
+    p = put_str_or_null(p, e->desync_class, class_n);
+    p = FMT_LIT(p, ",\"desync_reason\":");
+    p = put_str_or_null(p, e->desync_reason, reason_n);
     p = FMT_LIT(p, "}\n");
     c->len = (size_t)(p - c->data);
     c->nlines++;

@@ -26,6 +26,8 @@ struct alog_entry {
     uint64_t bytes_in, bytes_out, duration_us;
     int64_t backend_us;     /* -1 (any negative) when no backend answered -> null */
     const char *request_id; /* NULL -> null */
+    const char *desync_class;  /* compliant .. severe; NULL (no complete head) -> null */
+    const char *desync_reason; /* why, when not compliant; NULL -> null */
 };
 
 /* Opens path ("-" = stdout) for appending (O_APPEND|O_CREAT, 0644) and starts

@@ -340,6 +340,8 @@ void config_defaults(struct proxy_config *cfg) {
     cfg->limits.max_header_bytes = 16384;
     cfg->limits.max_headers = 100;
     cfg->limits.max_connections = 100000;
+    cfg->limits.min_body_rate_bps = 1024;
+    cfg->desync_mode = DESYNC_DEFENSIVE;
     cfg->timeouts_ms.connect = 1000;
     cfg->timeouts_ms.client_header = 10000;
     cfg->timeouts_ms.idle = 60000;
@@ -625,9 +627,10 @@ static int check_final(const struct proxy_config *cfg, struct errbuf *e) {
 static int parse_json(struct proxy_config *cfg, const char *json, int final, struct errbuf *e) {
     static const char *const keys[] = {"listen",           "threads",   "engine",     "admin",
                                        "access_log",       "log_level", "limits",     "timeouts_ms",
-                                       "default_response", "clusters",  "cloudwatch", NULL};
+                                       "default_response", "clusters",  "cloudwatch", "desync_mitigation",
+                                       NULL};
     static const char *const limit_keys[] = {"max_header_bytes", "max_headers", "max_connections",
-                                             NULL};
+                                             "min_body_rate_bps", NULL};
     static const char *const timeout_keys[] = {"connect",          "client_header", "idle",
                                                "backend_response", "drain",         NULL};
     static const char *const response_keys[] = {"status", "content_type", "body", NULL};
@@ -707,6 +710,18 @@ static int parse_json(struct proxy_config *cfg, const char *json, int final, str
         if ((it = field(o, "max_connections")) &&
             get_int(it, "limits.max_connections", 1, 10000000, &t.limits.max_connections, e))
             goto fail;
+        if ((it = field(o, "min_body_rate_bps")) &&
+            get_int(it, "limits.min_body_rate_bps", 0, INT_MAX, &t.limits.min_body_rate_bps, e))
+            goto fail;
+    }
+    if ((it = field(root, "desync_mitigation"))) {
+        int v = cJSON_IsString(it) ? desync_mode_parse(it->valuestring) : -1;
+        if (v < 0) {
+            errf(e, "desync_mitigation: expected defensive, strictest or monitor, got %s",
+                 describe(it, g, sizeof(g)));
+            goto fail;
+        }
+        t.desync_mode = v;
     }
     if ((it = field(root, "timeouts_ms"))) {
         const cJSON *o = it;
@@ -824,6 +839,7 @@ enum opt_id {
     O_ADMIN,
     O_ACCESS_LOG,
     O_LOG_LEVEL,
+    O_DESYNC,
     O_CHECK,
     O_VERSION,
     O_HELP,
@@ -845,6 +861,8 @@ static const struct {
                  "admin listener: /metrics, /status, /healthz (host default 127.0.0.1)"},
     [O_ACCESS_LOG] = {"access-log", "FILE|-", "JSON access log, one line per request (- stdout)"},
     [O_LOG_LEVEL] = {"log-level", "error|warn|info|debug", "log verbosity (default info)"},
+    [O_DESYNC] = {"desync-mitigation", "defensive|strictest|monitor",
+                  "what non-compliant requests get (default defensive)"},
     [O_CHECK] = {"check", NULL, "validate the configuration, print what would run, exit"},
     [O_VERSION] = {"version", NULL, "print the version and exit"},
     [O_HELP] = {"help", NULL, "print this help and exit"},
@@ -874,7 +892,7 @@ struct flag_values {
     const char *config;
     int listen_set, admin_set, check;
     struct net_addr listen, admin;
-    int threads, engine, strategy, log_level; /* -1: not given */
+    int threads, engine, strategy, log_level, desync; /* -1: not given */
     const char *access_log;
     struct route_flag *routes;
     size_t nroutes;
@@ -1073,7 +1091,8 @@ int config_from_args(struct proxy_config *cfg, int argc, char **argv) {
 
 int config_load(struct proxy_config *cfg, int argc, char **argv, FILE *errors) {
     errout = errors;
-    struct flag_values f = {.threads = -1, .engine = -1, .strategy = -1, .log_level = -1};
+    struct flag_values f = {
+        .threads = -1, .engine = -1, .strategy = -1, .log_level = -1, .desync = -1};
     const char *why;
     int rc = 2;
     config_defaults(cfg);
@@ -1169,6 +1188,15 @@ int config_load(struct proxy_config *cfg, int argc, char **argv, FILE *errors) {
                 goto out;
             }
             break;
+        case O_DESYNC:
+            if ((f.desync = desync_mode_parse(v)) < 0) {
+                fprintf(errout,
+                        "proxy: --desync-mitigation: expected defensive, strictest or monitor, "
+                        "got \"%s\"\n",
+                        v);
+                goto out;
+            }
+            break;
         case O_CHECK: f.check = 1; break;
         case O_VERSION:
             printf("proxy %s\n", LB_VERSION);
@@ -1213,6 +1241,7 @@ int config_load(struct proxy_config *cfg, int argc, char **argv, FILE *errors) {
     if (f.threads > 0) cfg->threads = f.threads;
     if (f.engine >= 0) cfg->engine = f.engine;
     if (f.log_level >= 0) cfg->log_level = f.log_level;
+    if (f.desync >= 0) cfg->desync_mode = f.desync;
     if (f.access_log) snprintf(cfg->access_log, sizeof(cfg->access_log), "%s", f.access_log);
     if (f.check) cfg->check_only = 1;
     for (size_t i = 0; i < f.nroutes; i++)
@@ -1236,6 +1265,18 @@ out:
 
 /* ---- summary ---------------------------------------------------------------- */
 
+static const char *const desync_modes[] = {"defensive", "strictest", "monitor"};
+
+const char *desync_mode_name(int mode) {
+    return mode >= 0 && mode < 3 ? desync_modes[mode] : "?";
+}
+
+int desync_mode_parse(const char *s) {
+    for (int i = 0; i < 3; i++)
+        if (!strcmp(s, desync_modes[i])) return i;
+    return -1;
+}
+
 void config_print(const struct proxy_config *cfg, FILE *out) {
     fprintf(out, "listen %s\n", cfg->listen_text);
     fprintf(out, "threads %d\n", cfg->threads);
@@ -1247,8 +1288,11 @@ void config_print(const struct proxy_config *cfg, FILE *out) {
             !cfg->access_log[0]             ? "off"
             : !strcmp(cfg->access_log, "-") ? "- (stdout)"
                                             : cfg->access_log);
-    fprintf(out, "limits max_header_bytes=%d max_headers=%d max_connections=%d\n",
-            cfg->limits.max_header_bytes, cfg->limits.max_headers, cfg->limits.max_connections);
+    fprintf(out,
+            "limits max_header_bytes=%d max_headers=%d max_connections=%d min_body_rate_bps=%d\n",
+            cfg->limits.max_header_bytes, cfg->limits.max_headers, cfg->limits.max_connections,
+            cfg->limits.min_body_rate_bps);
+    fprintf(out, "desync_mitigation %s\n", desync_mode_name(cfg->desync_mode));
     fprintf(out, "timeouts_ms connect=%d client_header=%d idle=%d backend_response=%d drain=%d\n",
             cfg->timeouts_ms.connect, cfg->timeouts_ms.client_header, cfg->timeouts_ms.idle,
             cfg->timeouts_ms.backend_response, cfg->timeouts_ms.drain);

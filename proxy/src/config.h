@@ -17,6 +17,15 @@ enum strategy {
     STRATEGY_RANDOM,
 };
 
+/* The ALB's desync mitigation modes: what a request's class (http.h) gets. */
+enum desync_mode {
+    DESYNC_DEFENSIVE, /* the default: severe refused, ambiguous forwarded then both ends closed */
+    DESYNC_STRICTEST, /* only compliant requests are forwarded */
+    DESYNC_MONITOR,   /* severe refused, the rest forwarded and counted */
+};
+const char *desync_mode_name(int mode);
+int desync_mode_parse(const char *s); /* -1 when unknown */
+
 struct health_check {
     char path[256];
     int interval_ms, timeout_ms;
@@ -70,7 +79,9 @@ struct proxy_config {
     int log_level;        /* enum log_level */
     struct {
         int max_header_bytes, max_headers, max_connections;
+        int min_body_rate_bps; /* a request body slower than this over 10 s is cut; 0: off */
     } limits;
+    int desync_mode; /* enum desync_mode */
     struct {
         int connect, client_header, idle, backend_response, drain;
     } timeouts_ms;

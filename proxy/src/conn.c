@@ -3,8 +3,11 @@
  *   C_HEAD   reading a request head (idle keep-alive or partial head)
  *   C_TXN    a request in flight: connect, send the head, then two pumps in
  *            both directions at once (request body, response body)
- *   C_TUNNEL after a 101: bytes both ways until each side closes
+ *   C_TUNNEL after a 101 to a WebSocket upgrade: bytes both ways until each
+ *            side closes
  *   C_REPLY  sending a response the proxy made itself (404, 4xx, 5xx)
+ *   C_DRAIN  after a response, reading and dropping what is left of a
+ *            request body that nobody took, so it is never read as requests
  *
  * Every callback first checks that the connection is still in the state
  * that issued the op: ops cancelled on the way out land in settle(), which
@@ -23,7 +26,16 @@
 #include "log.h"
 #include "net.h"
 
-enum cstate { C_HEAD, C_TXN, C_TUNNEL, C_REPLY };
+enum cstate { C_HEAD, C_TXN, C_TUNNEL, C_REPLY, C_DRAIN };
+
+/* A request body left unread after its response is drained up to this much
+ * (and this long) with the connection kept; beyond, the connection closes. */
+#define DRAIN_MAX_BYTES (1u << 20)
+#define DRAIN_MS        5000
+/* limits.min_body_rate_bps is measured over windows of this length. */
+#define BODY_RATE_WINDOW_MS 10000
+
+_Static_assert(DESYNC_CLASSES == LB_DESYNC_CLASSES, "one counter per desync class");
 enum after_out { AFTER_INTERIM, AFTER_RESP_HEAD, AFTER_TUNNEL_HEAD, AFTER_REPLY };
 
 struct client {
@@ -44,12 +56,23 @@ struct client {
     int status;            /* the response's, once its head is on its way */
     int own_reply;         /* the proxy made the response, not a backend */
     int error_counted;
+    int classified;         /* the head was complete: klass counts and is logged */
+    enum desync_class klass; /* of the request, raised by a bad body too */
+    const char *klass_why;
+    int isolate;    /* ambiguous (defensive): neither connection is reused after it */
+    int body_read;  /* the request body came in whole from the client */
+    int body_started;      /* reqp ran for it: reqp.left is what is still unread */
+    uint64_t body_pending; /* else: the body bytes still unread */
+    int framing_lost; /* where the next request starts is unknown: close after the reply */
+    struct sbuf path; /* the target, kept for the access log (the buffer is reused) */
     uint64_t bytes_out;                                /* sent by the proxy from its buffers */
     char be_name[sizeof(((struct backend *)0)->name)]; /* for the access log */
     char request_id[65];
     struct backend *be; /* picked: counted in flight until release_be() */
     const struct backend *failed_be;
-    int tries, dead_retry_done, connecting, connect_timed_out;
+    int attempts; /* sends of the request after the first, bounded by retries */
+    int relayed;  /* a byte of an answer (a 1xx included) went to the client: no retry */
+    int connecting, connect_timed_out;
     struct upconn *up;
     int up_discard; /* close it once its ops are idle */
     struct sbuf reqhead;
@@ -57,9 +80,10 @@ struct client {
     struct sbuf out;
     size_t out_off;
     enum after_out after;
-    int keep;        /* the client connection may stay open after this request */
-    int close_after; /* local reply: close once it is sent */
+    int keep; /* the client connection may stay open after this request */
     struct pump reqp, respp;
+    ev_timer body_timer; /* the request body's rate check */
+    uint64_t rate_mark;  /* reqp.received at the last check */
     int req_done, resp_done, req_err, resp_err;
     int resp_started;
     uint64_t t_start_us, t_sent_us, ttfb_us;
@@ -72,6 +96,7 @@ static void connect_backend(struct client *c, struct backend *be, int fresh);
 static void client_close(struct client *c);
 static void reply_error(struct client *c, int status);
 static void fail(struct client *c, int status);
+static void after_response(struct client *c);
 
 static ev_loop *loop_of(struct client *c) {
     return c->w->loop;
@@ -90,8 +115,8 @@ static void log_request(struct client *c, uint64_t duration_us, uint64_t bytes_i
         .time_us = now - (int64_t)duration_us,
         .client = c->ip,
         .method = method,
-        .path = c->req.head_done ? c->req.url : NULL,
-        .path_len = c->req.head_done ? c->req.url_len : 0,
+        .path = c->path.len ? c->path.data : NULL,
+        .path_len = c->path.len,
         .status = c->status,
         .cluster = c->lc ? c->lc->name : "none",
         .backend = c->be_name[0] ? c->be_name : NULL,
@@ -100,6 +125,8 @@ static void log_request(struct client *c, uint64_t duration_us, uint64_t bytes_i
         .duration_us = duration_us,
         .backend_us = c->ttfb_us ? (int64_t)c->ttfb_us : -1,
         .request_id = c->request_id[0] ? c->request_id : NULL,
+        .desync_class = c->classified ? desync_class_names[c->klass] : NULL,
+        .desync_reason = c->classified && c->klass != DESYNC_COMPLIANT ? c->klass_why : NULL,
     };
     alog_write(c->w->alog, &e);
 }
@@ -118,6 +145,7 @@ static void request_end(struct client *c) {
         ctr_add(&cc->responses[c->status / 100 - 1], 1);
         if (c->own_reply) ctr_add(&cc->own_responses[c->status / 100 - 1], 1);
     }
+    if (c->classified) ctr_add(&w->counters.desync[c->klass], 1);
     hist_observe(&cc->duration, duration);
     if (c->ttfb_us) hist_observe(&cc->backend, c->ttfb_us);
     uint64_t in = c->req.head_done ? c->req.head_len + c->reqhead_body + c->reqp.moved : 0;
@@ -129,6 +157,7 @@ static void request_end(struct client *c) {
     c->reqp.moved = c->reqp.copied = c->respp.moved = c->respp.copied = 0;
     c->reqhead_body = 0;
     c->bytes_out = 0;
+    c->path.len = 0;
 }
 
 /* The first bytes of a request arrived. */
@@ -139,6 +168,10 @@ static void request_begin(struct client *c) {
     c->status = 0;
     c->own_reply = 0;
     c->error_counted = 0;
+    c->classified = 0;
+    c->klass = DESYNC_COMPLIANT;
+    c->klass_why = NULL;
+    c->isolate = c->body_read = c->body_started = c->framing_lost = 0;
     c->ttfb_us = 0;
     c->be_name[0] = c->request_id[0] = 0;
 }
@@ -159,6 +192,7 @@ static void release_be(struct client *c, enum outcome o, const char *why) {
 static void client_free(struct client *c) {
     struct worker *w = c->w;
     ev_timer_stop(w->loop, &c->timer);
+    ev_timer_stop(w->loop, &c->body_timer);
     ev_forget_fd(w->loop, c->fd);
     close(c->fd);
     if (c->prev)
@@ -171,6 +205,9 @@ static void client_free(struct client *c) {
     http_msg_free(&c->req);
     sbuf_free(&c->reqhead);
     sbuf_free(&c->out);
+    sbuf_free(&c->path);
+    pump_free(&c->reqp);
+    pump_free(&c->respp);
     free(c->in.data);
     free(c);
 }
@@ -208,6 +245,7 @@ static void client_close(struct client *c) {
     request_end(c);
     release_be(c, OUTCOME_NEUTRAL, NULL);
     ev_timer_stop(loop_of(c), &c->timer);
+    ev_timer_stop(loop_of(c), &c->body_timer);
     pump_abort(&c->reqp);
     pump_abort(&c->respp);
     ev_cancel(loop_of(c), &c->rd);
@@ -282,8 +320,9 @@ static void send_out(struct client *c, enum after_out after) {
 static void local_reply(struct client *c, int keep_alive) {
     c->own_reply = 1;
     ev_timer_stop(loop_of(c), &c->timer);
+    ev_timer_stop(loop_of(c), &c->body_timer);
     c->state = C_REPLY;
-    c->close_after = !keep_alive;
+    c->keep = keep_alive;
     ev_cancel(loop_of(c), &c->rd);
     arm(c, cfg_of(c)->timeouts_ms.idle);
     send_out(c, AFTER_REPLY);
@@ -298,11 +337,12 @@ static void reply_with(struct client *c, int status, int keep) {
 
 /* An error after which the request's framing cannot be trusted: close. */
 static void reply_error(struct client *c, int status) {
+    c->framing_lost = 1;
     reply_with(c, status, 0);
 }
 
 /* A response of the proxy's own that leaves the connection usable when the
- * request had no body to skip. */
+ * request had no body to skip (one that has is drained, then closed). */
 static void reply_status(struct client *c, int status) {
     reply_with(c, status, c->keep && c->req.framing == BODY_NONE);
 }
@@ -325,7 +365,7 @@ static void fail(struct client *c, int status) {
         return;
     }
     release_be(c, OUTCOME_NEUTRAL, NULL);
-    pump_abort(&c->reqp);
+    pump_abort(&c->reqp); /* its read may still be pending: no drain after this reply */
     discard_up(c);
     reply_error(c, status);
     settle(c);
@@ -373,10 +413,35 @@ static void start_head(struct client *c) {
 
 static void start_txn(struct client *c);
 
+/* The class of the request, raised (a bad body makes it severe). */
+static void classify(struct client *c, enum desync_class k, const char *why) {
+    c->classified = 1;
+    if (k >= c->klass) {
+        c->klass = k;
+        c->klass_why = why;
+    }
+}
+
 /* A head the proxy will not forward: counted as a request to no cluster. */
 static void head_error(struct client *c, int status) {
+    if (status == 400) classify(c, DESYNC_SEVERE, c->req.why);
+    log_debug("client %s: %d: %s", c->ip, status, c->req.why ? c->req.why : "");
     count_error(c, status == 431 ? ERR_HEADER_TOO_LARGE : ERR_BAD_REQUEST);
     reply_error(c, status);
+}
+
+/* What the request's class gets in the configured mode (the ALB's):
+ * severe never reaches here; strictest refuses everything not compliant;
+ * defensive forwards an ambiguous one on connections used for it alone. */
+static int admit(struct client *c) {
+    classify(c, c->req.klass, c->req.why);
+    int mode = cfg_of(c)->desync_mode;
+    if (mode == DESYNC_STRICTEST && c->klass != DESYNC_COMPLIANT) {
+        head_error(c, 400);
+        return 0;
+    }
+    c->isolate = mode == DESYNC_DEFENSIVE && c->klass == DESYNC_AMBIGUOUS;
+    return 1;
 }
 
 static void parse_head(struct client *c) {
@@ -402,7 +467,7 @@ static void parse_head(struct client *c) {
         return;
     }
     c->in.pos = c->req.head_len;
-    start_txn(c);
+    if (admit(c)) start_txn(c);
 }
 
 /* ---- the transaction ---- */
@@ -436,31 +501,42 @@ static void build_request_head(struct client *c, const struct cluster_config *cc
         sbuf_add(&c->reqhead, c->in.data + c->in.pos, n);
         c->in.pos += n;
         c->reqhead_body = n;
+        c->body_pending -= n;
         ctr_add(&c->w->counters.copied_bytes, n);
     }
 }
 
 static void start_txn(struct client *c) {
     ev_timer_stop(loop_of(c), &c->timer);
-    c->keep = c->req.keep_alive && !c->w->draining;
+    c->keep = c->req.keep_alive && !c->w->draining && !c->isolate;
+    c->body_read = c->req.framing == BODY_NONE;
+    c->body_pending = c->req.framing == BODY_LENGTH ? c->req.content_length : 0;
+    /* The head's spans point into the buffer a body is read into next:
+     * what outlives them is copied now. */
+    if (c->w->alog) sbuf_add(&c->path, c->req.path, c->req.path_len);
+    if (c->req.method == HTTP_CONNECT) {
+        reply_status(c, 405); /* a reverse proxy: no tunnels to anywhere */
+        return;
+    }
     const struct cluster_config *cc;
-    c->lc = balancer_route(c->w->bal, c->req.url, c->req.url_len, &cc);
+    c->lc = balancer_route(c->w->bal, c->req.path, c->req.path_len, &cc);
     if (!c->lc) {
         reply_default(c);
         return;
     }
     c->retries = cc->retries;
     pump_prepare(&c->reqp, &c->rd, c->fd, &c->in, NULL, -1,
-                 c->req.framing == BODY_CHUNKED ? &c->req : NULL);
+                 c->req.framing == BODY_CHUNKED ? &c->req : NULL, 1);
     /* A chunked body whose first bytes are already bad never reaches a backend. */
-    if (c->req.framing == BODY_CHUNKED && pump_check_chunked(&c->reqp) < 0) {
+    if (c->req.framing == BODY_CHUNKED && pump_decode_buffered(&c->reqp) < 0) {
+        classify(c, DESYNC_SEVERE, c->req.why);
         count_error(c, ERR_BAD_REQUEST);
         reply_error(c, 400);
         return;
     }
     build_request_head(c, cc);
     c->state = C_TXN;
-    c->tries = c->dead_retry_done = 0;
+    c->attempts = c->relayed = 0;
     c->failed_be = NULL;
     c->req_done = c->resp_done = 0;
     c->req_err = c->resp_err = 0;
@@ -474,37 +550,45 @@ static void start_txn(struct client *c) {
     connect_backend(c, be, 0);
 }
 
-/* No byte of the request reached a backend: try another one, if allowed. */
-static void retry_or_fail(struct client *c, int status, const char *why) {
-    upconn_free(c->w, c->up);
-    c->up = NULL;
-    c->failed_be = c->be;
+/* May the request go out once more? `retries` bounds the attempts in all;
+ * never once a byte of an answer reached the client; after bytes of it
+ * reached a backend, only when it is safe to repeat. */
+static int may_retry(const struct client *c, int request_sent) {
+    if (c->relayed || c->attempts >= c->retries || up_busy(c->up)) return 0;
+    return !request_sent || (c->req.framing == BODY_NONE && http_method_idempotent(c->req.method));
+}
+
+static void backend_error(struct client *c, enum lb_error kind, const char *why) {
+    log_debug("backend %s: %s", c->be ? c->be->name : "?", why);
+    count_error(c, kind);
     release_be(c, OUTCOME_FAILED, why);
-    if (c->tries < c->retries) {
-        struct backend *be =
-            balancer_pick(c->w->bal, c->lc, c->failed_be, worker_random(c->w), c->w->id);
+}
+
+/* The one way a failed attempt goes: sent again when may_retry() allows
+ * (a reused pooled connection found closed: the same backend on a new
+ * connection, not its fault; else another backend), or answered `status`. */
+static void attempt_failed(struct client *c, enum lb_error kind, const char *why, int status,
+                           int request_sent) {
+    struct upconn *u = c->up;
+    int dead_pooled = kind == ERR_BACKEND_RESET && u->reused && !u->in.len;
+    if (may_retry(c, request_sent)) {
+        struct backend *be = c->be;
+        if (!dead_pooled) {
+            c->failed_be = c->be;
+            backend_error(c, kind, why);
+            be = balancer_pick(c->w->bal, c->lc, c->failed_be, worker_random(c->w), c->w->id);
+        }
         if (be) {
-            c->tries++;
+            upconn_free(c->w, u);
+            c->up = NULL;
+            c->attempts++;
             ctr_add(&c->w->counters.errors[ERR_RETRY], 1);
-            connect_backend(c, be, 0);
+            connect_backend(c, be, dead_pooled);
             return;
         }
     }
+    if (c->be) backend_error(c, kind, why);
     fail(c, status);
-}
-
-/* A pooled connection that turned out closed: for a request safe to repeat,
- * once, on a new connection. */
-static int dead_pooled_retry(struct client *c) {
-    struct upconn *u = c->up;
-    if (!u->reused || c->dead_retry_done || c->req.framing != BODY_NONE || u->in.len ||
-        !http_method_idempotent(c->req.method))
-        return 0;
-    c->dead_retry_done = 1;
-    upconn_free(c->w, u);
-    c->up = NULL;
-    connect_backend(c, c->be, 1);
-    return 1;
 }
 
 static void send_reqhead(struct client *c);
@@ -517,9 +601,7 @@ static void on_connect(ev_op *op, int res) {
         char why[96];
         snprintf(why, sizeof(why), "connect: %s",
                  c->connect_timed_out ? "timed out" : strerror(-res));
-        log_debug("backend %s: %s", c->be->name, why);
-        count_error(c, ERR_BACKEND_CONNECT);
-        retry_or_fail(c, c->connect_timed_out ? 504 : 502, why);
+        attempt_failed(c, ERR_BACKEND_CONNECT, why, c->connect_timed_out ? 504 : 502, 0);
         return;
     }
     send_reqhead(c);
@@ -538,7 +620,7 @@ static void connect_backend(struct client *c, struct backend *be, int fresh) {
         return;
     }
     c->up = upconn_open(w, be);
-    if (!c->up) {
+    if (!c->up) { /* the proxy's own limit (EMFILE): not the backend's fault */
         count_error(c, ERR_BACKEND_CONNECT);
         fail(c, 502);
         return;
@@ -576,22 +658,45 @@ static void read_resp(struct client *c) {
     ev_recv(loop_of(c), &u->rd, u->fd, u->in.data + u->in.len, u->in.cap - u->in.len);
 }
 
+/* The body is cut when the client sends it slower than min_body_rate_bps
+ * over a window (time the proxy waits for the backend does not count). */
+static void on_body_timer(ev_timer *t) {
+    struct client *c = t->ctx;
+    if (c->closing || c->state != C_TXN || !c->reqp.active) return;
+    uint64_t got = c->reqp.received - c->rate_mark;
+    uint64_t want = (uint64_t)cfg_of(c)->limits.min_body_rate_bps * BODY_RATE_WINDOW_MS / 1000;
+    c->rate_mark = c->reqp.received;
+    if (!pump_waits_for_source(&c->reqp) || got >= want) {
+        ev_timer_start(loop_of(c), t, BODY_RATE_WINDOW_MS);
+        return;
+    }
+    log_info("client %s: request body at %llu B in %d s, under %d B/s: cut", c->ip,
+             (unsigned long long)got, BODY_RATE_WINDOW_MS / 1000,
+             cfg_of(c)->limits.min_body_rate_bps);
+    count_error(c, ERR_CLIENT_TIMEOUT);
+    c->framing_lost = 1;
+    fail(c, 408);
+}
+
+static void start_request_body(struct client *c) {
+    struct upconn *u = c->up;
+    c->reqp.wr = &u->wr;
+    c->reqp.dst = u->fd;
+    c->rate_mark = 0;
+    c->body_started = 1;
+    if (cfg_of(c)->limits.min_body_rate_bps)
+        ev_timer_start(loop_of(c), &c->body_timer, BODY_RATE_WINDOW_MS);
+    pump_start(&c->reqp, c->req.content_length - c->reqhead_body);
+}
+
 static void on_reqhead_sent(ev_op *op, int res) {
     struct client *c = op->ctx;
     if (stale(c, C_TXN)) return;
     if (res <= 0) {
-        if (dead_pooled_retry(c)) return;
-        const char *why = "connection reset sending the request";
-        count_error(c, ERR_BACKEND_RESET);
         /* Nothing of it reached the backend (a connect into a dying listener's
-         * backlog), or it is safe to repeat: another backend gets it. */
-        if (!c->reqhead_off ||
-            (c->req.framing == BODY_NONE && http_method_idempotent(c->req.method))) {
-            retry_or_fail(c, 502, why);
-            return;
-        }
-        release_be(c, OUTCOME_FAILED, why);
-        fail(c, 502);
+         * backlog), or it is safe to repeat: another backend may get it. */
+        attempt_failed(c, ERR_BACKEND_RESET, "connection reset sending the request", 502,
+                       c->reqhead_off > 0);
         return;
     }
     c->reqhead_off += (size_t)res;
@@ -599,15 +704,18 @@ static void on_reqhead_sent(ev_op *op, int res) {
         send_reqhead_more(c);
         return;
     }
-    struct upconn *u = c->up;
-    if (c->req.framing == BODY_NONE) {
+    if (c->req.framing == BODY_NONE)
         c->req_done = 1;
-    } else {
-        c->reqp.wr = &u->wr;
-        c->reqp.dst = u->fd;
-        pump_start(&c->reqp, c->req.content_length - c->reqhead_body);
-    }
+    else
+        start_request_body(c);
     read_resp(c);
+}
+
+/* Whether the backend connection may serve another request: its response
+ * ended where it said, nothing came after it, the request went whole. */
+static int up_reusable(const struct client *c, const struct upconn *u) {
+    return !c->req_err && !c->resp_err && u->resp.keep_alive && !c->w->draining && !c->isolate &&
+           u->in.pos == u->in.len;
 }
 
 static void txn_done(struct client *c) {
@@ -616,24 +724,25 @@ static void txn_done(struct client *c) {
     request_end(c);
     release_be(c, OUTCOME_OK, NULL);
     c->up = NULL;
-    if (!c->req_err && !c->resp_err && u->resp.keep_alive && !w->draining)
+    if (up_reusable(c, u))
         pool_put(w, u);
     else
         upconn_free(w, u);
-    if (c->keep)
-        start_head(c);
-    else
-        client_close(c);
+    after_response(c);
 }
 
 static void on_reqp_done(struct pump *p, int err) {
     struct client *c = p->owner;
     if (stale(c, C_TXN)) return;
+    ev_timer_stop(loop_of(c), &c->body_timer);
     c->req_done = 1;
     c->req_err = err;
+    c->body_read = !err;
     if (err == -EBADMSG) {
+        classify(c, DESYNC_SEVERE, c->req.why);
         count_error(c, ERR_BAD_REQUEST);
-        fail(c, 400); /* bad chunk framing */
+        c->framing_lost = 1;
+        fail(c, 400); /* bad chunk framing: nothing after the last good chunk went */
         return;
     }
     if (err && !p->failed_at_dst) {
@@ -650,10 +759,10 @@ static void on_respp_done(struct pump *p, int err) {
     c->resp_done = 1;
     c->resp_err = err;
     if (err) {
-        if (!p->failed_at_dst) {
-            count_error(c, ERR_BACKEND_RESET);
-            release_be(c, OUTCOME_FAILED, "reset mid-response");
-        }
+        if (err == -EBADMSG)
+            backend_error(c, ERR_BACKEND_MALFORMED, "bad chunk framing in the response");
+        else if (!p->failed_at_dst)
+            backend_error(c, ERR_BACKEND_RESET, "reset mid-response");
         client_close(c); /* mid-body: nothing else to tell the client */
         return;
     }
@@ -669,8 +778,9 @@ static void start_resp_body(struct client *c) {
         return;
     }
     arm(c, cfg_of(c)->timeouts_ms.idle);
+    /* chunked: re-encoded for HTTP/1.1 clients, de-chunked for 1.0 ones */
     pump_prepare(&c->respp, &u->rd, u->fd, &u->in, &c->wr, c->fd,
-                 r->framing == BODY_CHUNKED ? r : NULL);
+                 r->framing == BODY_CHUNKED ? r : NULL, c->req.minor >= 1);
     uint64_t left =
         r->framing == BODY_LENGTH ? r->content_length - (u->in.pos - r->head_len) : PUMP_UNTIL_EOF;
     pump_start(&c->respp, left);
@@ -686,8 +796,8 @@ static void start_tunnel(struct client *c) {
     pump_init(&c->reqp, loop_of(c), c, on_tunnel_done);
     pump_init(&c->respp, loop_of(c), c, on_tunnel_done);
     c->reqp.progress = c->respp.progress = on_progress;
-    pump_prepare(&c->reqp, &c->rd, c->fd, &c->in, &u->wr, u->fd, NULL);
-    pump_prepare(&c->respp, &u->rd, u->fd, &u->in, &c->wr, c->fd, NULL);
+    pump_prepare(&c->reqp, &c->rd, c->fd, &c->in, &u->wr, u->fd, NULL, 0);
+    pump_prepare(&c->respp, &u->rd, u->fd, &u->in, &c->wr, c->fd, NULL, 0);
     pump_start(&c->reqp, PUMP_UNTIL_EOF);
     pump_start(&c->respp, PUMP_UNTIL_EOF);
 }
@@ -701,6 +811,56 @@ static void on_tunnel_done(struct pump *p, int err) {
     }
     shutdown(p->dst, SHUT_WR); /* pass the half-close on */
     if (!c->reqp.active && !c->respp.active) client_close(c);
+}
+
+/* ---- after a response: the next request, a drain, or the close ---- */
+
+static void on_drain_done(struct pump *p, int err) {
+    struct client *c = p->owner;
+    if (stale(c, C_DRAIN)) return;
+    pump_init(&c->reqp, loop_of(c), c, on_reqp_done);
+    c->reqp.progress = on_progress;
+    if (!err && c->keep)
+        start_head(c);
+    else
+        client_close(c);
+}
+
+/* The body bytes still to come from the client, when its framing is known. */
+static uint64_t body_left(const struct client *c) {
+    if (c->req.framing == BODY_CHUNKED) return PUMP_UNTIL_EOF; /* to its last chunk */
+    return c->body_started ? c->reqp.left : c->body_pending;
+}
+
+/* Reads and drops the rest of a request body nobody took, so that it is
+ * never parsed as requests: the connection is kept when that ends within
+ * DRAIN_MAX_BYTES and DRAIN_MS, else closed (after a half-close, so that
+ * the client reads the response before it sees the end). */
+static void start_drain(struct client *c) {
+    uint64_t left = body_left(c);
+    int chunked = c->req.framing == BODY_CHUNKED;
+    if (!chunked && left > DRAIN_MAX_BYTES) c->keep = 0;
+    if (!c->keep) {
+        shutdown(c->fd, SHUT_WR);
+        if (!chunked) left = PUMP_UNTIL_EOF;
+    }
+    c->state = C_DRAIN;
+    arm(c, DRAIN_MS);
+    pump_free(&c->reqp);
+    pump_init(&c->reqp, loop_of(c), c, on_drain_done);
+    pump_prepare(&c->reqp, &c->rd, c->fd, &c->in, NULL, -1, chunked ? &c->req : NULL, 0);
+    pump_start_drain(&c->reqp, left, DRAIN_MAX_BYTES);
+}
+
+static void after_response(struct client *c) {
+    if (c->framing_lost)
+        client_close(c);
+    else if (!c->body_read)
+        start_drain(c);
+    else if (c->keep)
+        start_head(c);
+    else
+        client_close(c);
 }
 
 /* After a 1xx: the final response head follows. */
@@ -735,10 +895,10 @@ static void on_out_sent(ev_op *op, int res) {
     switch (c->after) {
     case AFTER_REPLY:
         request_end(c);
-        if (c->close_after || c->state != C_REPLY)
+        if (c->state != C_REPLY)
             client_close(c);
         else
-            start_head(c);
+            after_response(c);
         break;
     case AFTER_INTERIM:
         if (stale(c, C_TXN)) return;
@@ -762,7 +922,7 @@ static void send_resp_head(struct client *c) {
     if (r->status == 101) {
         c->status = 101;
         http_write_response(&c->out, r, c->req.minor, 1);
-        c->resp_started = 1;
+        c->resp_started = c->relayed = 1;
         ev_timer_stop(loop_of(c), &c->timer);
         send_out(c, AFTER_TUNNEL_HEAD);
         return;
@@ -773,10 +933,13 @@ static void send_resp_head(struct client *c) {
             return;
         }
         http_write_response(&c->out, r, c->req.minor, 1);
+        c->relayed = 1;
         send_out(c, AFTER_INTERIM);
         return;
     }
-    if (r->framing == BODY_UNTIL_CLOSE || c->w->draining) c->keep = 0;
+    if (r->framing == BODY_UNTIL_CLOSE || c->w->draining ||
+        (r->framing == BODY_CHUNKED && c->req.minor == 0))
+        c->keep = 0;
     c->status = r->status;
     http_write_response(&c->out, r, c->req.minor, c->keep);
     if (r->framing == BODY_LENGTH) {
@@ -786,8 +949,16 @@ static void send_resp_head(struct client *c) {
         u->in.pos += n;
         ctr_add(&c->w->counters.copied_bytes, n);
     }
-    c->resp_started = 1;
+    c->resp_started = c->relayed = 1;
     send_out(c, AFTER_RESP_HEAD);
+}
+
+/* A response refused for its framing: a 502, the backend connection closed,
+ * counted against the backend, logged with the reason. */
+static void bad_response(struct client *c, const char *why) {
+    log_warn("backend %s: response refused: %s", c->be->name, why);
+    backend_error(c, ERR_BACKEND_MALFORMED, why);
+    fail(c, 502);
 }
 
 static void parse_resp(struct client *c) {
@@ -795,19 +966,18 @@ static void parse_resp(struct client *c) {
     int r = http_parse_head(&u->resp, u->in.data, u->in.len, c->req.method == HTTP_HEAD);
     if (r == HTTP_NEED_MORE) {
         if (u->in.len == u->in.cap) {
-            count_error(c, ERR_BACKEND_MALFORMED);
-            release_be(c, OUTCOME_FAILED, "response head too large");
-            fail(c, 502);
+            bad_response(c, "response head too large");
             return;
         }
         read_resp(c);
         return;
     }
-    if (r < 0 || (u->resp.status == 101 && !c->req.upgrade)) {
-        log_debug("backend %s sent a malformed response", c->be->name);
-        count_error(c, ERR_BACKEND_MALFORMED);
-        release_be(c, OUTCOME_FAILED, "malformed response");
-        fail(c, 502);
+    if (r < 0) {
+        bad_response(c, u->resp.why ? u->resp.why : "malformed response head");
+        return;
+    }
+    if (u->resp.status == 101 && !c->req.upgrade) {
+        bad_response(c, "101 to a request that did not ask to upgrade");
         return;
     }
     u->in.pos = u->resp.head_len;
@@ -819,19 +989,11 @@ static void on_resp_read(ev_op *op, int res) {
     struct client *c = op->ctx;
     if (stale(c, C_TXN)) return;
     if (res <= 0) {
-        if (dead_pooled_retry(c)) return;
-        const char *why =
-            res ? "connection reset before the response" : "closed before the response";
-        count_error(c, ERR_BACKEND_RESET);
-        /* Not one byte of answer: an idempotent request without a body can go
-         * to another backend, as nginx's proxy_next_upstream does. */
-        if (!c->up->in.len && c->req.framing == BODY_NONE &&
-            http_method_idempotent(c->req.method)) {
-            retry_or_fail(c, 502, why);
-            return;
-        }
-        release_be(c, OUTCOME_FAILED, why);
-        fail(c, 502);
+        /* No answer yet: an idempotent request without a body may go again,
+         * as with nginx's proxy_next_upstream. */
+        attempt_failed(c, ERR_BACKEND_RESET,
+                       res ? "connection reset before the response" : "closed before the response",
+                       502, 1);
         return;
     }
     c->up->in.len += (size_t)res;
@@ -850,6 +1012,7 @@ void client_accept(struct worker *w, int fd) {
         if (c) free(c->in.data);
         free(c);
         close(fd);
+        atomic_fetch_sub_explicit(&g_connections, 1, memory_order_relaxed);
         return;
     }
     c->in.cap = cap;
@@ -860,6 +1023,7 @@ void client_accept(struct worker *w, int fd) {
     ev_op_init(&c->rd, on_head_read, c);
     ev_op_init(&c->wr, on_out_sent, c);
     ev_timer_init(&c->timer, on_timer, c);
+    ev_timer_init(&c->body_timer, on_body_timer, c);
     pump_init(&c->reqp, w->loop, c, on_reqp_done);
     pump_init(&c->respp, w->loop, c, on_respp_done);
     c->reqp.progress = c->respp.progress = on_progress;

@@ -8,6 +8,13 @@
 #include <string.h>
 #include <strings.h>
 
+const char *const desync_class_names[DESYNC_CLASSES] = {"compliant", "acceptable", "ambiguous",
+                                                        "severe"};
+
+/* Trailer fields of a chunked body are checked by llhttp and dropped; this
+ * bounds how many bytes of them one message may send. */
+#define HTTP_MAX_TRAILER_BYTES 16384
+
 /* ---- parsing ---- */
 
 static struct http_msg *msg_of(llhttp_t *p) {
@@ -34,8 +41,18 @@ static int on_status(llhttp_t *p, const char *at, size_t len) {
     return 0;
 }
 
+/* After the head, the field callbacks see a chunked body's trailers: they
+ * are only counted, never added to the head. */
+static int trailer_bytes(struct http_msg *m, size_t len) {
+    m->trailer_bytes += len;
+    if (m->trailer_bytes <= HTTP_MAX_TRAILER_BYTES) return 0;
+    m->why = "trailer section too large";
+    return -1;
+}
+
 static int on_header_field(llhttp_t *p, const char *at, size_t len) {
     struct http_msg *m = msg_of(p);
+    if (m->head_done) return trailer_bytes(m, len);
     struct http_hdr *h = cur_hdr(m);
     if (m->span != 1) {
         *h = (struct http_hdr){.name = at, .value = ""};
@@ -47,11 +64,14 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len) {
 
 static int on_header_value(llhttp_t *p, const char *at, size_t len) {
     struct http_msg *m = msg_of(p);
+    if (m->head_done) return trailer_bytes(m, len);
     struct http_hdr *h = cur_hdr(m);
     if (m->span != 2) {
         h->value = at;
         h->vlen = 0;
         m->span = 2;
+    } else if (at != h->value + h->vlen) {
+        m->folded = 1; /* llhttp calls again for an obs-fold continuation line */
     }
     h->vlen += (uint32_t)len;
     return 0;
@@ -59,6 +79,7 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len) {
 
 static int on_header_value_complete(llhttp_t *p) {
     struct http_msg *m = msg_of(p);
+    if (m->head_done) return 0;
     if (m->nhdr >= m->max_hdr) m->too_many = 1;
     if (m->nhdr <= m->max_hdr) m->nhdr++;
     m->span = 0;
@@ -68,6 +89,28 @@ static int on_header_value_complete(llhttp_t *p) {
 static int on_headers_complete(llhttp_t *p) {
     msg_of(p)->head_done = 1;
     return HPE_PAUSED;
+}
+
+static void put_hex(struct sbuf *out, uint64_t n) {
+    char tmp[24];
+    int i = (int)sizeof(tmp);
+    do {
+        tmp[--i] = "0123456789abcdef"[n & 15];
+        n >>= 4;
+    } while (n);
+    sbuf_add(out, tmp + i, sizeof(tmp) - (size_t)i);
+}
+
+static int on_body(llhttp_t *p, const char *at, size_t len) {
+    struct http_msg *m = msg_of(p);
+    if (!m->body_out) return 0;
+    if (m->rechunk) {
+        put_hex(m->body_out, len);
+        sbuf_add(m->body_out, "\r\n", 2);
+    }
+    sbuf_add(m->body_out, at, len);
+    if (m->rechunk) sbuf_add(m->body_out, "\r\n", 2);
+    return 0;
 }
 
 static int on_message_complete(llhttp_t *p) {
@@ -88,6 +131,7 @@ static void settings_once(void) {
     s.on_header_value_complete = on_header_value_complete;
     s.on_message_complete = on_message_complete;
     s.on_headers_complete = on_headers_complete;
+    s.on_body = on_body;
     settings = s;
 }
 
@@ -178,23 +222,69 @@ static int any_hdr_has_token(const struct http_msg *m, const char *name, const c
     return 0;
 }
 
-/* Syntax llhttp lets through in strict mode and RFC 9112 says to refuse:
- * whitespace before the colon, obs-fold (a CR/LF inside a value), NUL. */
-static int headers_well_formed(const struct http_msg *m) {
-    for (int i = 0; i < m->nhdr && i < m->max_hdr; i++) {
-        const struct http_hdr *h = &m->hdr[i];
-        if (h->nlen == 0 || h->name[h->nlen] != ':') return 0;
-        for (uint32_t j = 0; j < h->vlen; j++) {
-            char c = h->value[j];
-            if (c == '\r' || c == '\n' || c == '\0') return 0;
-        }
+/* ---- classification: the checks llhttp leaves to us, for both directions ---- */
+
+/* Raises the message's class to k (never lowers it), keeping the first
+ * reason of the highest class. */
+static void note(struct http_msg *m, enum desync_class k, const char *why) {
+    if (k > m->klass || !m->why) {
+        m->klass = k;
+        m->why = why;
     }
-    return 1;
 }
 
-/* The last coding of Transfer-Encoding, over all its lines. */
-static int te_ends_in_chunked(const struct http_msg *m, int *only_chunked) {
-    int chunked_last = 0, codings = 0;
+/* Every line of the head ends in CRLF: no bare LF (llhttp's strict mode
+ * still takes one after the request line), no bare CR. */
+static const char *line_end_problem(const char *head, size_t len) {
+    for (const char *p = memchr(head, '\n', len); p; p = memchr(p + 1, '\n', len - (size_t)(p + 1 - head)))
+        if (p == head || p[-1] != '\r') return "bare LF";
+    for (const char *p = memchr(head, '\r', len); p; p = memchr(p + 1, '\r', len - (size_t)(p + 1 - head)))
+        if (p + 1 == head + len || p[1] != '\n') return "bare CR";
+    return NULL;
+}
+
+/* Field syntax llhttp lets through in strict mode and RFC 9112 5 refuses:
+ * whitespace before the colon, obs-fold, CR/LF/NUL in a value. */
+static const char *field_problem(const struct http_msg *m) {
+    if (m->folded) return "obs-fold";
+    for (int i = 0; i < m->nhdr && i < m->max_hdr; i++) {
+        const struct http_hdr *h = &m->hdr[i];
+        if (h->nlen == 0) return "empty field name";
+        if (h->name[h->nlen] != ':') return "whitespace before a colon";
+        for (uint32_t j = 0; j < h->vlen; j++) {
+            unsigned char c = (unsigned char)h->value[j];
+            if ((c < 0x20 && c != '\t') || c == 0x7f) return "control byte in a field value";
+        }
+    }
+    return NULL;
+}
+
+/* A name that common normalisations (case, '_' for '-', other punctuation
+ * dropped) turn into Transfer-Encoding or Content-Length, but is not it:
+ * some servers in a chain would frame the message by it, others not. */
+static int looks_like(const char *name, size_t len, const char *letters) {
+    size_t k = 0, want = strlen(letters);
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)name[i];
+        if (c >= 'A' && c <= 'Z') c = (unsigned char)(c + 32);
+        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'))) continue;
+        if (k == want || c != (unsigned char)letters[k]) return 0;
+        k++;
+    }
+    return k == want;
+}
+
+static int suspicious_name(const struct http_hdr *h) {
+    if (span_eq(h->name, h->nlen, "transfer-encoding") || span_eq(h->name, h->nlen, "content-length"))
+        return 0;
+    return looks_like(h->name, h->nlen, "transferencoding") ||
+           looks_like(h->name, h->nlen, "contentlength");
+}
+
+/* The transfer codings over every Transfer-Encoding line: how many, and
+ * whether chunked is there exactly once, as the last. */
+static void te_codings(const struct http_msg *m, int *codings, int *chunked_once_last) {
+    int n = 0, chunked = 0, last_chunked = 0;
     for (int i = 0; i < m->nhdr && i < m->max_hdr; i++) {
         const struct http_hdr *h = &m->hdr[i];
         if (!span_eq(h->name, h->nlen, "transfer-encoding")) continue;
@@ -209,12 +299,13 @@ static int te_ends_in_chunked(const struct http_msg *m, int *only_chunked) {
             while (e > s && is_ows(h->value[e - 1]))
                 e--;
             if (e == s) continue;
-            codings++;
-            chunked_last = span_eq(h->value + s, e - s, "chunked");
+            n++;
+            last_chunked = span_eq(h->value + s, e - s, "chunked");
+            chunked += last_chunked;
         }
     }
-    *only_chunked = codings == 1 && chunked_last;
-    return chunked_last;
+    *codings = n;
+    *chunked_once_last = chunked == 1 && last_chunked;
 }
 
 static int persistent(const struct http_msg *m) {
@@ -223,59 +314,134 @@ static int persistent(const struct http_msg *m) {
     return any_hdr_has_token(m, "connection", "keep-alive");
 }
 
-static int finish_request_head(struct http_msg *m) {
-    const llhttp_t *p = &m->parser;
-    m->method = p->method;
-    m->major = p->http_major;
-    m->minor = p->http_minor;
-    if (m->major != 1 || m->minor > 1) return -505;
-    if (m->too_many) return -431;
-    if (!headers_well_formed(m)) return -400;
-    int hosts = count_hdr(m, "host");
-    if (hosts > 1 || (hosts == 0 && m->minor == 1)) return -400;
-    int has_te = count_hdr(m, "transfer-encoding") > 0;
+/* The framing fields of either direction: Content-Length (llhttp has
+ * checked its syntax and refused a second one) and Transfer-Encoding,
+ * which must be exactly "chunked". 0, or -1 with m->why set. */
+static int read_framing(struct http_msg *m) {
     int ncl = count_hdr(m, "content-length");
-    if (ncl > 1 || (ncl && has_te)) return -400;
+    int has_te = count_hdr(m, "transfer-encoding") > 0;
+    if (ncl > 1) return m->why = "two Content-Length fields", -1;
+    if (ncl && has_te) return m->why = "Content-Length with Transfer-Encoding", -1;
     if (has_te) {
-        int only_chunked;
-        te_ends_in_chunked(m, &only_chunked);
-        if (!only_chunked || m->minor == 0) return -400;
+        int codings, chunked_ok;
+        te_codings(m, &codings, &chunked_ok);
+        if (!chunked_ok) return m->why = "chunked not once and last in Transfer-Encoding", -1;
+        if (codings != 1) return m->why = "a transfer coding other than chunked", -1;
+        if (m->minor == 0) return m->why = "Transfer-Encoding in HTTP/1.0", -1;
+        m->te_chunked = 1;
         m->framing = BODY_CHUNKED;
     } else if (ncl) {
-        m->content_length = p->content_length;
+        m->has_length = 1;
+        m->content_length = m->parser.content_length;
         m->framing = m->content_length ? BODY_LENGTH : BODY_NONE;
     } else {
         m->framing = BODY_NONE;
     }
+    return 0;
+}
+
+/* The request line is exactly method SP target SP version CRLF. */
+static int request_line_ok(const struct http_msg *m) {
+    const char *end = m->url + m->url_len;
+    return m->url[-1] == ' ' && m->url[-2] != ' ' && !memcmp(end, " HTTP/1.", 8) &&
+           end[9] == '\r';
+}
+
+/* Splits the target: origin-form as it is, absolute-form ("http://host/p")
+ * into its authority and an origin-form path. 0, or -1 with m->why. */
+static int split_target(struct http_msg *m) {
+    const char *u = m->url;
+    size_t n = m->url_len, skip = 0;
+    m->path = u;
+    m->path_len = n;
+    if (n && u[0] == '/') return 0;
+    if (n == 1 && u[0] == '*' && m->method == HTTP_OPTIONS) return 0;
+    if (n > 7 && !strncasecmp(u, "http://", 7))
+        skip = 7;
+    else if (n > 8 && !strncasecmp(u, "https://", 8))
+        skip = 8;
+    else
+        return m->why = "request-target not in origin or absolute form", -1;
+    size_t a = skip;
+    while (a < n && u[a] != '/' && u[a] != '?' && u[a] != '#')
+        a++;
+    if (a == skip) return m->why = "absolute-form target without a host", -1;
+    if (memchr(u + skip, '@', a - skip)) return m->why = "userinfo in the target", -1;
+    m->authority = u + skip;
+    m->authority_len = a - skip;
+    m->path = u + a;
+    m->path_len = n - a;
+    return 0;
+}
+
+static int finish_request_head(struct http_msg *m, const char *buf) {
+    const llhttp_t *p = &m->parser;
+    const char *why;
+    m->method = p->method;
+    m->major = p->http_major;
+    m->minor = p->http_minor;
+    if (m->major != 1 || m->minor > 1) return m->why = "HTTP version", -505;
+    if (m->too_many) return m->why = "too many fields", -431;
+    if ((why = line_end_problem(buf, m->head_len)) || (why = field_problem(m))) {
+        note(m, DESYNC_SEVERE, why);
+        return -400;
+    }
+    if (!request_line_ok(m)) {
+        note(m, DESYNC_SEVERE, "malformed request line");
+        return -400;
+    }
+    int hosts = count_hdr(m, "host");
+    if (hosts > 1 || (hosts == 0 && m->minor == 1)) {
+        note(m, DESYNC_SEVERE, hosts ? "two Host fields" : "no Host field");
+        return -400;
+    }
+    if (read_framing(m) < 0 || split_target(m) < 0) {
+        note(m, DESYNC_SEVERE, m->why);
+        return -400;
+    }
+    for (int i = 0; i < m->nhdr && i < m->max_hdr; i++)
+        if (suspicious_name(&m->hdr[i])) note(m, DESYNC_AMBIGUOUS, "field name like a framing one");
+    if (m->method == HTTP_GET || m->method == HTTP_HEAD) {
+        if (m->framing != BODY_NONE)
+            note(m, DESYNC_AMBIGUOUS, "a body on GET or HEAD");
+        else if (m->has_length)
+            note(m, DESYNC_ACCEPTABLE, "Content-Length: 0 on GET or HEAD");
+    }
     m->keep_alive = persistent(m);
-    m->upgrade = m->framing == BODY_NONE && http_find(m, "upgrade") &&
+    m->upgrade = m->method == HTTP_GET && m->framing == BODY_NONE &&
+                 any_hdr_has_token(m, "upgrade", "websocket") &&
                  any_hdr_has_token(m, "connection", "upgrade");
     const struct http_hdr *ex = http_find(m, "expect");
     m->expect_continue = ex && span_eq(ex->value, ex->vlen, "100-continue");
+    if (!m->why) m->why = "compliant";
     return HTTP_HEAD_DONE;
 }
 
-static int finish_response_head(struct http_msg *m, int response_to_head) {
+/* A response is framed by the same rules with its own: no body for HEAD,
+ * 1xx, 204, 304; else Content-Length, chunked, or until the close. Anything
+ * invalid or ambiguous in its framing is a 502. */
+static int finish_response_head(struct http_msg *m, const char *buf, int response_to_head) {
     const llhttp_t *p = &m->parser;
+    const char *why;
     m->status = p->status_code;
     m->major = p->http_major;
     m->minor = p->http_minor;
-    if (m->major != 1 || m->too_many || !headers_well_formed(m)) return -502;
-    int ncl = count_hdr(m, "content-length");
-    int has_te = count_hdr(m, "transfer-encoding") > 0;
-    if (ncl > 1 || (ncl && has_te)) return -502;
-    int only_chunked;
+    if (m->major != 1) why = "HTTP version";
+    else if (m->too_many) why = "too many fields";
+    else if (!(why = line_end_problem(buf, m->head_len)) && !(why = field_problem(m)) &&
+             read_framing(m) < 0)
+        why = m->why;
+    if (why) {
+        note(m, DESYNC_SEVERE, why);
+        return -502;
+    }
     if (response_to_head || m->status < 200 || m->status == 204 || m->status == 304)
         m->framing = BODY_NONE;
-    else if (has_te)
-        m->framing = te_ends_in_chunked(m, &only_chunked) ? BODY_CHUNKED : BODY_UNTIL_CLOSE;
-    else if (ncl) {
-        m->content_length = p->content_length;
-        m->framing = m->content_length ? BODY_LENGTH : BODY_NONE;
-    } else
+    else if (m->framing == BODY_NONE && !m->has_length)
         m->framing = BODY_UNTIL_CLOSE;
     m->keep_alive = persistent(m) && m->framing != BODY_UNTIL_CLOSE;
     m->upgrade = m->status == 101;
+    m->why = "compliant";
     return HTTP_HEAD_DONE;
 }
 
@@ -284,27 +450,36 @@ int http_parse_head(struct http_msg *m, const char *buf, size_t len, int respons
     llhttp_errno_t e = llhttp_execute(&m->parser, buf + m->parsed, len - m->parsed);
     if (e == HPE_OK) {
         m->parsed = len;
-        if (m->too_many) return is_request ? -431 : -502;
+        if (m->too_many) return m->why = "too many fields", is_request ? -431 : -502;
         return HTTP_NEED_MORE;
     }
-    if (e != HPE_PAUSED || !m->head_done) return is_request ? -400 : -502;
+    if (e != HPE_PAUSED || !m->head_done) {
+        note(m, DESYNC_SEVERE, llhttp_get_error_reason(&m->parser));
+        return is_request ? -400 : -502;
+    }
     m->head_len = (size_t)(llhttp_get_error_pos(&m->parser) - buf);
     m->parsed = m->head_len;
-    return is_request ? finish_request_head(m) : finish_response_head(m, response_to_head);
+    return is_request ? finish_request_head(m, buf) : finish_response_head(m, buf, response_to_head);
 }
 
-int http_parse_chunked(struct http_msg *m, const char *data, size_t len, size_t *used) {
+int http_dechunk(struct http_msg *m, const char *data, size_t len, size_t *used, struct sbuf *out,
+                 int rechunk) {
     if (llhttp_get_errno(&m->parser) == HPE_PAUSED) llhttp_resume(&m->parser);
+    m->body_out = out;
+    m->rechunk = rechunk;
     llhttp_errno_t e = llhttp_execute(&m->parser, data, len);
+    m->body_out = NULL;
     if (e == HPE_OK) {
         *used = len;
         return HTTP_NEED_MORE;
     }
     if (e == HPE_PAUSED) {
         *used = (size_t)(llhttp_get_error_pos(&m->parser) - data);
+        if (out && rechunk) sbuf_add(out, "0\r\n\r\n", 5);
         return HTTP_BODY_DONE;
     }
-    return -400;
+    if (e != HPE_USER) m->why = llhttp_get_error_reason(&m->parser);
+    return -1;
 }
 
 /* ---- writing ---- */
@@ -355,10 +530,9 @@ void sbuf_free(struct sbuf *b) {
 
 static const char *const hop_by_hop[] = {"connection", "keep-alive", "proxy-connection",
                                          "te",         "trailer",    "upgrade"};
-/* Connection may not take these away: the framing and the target are ours
- * to keep consistent with the backend ("Connection: content-length" is a
- * smuggling trick). */
-static const char *const never_listed[] = {"content-length", "transfer-encoding", "host"};
+/* The framing is the proxy's to write, from what it decided. */
+static const char *const framing_fields[] = {"content-length", "transfer-encoding"};
+#define NELEM(a) (sizeof(a) / sizeof((a)[0]))
 
 static int in_set(const char *name, size_t len, const char *const *set, size_t n) {
     for (size_t i = 0; i < n; i++)
@@ -366,8 +540,10 @@ static int in_set(const char *name, size_t len, const char *const *set, size_t n
     return 0;
 }
 
+/* Connection may not take Host away ("Connection: host" is a trick to make
+ * a next hop route by something else); the framing fields go anyway. */
 static int listed_in_connection(const struct http_msg *m, const struct http_hdr *h) {
-    if (in_set(h->name, h->nlen, never_listed, 3)) return 0;
+    if (span_eq(h->name, h->nlen, "host")) return 0;
     for (int i = 0; i < m->nhdr && i < m->max_hdr; i++) {
         const struct http_hdr *c = &m->hdr[i];
         if (!span_eq(c->name, c->nlen, "connection")) continue;
@@ -381,7 +557,8 @@ static int listed_in_connection(const struct http_msg *m, const struct http_hdr 
 }
 
 static int drop_header(const struct http_msg *m, const struct http_hdr *h) {
-    return in_set(h->name, h->nlen, hop_by_hop, sizeof(hop_by_hop) / sizeof(hop_by_hop[0])) ||
+    return in_set(h->name, h->nlen, hop_by_hop, NELEM(hop_by_hop)) ||
+           in_set(h->name, h->nlen, framing_fields, NELEM(framing_fields)) ||
            listed_in_connection(m, h);
 }
 
@@ -392,15 +569,28 @@ static void add_header(struct sbuf *out, const struct http_hdr *h) {
     sbuf_add(out, "\r\n", 2);
 }
 
+static void add_field(struct sbuf *out, const char *name, const char *value, size_t vlen) {
+    sbuf_adds(out, name);
+    sbuf_add(out, ": ", 2);
+    sbuf_add(out, value, vlen);
+    sbuf_add(out, "\r\n", 2);
+}
+
 static void add_target(struct sbuf *out, const struct http_msg *req, size_t strip_len) {
-    if (!strip_len || strip_len > req->url_len) {
-        sbuf_add(out, req->url, req->url_len);
+    if (!strip_len || strip_len > req->path_len) {
+        sbuf_add(out, req->path, req->path_len);
         return;
     }
-    const char *rest = req->url + strip_len;
-    size_t rlen = req->url_len - strip_len;
+    const char *rest = req->path + strip_len;
+    size_t rlen = req->path_len - strip_len;
     if (!rlen || rest[0] != '/') sbuf_add(out, "/", 1);
     sbuf_add(out, rest, rlen);
+}
+
+static void add_upgrade(struct sbuf *out, const struct http_msg *m) {
+    const struct http_hdr *up = http_find(m, "upgrade");
+    sbuf_adds(out, "Connection: Upgrade\r\n");
+    add_field(out, "Upgrade", up ? up->value : "", up ? up->vlen : 0);
 }
 
 void http_write_request(struct sbuf *out, const struct http_msg *req,
@@ -411,9 +601,11 @@ void http_write_request(struct sbuf *out, const struct http_msg *req,
     sbuf_addf(out, " HTTP/1.%d\r\n", req->minor);
     struct sbuf xff = {0};
     int has_id = 0;
+    if (req->authority) add_field(out, "Host", req->authority, req->authority_len);
     for (int i = 0; i < req->nhdr && i < req->max_hdr; i++) {
         const struct http_hdr *h = &req->hdr[i];
         if (drop_header(req, h)) continue;
+        if (req->authority && span_eq(h->name, h->nlen, "host")) continue;
         if (span_eq(h->name, h->nlen, "x-forwarded-for")) {
             if (h->vlen) {
                 sbuf_add(&xff, h->value, h->vlen);
@@ -427,21 +619,30 @@ void http_write_request(struct sbuf *out, const struct http_msg *req,
         if (span_eq(h->name, h->nlen, "x-request-id")) has_id = 1;
         add_header(out, h);
     }
+    if (req->framing == BODY_CHUNKED)
+        sbuf_adds(out, "Transfer-Encoding: chunked\r\n");
+    else if (req->has_length)
+        sbuf_addf(out, "Content-Length: %llu\r\n", (unsigned long long)req->content_length);
     sbuf_adds(out, "X-Forwarded-For: ");
     if (xff.len) sbuf_add(out, xff.data, xff.len);
     sbuf_free(&xff);
     sbuf_addf(out, "%s\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Port: %d\r\n", fi->client_ip,
               fi->listen_port);
     if (!has_id) sbuf_addf(out, "X-Request-Id: %s\r\n", fi->request_id);
-    if (req->upgrade) {
-        const struct http_hdr *up = http_find(req, "upgrade");
-        sbuf_adds(out, "Connection: Upgrade\r\nUpgrade: ");
-        sbuf_add(out, up->value, up->vlen);
-        sbuf_add(out, "\r\n", 2);
-    } else if (req->minor == 0) {
+    if (req->upgrade)
+        add_upgrade(out, req);
+    else if (req->minor == 0)
         sbuf_adds(out, "Connection: keep-alive\r\n");
-    }
     sbuf_add(out, "\r\n", 2);
+}
+
+/* What frames the response's body for the client. */
+static void add_response_framing(struct sbuf *out, const struct http_msg *resp, int client_minor) {
+    if (resp->status < 200 || resp->status == 204 || resp->status == 304) return;
+    if (resp->framing == BODY_LENGTH || (resp->framing == BODY_NONE && resp->has_length))
+        sbuf_addf(out, "Content-Length: %llu\r\n", (unsigned long long)resp->content_length);
+    else if (client_minor >= 1 && (resp->framing == BODY_CHUNKED || resp->te_chunked))
+        sbuf_adds(out, "Transfer-Encoding: chunked\r\n"); /* re-encoded by the pump; HEAD: as sent */
 }
 
 void http_write_response(struct sbuf *out, const struct http_msg *resp, int client_minor,
@@ -454,11 +655,9 @@ void http_write_response(struct sbuf *out, const struct http_msg *resp, int clie
     sbuf_add(out, "\r\n", 2);
     for (int i = 0; i < resp->nhdr && i < resp->max_hdr; i++)
         if (!drop_header(resp, &resp->hdr[i])) add_header(out, &resp->hdr[i]);
-    const struct http_hdr *up = resp->upgrade ? http_find(resp, "upgrade") : NULL;
-    if (up) {
-        sbuf_adds(out, "Connection: Upgrade\r\nUpgrade: ");
-        sbuf_add(out, up->value, up->vlen);
-        sbuf_add(out, "\r\n", 2);
+    add_response_framing(out, resp, client_minor);
+    if (resp->upgrade) {
+        add_upgrade(out, resp);
     } else if (resp->status >= 200) {
         if (!keep_alive)
             sbuf_adds(out, "Connection: close\r\n");

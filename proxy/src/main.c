@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 #include "accesslog.h"
@@ -37,6 +38,45 @@ static void log_start(const struct proxy_config *cfg, const struct worker *w0) {
         log_info("cluster %s: %s -> %zu backends, strategy %s", c->name, c->path_prefix,
                  c->nbackends, strategy_name(c->strategy));
     }
+}
+
+/* Descriptors kept for everything but client connections (listeners, loops,
+ * logs, health checks), and the most one client connection holds: its socket,
+ * its backend's, and a splice pipe per direction (cached per thread). */
+#define NOFILE_RESERVED       64
+#define NOFILE_PER_CONNECTION 4
+
+/* Raises RLIMIT_NOFILE's soft limit to its hard limit and returns
+ * max_connections capped to what the descriptors allow (at least 1). */
+static long nofile_setup(long max_connections) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0) {
+        log_warn("getrlimit(RLIMIT_NOFILE): %s: max_connections not capped", strerror(errno));
+        return max_connections;
+    }
+    rlim_t have = rl.rlim_cur;
+    if (have < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) == 0) {
+            log_info("RLIMIT_NOFILE raised from %llu to %llu (the hard limit)",
+                     (unsigned long long)have, (unsigned long long)rl.rlim_max);
+            have = rl.rlim_max;
+        } else {
+            log_warn("RLIMIT_NOFILE stays %llu: cannot raise it to %llu: %s",
+                     (unsigned long long)have, (unsigned long long)rl.rlim_max, strerror(errno));
+        }
+    } else {
+        log_info("RLIMIT_NOFILE %llu (the hard limit)", (unsigned long long)have);
+    }
+    long cap =
+        have > NOFILE_RESERVED ? (long)((have - NOFILE_RESERVED) / NOFILE_PER_CONNECTION) : 0;
+    if (cap < 1) cap = 1;
+    if (cap >= max_connections) return max_connections;
+    log_warn("limits.max_connections %ld capped to %ld by RLIMIT_NOFILE %llu (%d descriptors "
+             "reserved, %d a connection)",
+             max_connections, cap, (unsigned long long)have, NOFILE_RESERVED,
+             NOFILE_PER_CONNECTION);
+    return cap;
 }
 
 /* Waits for the workers to finish draining, at most drain_ms. */
@@ -206,6 +246,7 @@ int main(int argc, char **argv) {
         config_free(&cfg);
         return 0;
     }
+    atomic_store(&g_max_connections, nofile_setup(cfg.limits.max_connections));
     struct balancer bal;
     if (balancer_init(&bal, &cfg, cfg.threads) < 0) {
         log_error("out of memory");

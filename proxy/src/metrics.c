@@ -169,6 +169,12 @@ static void process_families(const struct admin_view *v, struct sbuf *out) {
         series(out, "lb_errors_total", NULL, "kind", lb_error_names[k]);
         value_line(out, sum.errors[k]);
     }
+    family(out, "lb_desync_requests_total", "counter",
+           "Requests by desync mitigation class (compliant, acceptable, ambiguous, severe).");
+    for (int k = 0; k < DESYNC_CLASSES; k++) {
+        series(out, "lb_desync_requests_total", NULL, "class", desync_class_names[k]);
+        value_line(out, sum.desync[k]);
+    }
     family(out, "lb_connections_active", "gauge", "Client connections open now.");
     sbuf_addf(out, "lb_connections_active %ld\n", atomic_load(&g_connections));
     family(out, "lb_connections_total", "counter", "Client connections accepted.");

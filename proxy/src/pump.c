@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -54,6 +55,8 @@ void pump_thread_cleanup(void) {
 static void finish(struct pump *p, int err) {
     p->active = 0;
     pump_release(p);
+    sbuf_free(&p->enc);
+    p->enc_off = 0;
     p->done(p, err);
 }
 
@@ -73,9 +76,11 @@ static void on_write(ev_op *op, int res) {
         finish(p, res < 0 ? res : -EPIPE);
         return;
     }
-    if (p->from_buffer) {
+    if (p->from_buffer && p->msg) {
+        p->enc_off += (size_t)res;
+        moved(p, (size_t)res, 1);
+    } else if (p->from_buffer) {
         p->in->pos += (size_t)res;
-        if (p->msg) p->checked -= (size_t)res;
         moved(p, (size_t)res, 1);
     } else {
         p->piped -= (size_t)res;
@@ -91,11 +96,16 @@ static void on_read(ev_op *op, int res) {
         finish(p, res);
         return;
     }
-    if (res == 0) { /* EOF: the end for a tunnel, a truncation otherwise */
+    if (res == 0) { /* EOF: the end for a tunnel or a drain to the close, a truncation otherwise */
         finish(p, p->left == PUMP_UNTIL_EOF && !p->msg ? 0 : -ECONNRESET);
         return;
     }
-    if (p->msg) {
+    p->received += (size_t)res;
+    if (p->drain && p->received > p->budget) {
+        finish(p, -EMSGSIZE);
+        return;
+    }
+    if (p->msg || p->pipe_r < 0) {
         p->in->len += (size_t)res;
     } else {
         p->piped += (size_t)res;
@@ -104,70 +114,95 @@ static void on_read(ev_op *op, int res) {
     step(p);
 }
 
-static void send_buffered(struct pump *p, size_t n) {
+static void send_from(struct pump *p, const char *data, size_t n) {
     p->from_buffer = 1;
     p->wr->cb = on_write;
     p->wr->ctx = p;
-    ev_send(p->loop, p->wr, p->dst, p->in->data + p->in->pos, n);
+    ev_send(p->loop, p->wr, p->dst, data, n);
+}
+
+/* Reads into the (empty) buffer: chunked bodies, drains, and a length body
+ * when no pipe could be had (EMFILE: the proxy's own limit, not the peer's
+ * fault, so the bytes take the slower way instead of failing). */
+static void read_to_buffer(struct pump *p, size_t max) {
+    p->in->pos = p->in->len = 0;
+    p->rd->cb = on_read;
+    p->rd->ctx = p;
+    ev_recv(p->loop, p->rd, p->src, p->in->data, max < p->in->cap ? max : p->in->cap);
 }
 
 static void step_length(struct pump *p) {
-    if (p->piped) {
-        p->from_buffer = 0;
-        p->wr->cb = on_write;
-        p->wr->ctx = p;
-        ev_splice_out(p->loop, p->wr, p->pipe_r, p->dst, p->piped);
+    for (;;) {
+        if (p->piped) {
+            p->from_buffer = 0;
+            p->wr->cb = on_write;
+            p->wr->ctx = p;
+            ev_splice_out(p->loop, p->wr, p->pipe_r, p->dst, p->piped);
+            return;
+        }
+        size_t avail = p->in->len - p->in->pos;
+        if (avail && p->left) {
+            size_t n = p->left < avail ? (size_t)p->left : avail;
+            if (!p->drain) {
+                send_from(p, p->in->data + p->in->pos, n);
+                return;
+            }
+            p->in->pos += n; /* drained */
+            if (p->left != PUMP_UNTIL_EOF) p->left -= n;
+            continue;
+        }
+        if (!p->left) {
+            finish(p, 0);
+            return;
+        }
+        if (p->drain || pipe_get(p) < 0) {
+            read_to_buffer(p, p->left < SIZE_MAX ? (size_t)p->left : SIZE_MAX);
+            return;
+        }
+        p->rd->cb = on_read;
+        p->rd->ctx = p;
+        ev_splice_in(p->loop, p->rd, p->src, p->pipe_w,
+                     p->left < PIPE_SIZE ? (size_t)p->left : PIPE_SIZE);
         return;
     }
-    size_t avail = p->in->len - p->in->pos;
-    if (avail && p->left) {
-        send_buffered(p, p->left < avail ? (size_t)p->left : avail);
-        return;
-    }
-    if (!p->left) {
-        finish(p, 0);
-        return;
-    }
-    int r = pipe_get(p);
-    if (r < 0) {
-        finish(p, r);
-        return;
-    }
-    p->rd->cb = on_read;
-    p->rd->ctx = p;
-    ev_splice_in(p->loop, p->rd, p->src, p->pipe_w,
-                 p->left < PIPE_SIZE ? (size_t)p->left : PIPE_SIZE);
 }
 
-int pump_check_chunked(struct pump *p) {
-    size_t avail = p->in->len - p->in->pos;
-    if (p->complete || p->checked >= avail) return 0;
-    size_t used;
-    int r = http_parse_chunked(p->msg, p->in->data + p->in->pos + p->checked, avail - p->checked,
-                               &used);
+/* One pass of the decoder over what is buffered. */
+static int decode(struct pump *p) {
+    size_t avail = p->in->len - p->in->pos, used;
+    if (p->complete || !avail) return 0;
+    int r = http_dechunk(p->msg, p->in->data + p->in->pos, avail, &used,
+                         p->drain ? NULL : &p->enc, p->rechunk);
     if (r < 0) return -EBADMSG;
-    p->checked += used;
+    p->in->pos += used;
     if (r == HTTP_BODY_DONE) p->complete = 1;
     return 0;
 }
 
+int pump_decode_buffered(struct pump *p) {
+    return decode(p);
+}
+
 static void step_chunked(struct pump *p) {
-    if (pump_check_chunked(p) < 0) {
-        finish(p, -EBADMSG);
-        return;
+    for (;;) {
+        if (p->enc_off < p->enc.len) {
+            send_from(p, p->enc.data + p->enc_off, p->enc.len - p->enc_off);
+            return;
+        }
+        p->enc.len = p->enc_off = 0;
+        if (p->complete) {
+            finish(p, 0);
+            return;
+        }
+        if (p->in->len == p->in->pos) {
+            read_to_buffer(p, SIZE_MAX);
+            return;
+        }
+        if (decode(p) < 0) {
+            finish(p, -EBADMSG);
+            return;
+        }
     }
-    if (p->checked) {
-        send_buffered(p, p->checked);
-        return;
-    }
-    if (p->complete) {
-        finish(p, 0);
-        return;
-    }
-    p->in->pos = p->in->len = 0;
-    p->rd->cb = on_read;
-    p->rd->ctx = p;
-    ev_recv(p->loop, p->rd, p->src, p->in->data, p->in->cap);
 }
 
 static void step(struct pump *p) {
@@ -186,16 +221,19 @@ void pump_init(struct pump *p, ev_loop *loop, void *owner, pump_fn done) {
 }
 
 void pump_prepare(struct pump *p, ev_op *rd, int src, struct iobuf *in, ev_op *wr, int dst,
-                  struct http_msg *chunked_msg) {
+                  struct http_msg *chunked_msg, int rechunk) {
     p->rd = rd;
     p->src = src;
     p->in = in;
     p->wr = wr;
     p->dst = dst;
     p->msg = chunked_msg;
-    p->checked = 0;
+    p->rechunk = rechunk;
+    p->enc.len = p->enc_off = 0;
     p->complete = 0;
-    p->moved = p->copied = 0;
+    p->received = p->moved = p->copied = 0;
+    p->budget = UINT64_MAX;
+    p->drain = 0;
     p->aborted = 0;
     p->failed_at_dst = 0;
 }
@@ -206,9 +244,25 @@ void pump_start(struct pump *p, uint64_t length) {
     step(p);
 }
 
+void pump_start_drain(struct pump *p, uint64_t length, uint64_t budget) {
+    p->drain = 1;
+    p->dst = -1;
+    p->wr = NULL;
+    p->budget = budget;
+    pump_start(p, length);
+}
+
+int pump_waits_for_source(const struct pump *p) {
+    return p->active && ev_op_busy(p->rd) && p->rd->ctx == p;
+}
+
+void pump_free(struct pump *p) {
+    sbuf_free(&p->enc);
+}
+
 void pump_abort(struct pump *p) {
     if (!p->active) return;
     p->aborted = 1;
     if (ev_op_busy(p->rd) && p->rd->ctx == p) ev_cancel(p->loop, p->rd);
-    if (ev_op_busy(p->wr) && p->wr->ctx == p) ev_cancel(p->loop, p->wr);
+    if (p->wr && ev_op_busy(p->wr) && p->wr->ctx == p) ev_cancel(p->loop, p->wr);
 }

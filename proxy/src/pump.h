@@ -1,7 +1,10 @@
 /* A pump moves one direction of a connection pair: the bytes already read
  * into the source's buffer first, then the rest of the body. Bodies of known
- * length and tunnels go socket -> pipe -> socket with splice; chunked bodies
- * pass through the buffer, their framing checked by llhttp as they go. */
+ * length and tunnels go socket -> pipe -> socket with splice (through the
+ * buffer when no pipe can be had); chunked bodies are decoded and written
+ * out canonically re-encoded (or de-chunked), never relayed byte for byte.
+ * Without a sink (dst < 0) a pump drains: it reads and drops a body the
+ * other side will not take, so that it is never read as requests. */
 #ifndef LB_PUMP_H
 #define LB_PUMP_H
 
@@ -24,16 +27,21 @@ struct pump {
     ev_loop *loop;
     ev_op *rd, *wr; /* the source's read-side op and the sink's write-side op */
     int src, dst;
+    int drain;      /* no sink: what is read is dropped */
     struct iobuf *in;     /* the source's buffer */
     struct http_msg *msg; /* chunked: the message whose body this is */
-    uint64_t left;        /* length mode: bytes still to move, or PUMP_UNTIL_EOF */
-    size_t checked;       /* chunked: bytes at in->pos validated, not yet sent */
-    int complete;         /* chunked: the last chunk was seen */
+    int rechunk;          /* chunked: re-encode (else de-chunk) */
+    struct sbuf enc;      /* chunked: decoded bytes waiting to be written */
+    size_t enc_off;
+    uint64_t left;    /* length mode: bytes still to move, or PUMP_UNTIL_EOF */
+    uint64_t budget;  /* drain: most bytes to read, then -EMSGSIZE */
+    int complete;     /* chunked: the last chunk was seen */
     int active, aborted;
     int failed_at_dst; /* set with an error: the sink, not the source, failed */
-    int from_buffer;   /* the pending write is a send from in, not a splice */
+    int from_buffer;   /* the pending write is a send from in or enc, not a splice */
     int pipe_r, pipe_w;
     size_t piped;
+    uint64_t received;      /* bytes read from the source (its buffer included) */
     uint64_t moved, copied; /* bytes delivered; of which from user space */
     pump_fn done;           /* err: 0, -errno, -EBADMSG for bad chunk framing */
     pump_fn progress;       /* optional, after each step that moved bytes */
@@ -42,17 +50,25 @@ struct pump {
 
 void pump_init(struct pump *p, ev_loop *loop, void *owner, pump_fn done);
 /* Sets the two ends for the next run; chunked_msg (or NULL) is the message
- * whose chunked body is to be checked as it passes. */
+ * whose chunked body is to be decoded as it passes, re-encoded if rechunk,
+ * else de-chunked. */
 void pump_prepare(struct pump *p, ev_op *rd, int src, struct iobuf *in, ev_op *wr, int dst,
-                  struct http_msg *chunked_msg);
+                  struct http_msg *chunked_msg, int rechunk);
 /* Starts moving `length` bytes (or PUMP_UNTIL_EOF) from src to dst; for a
  * chunked body, up to the end of its last chunk. */
 void pump_start(struct pump *p, uint64_t length);
-/* Validates the chunked bytes already buffered, without any I/O: 0, or
- * -EBADMSG when they are malformed. */
-int pump_check_chunked(struct pump *p);
+/* Drains: reads and drops `length` bytes (PUMP_UNTIL_EOF: up to the close;
+ * chunked: to the end of the body), at most budget bytes. */
+void pump_start_drain(struct pump *p, uint64_t length, uint64_t budget);
+/* Decodes the chunked bytes already buffered, without any I/O: 0, or
+ * -EBADMSG when they are malformed (nothing of the body has left then). */
+int pump_decode_buffered(struct pump *p);
 /* Stops issuing ops: a pending one completes (cancelled) and done runs. */
 void pump_abort(struct pump *p);
+/* Whether the pump waits for its source (not for its sink). */
+int pump_waits_for_source(const struct pump *p);
+/* Frees what a finished pump still holds (its encoding buffer). */
+void pump_free(struct pump *p);
 /* Closes the thread's cached pipes, at thread exit. */
 void pump_thread_cleanup(void);
 

@@ -29,6 +29,7 @@ static void restart_notes(const struct proxy_config *boot, const struct proxy_co
         {"admin", boot->admin_set != next->admin_set || strcmp(boot->admin_text, next->admin_text)},
         {"access_log", strcmp(boot->access_log, next->access_log)},
         {"log_level", boot->log_level != next->log_level},
+        {"desync_mitigation", boot->desync_mode != next->desync_mode},
         {"cloudwatch", memcmp(&boot->cloudwatch, &next->cloudwatch, sizeof(boot->cloudwatch))},
         {"limits", memcmp(&boot->limits, &next->limits, sizeof(boot->limits))},
         {"timeouts_ms", memcmp(&boot->timeouts_ms, &next->timeouts_ms, sizeof(boot->timeouts_ms))},

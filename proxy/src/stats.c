@@ -70,4 +70,6 @@ void worker_counters_add(const struct worker_counters *c, struct worker_sums *ou
     out->copied_bytes += ctr_get(&c->copied_bytes);
     for (int k = 0; k < ERR_COUNT; k++)
         out->errors[k] += ctr_get(&c->errors[k]);
+    for (int k = 0; k < LB_DESYNC_CLASSES; k++)
+        out->desync[k] += ctr_get(&c->desync[k]);
 }

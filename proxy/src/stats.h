@@ -46,12 +46,17 @@ enum lb_error {
 extern const char *const lb_error_names[ERR_COUNT];
 extern const char *const lb_status_classes[5]; /* "1xx" .. "5xx" */
 
+/* Requests by desync class (enum desync_class in http.h: compliant,
+ * acceptable, ambiguous, severe). */
+#define LB_DESYNC_CLASSES 4
+
 /* What one worker counted for the whole process. */
 struct worker_counters {
     atomic_ullong connections; /* accepted */
     atomic_ullong bytes_in, bytes_out;
     atomic_ullong copied_bytes; /* body bytes that passed through user space */
     atomic_ullong errors[ERR_COUNT];
+    atomic_ullong desync[LB_DESYNC_CLASSES];
 };
 
 /* Only the owning thread calls these. */
@@ -78,6 +83,7 @@ void cluster_counters_sum(const struct cluster_counters *per_worker, int nworker
 
 struct worker_sums {
     uint64_t connections, bytes_in, bytes_out, copied_bytes, errors[ERR_COUNT];
+    uint64_t desync[LB_DESYNC_CLASSES];
 };
 /* Adds one worker's counters to out. */
 void worker_counters_add(const struct worker_counters *c, struct worker_sums *out);

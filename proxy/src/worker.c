@@ -3,9 +3,11 @@
 #include "worker.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "accesslog.h"
@@ -15,8 +17,18 @@
 atomic_int g_draining;
 atomic_int g_stop_now;
 atomic_long g_connections;
+atomic_long g_max_connections; /* main() sets it before any worker starts */
+
+/* A listener out of descriptors (or kernel memory) pauses: its accepts wait
+ * ACCEPT_PAUSE_MIN_MS, doubling up to ACCEPT_PAUSE_MAX_MS while they keep
+ * failing, instead of failing again at once (a spin: the pending connection
+ * keeps the listener ready). One log line per ACCEPT_LOG_EVERY_MS at most. */
+#define ACCEPT_PAUSE_MIN_MS 10
+#define ACCEPT_PAUSE_MAX_MS 1000
+#define ACCEPT_LOG_EVERY_MS 10000
 
 static void on_accept(ev_op *op, int res);
+static void on_accept_backoff(ev_timer *t);
 
 uint64_t worker_random(struct worker *w) {
     /* xorshift64*: request ids and tie-breaks, not secrets */
@@ -52,6 +64,7 @@ int worker_init(struct worker *w, int id, const struct proxy_config *cfg, struct
     }
     for (int i = 0; i < ACCEPTS_IN_FLIGHT; i++)
         ev_op_init(&w->accept_op[i], on_accept, w);
+    ev_timer_init(&w->accept_backoff, on_accept_backoff, w);
     return 0;
 }
 
@@ -66,24 +79,76 @@ static int accepts_idle(const struct worker *w) {
     return 1;
 }
 
+/* Failures that the next accept would repeat until something is freed. */
+static int accept_starved(int res) {
+    return res == -EMFILE || res == -ENFILE || res == -ENOBUFS || res == -ENOMEM;
+}
+
+/* Counts a refused accept; logs the count at most once per interval. */
+static void accept_note_refusal(struct worker *w, int res) {
+    uint64_t now = ev_now_ms(w->loop);
+    w->accept_refusals++;
+    if (w->accept_logged_ms && now - w->accept_logged_ms < ACCEPT_LOG_EVERY_MS) return;
+    struct rlimit rl;
+    char limit[32] = "?";
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+        snprintf(limit, sizeof(limit), "%llu", (unsigned long long)rl.rlim_cur);
+    if (!w->accept_logged_ms)
+        log_warn("accept: %s (RLIMIT_NOFILE %s): listener paused, retrying in %u to %u ms",
+                 strerror(-res), limit, ACCEPT_PAUSE_MIN_MS, ACCEPT_PAUSE_MAX_MS);
+    else
+        log_warn("accept: %s (RLIMIT_NOFILE %s): listener paused, %llu refusals in the last "
+                 "%llu s",
+                 strerror(-res), limit, (unsigned long long)w->accept_refusals,
+                 (unsigned long long)((now - w->accept_logged_ms + 500) / 1000));
+    w->accept_logged_ms = now ? now : 1;
+    w->accept_refusals = 0;
+}
+
+/* Leaves op idle (paused) and arms the backoff timer, unless it already runs
+ * for another paused accept: one wait, and one doubling, per interval. */
+static void accept_pause(struct worker *w, int res) {
+    accept_note_refusal(w, res);
+    if (ev_timer_armed(&w->accept_backoff)) return;
+    uint32_t delay = w->accept_delay_ms ? w->accept_delay_ms : ACCEPT_PAUSE_MIN_MS;
+    ev_timer_start(w->loop, &w->accept_backoff, delay);
+    w->accept_delay_ms = delay * 2 > ACCEPT_PAUSE_MAX_MS ? ACCEPT_PAUSE_MAX_MS : delay * 2;
+}
+
+/* Re-arms every accept not in flight (outside a drain, only paused ones are
+ * idle). */
+static void on_accept_backoff(ev_timer *t) {
+    struct worker *w = t->ctx;
+    if (w->draining || w->listen_fd < 0) return;
+    for (int i = 0; i < ACCEPTS_IN_FLIGHT; i++)
+        if (!ev_op_busy(&w->accept_op[i])) ev_accept(w->loop, &w->accept_op[i], w->listen_fd);
+}
+
 static void on_accept(ev_op *op, int res) {
     struct worker *w = op->ctx;
     if (res >= 0) {
+        w->accept_delay_ms = 0;
         long n = atomic_fetch_add_explicit(&g_connections, 1, memory_order_relaxed);
-        if (w->draining || n >= w->cfg->limits.max_connections) {
+        if (w->draining || n >= atomic_load_explicit(&g_max_connections, memory_order_relaxed)) {
             atomic_fetch_sub_explicit(&g_connections, 1, memory_order_relaxed);
             close(res);
         } else {
             client_accept(w, res);
         }
-    } else if (res != -ECANCELED && res != -EAGAIN && res != -ECONNABORTED && res != -EINTR) {
+    } else if (res != -ECANCELED && res != -EAGAIN && res != -ECONNABORTED && res != -EINTR &&
+               !accept_starved(res)) {
         log_warn("accept: %s", strerror(-res));
     }
-    if (!w->draining && w->listen_fd >= 0) ev_accept(w->loop, op, w->listen_fd);
+    if (w->draining || w->listen_fd < 0) return; /* idle: the drain closes the listener */
+    if (accept_starved(res))
+        accept_pause(w, res);
+    else
+        ev_accept(w->loop, op, w->listen_fd);
 }
 
 static void start_drain(struct worker *w) {
     w->draining = 1;
+    ev_timer_stop(w->loop, &w->accept_backoff); /* paused accepts stay idle */
     for (int i = 0; i < ACCEPTS_IN_FLIGHT; i++)
         ev_cancel(w->loop, &w->accept_op[i]);
     clients_close_idle(w);

@@ -39,7 +39,11 @@ struct worker {
     const struct proxy_config *cfg;
     struct balancer *bal;
     int listen_fd;
-    ev_op accept_op[ACCEPTS_IN_FLIGHT];
+    ev_op accept_op[ACCEPTS_IN_FLIGHT]; /* idle while the listener is paused */
+    ev_timer accept_backoff;            /* armed while the listener is paused */
+    uint32_t accept_delay_ms;           /* the next pause; 0: accepts succeed */
+    uint64_t accept_refusals;           /* failed accepts not yet logged */
+    uint64_t accept_logged_ms;          /* when the last refusal line was logged; 0: never */
     struct upconn *lru_head, *lru_tail; /* every idle backend connection, oldest first */
     ev_timer sweep;                     /* closes idle connections too old to trust */
     struct client *clients;             /* every open client connection */
@@ -56,6 +60,8 @@ struct worker {
 extern atomic_int g_draining;
 extern atomic_int g_stop_now;
 extern atomic_long g_connections;
+/* limits.max_connections capped by RLIMIT_NOFILE; set before the workers start. */
+extern atomic_long g_max_connections;
 
 int worker_init(struct worker *w, int id, const struct proxy_config *cfg, struct balancer *bal);
 void *worker_main(void *arg);

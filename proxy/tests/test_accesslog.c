@@ -20,7 +20,9 @@
 static char dir[64];
 static const char *const keys[] = {"time",      "client",      "method",     "path",
                                    "status",    "cluster",     "backend",    "bytes_in",
-                                   "bytes_out", "duration_us", "backend_us", "request_id"};
+                                   "bytes_out", "duration_us", "backend_us", "request_id",
+                                   "desync_class", "desync_reason"};
+#define NKEYS (sizeof(keys) / sizeof(keys[0]))
 
 static char *tmp_path(const char *name) {
     static char paths[16][128];
@@ -121,7 +123,7 @@ static int valid_utf8(const char *str) {
     return 1;
 }
 
-/* Parses a line, checks it is valid UTF-8 with the twelve keys in order. */
+/* Parses a line, checks it is valid UTF-8 with every key in order. */
 static cJSON *parse_line(const char *line) {
     CHECK(valid_utf8(line));
     cJSON *j = cJSON_Parse(line);
@@ -132,8 +134,8 @@ static cJSON *parse_line(const char *line) {
     }
     int i = 0, in_order = 1;
     for (cJSON *c = j->child; c; c = c->next, i++)
-        if (i >= 12 || strcmp(c->string, keys[i])) in_order = 0;
-    CHECK(in_order && i == 12);
+        if (i >= (int)NKEYS || strcmp(c->string, keys[i])) in_order = 0;
+    CHECK(in_order && i == (int)NKEYS);
     return j;
 }
 
@@ -164,7 +166,8 @@ static struct alog_entry entry(const char *path, const char *id) {
                                .bytes_out = 4096,
                                .duration_us = 1500,
                                .backend_us = 1200,
-                               .request_id = id};
+                               .request_id = id,
+                               .desync_class = "compliant"};
 }
 
 static struct alog *open_log(const char *path, int nthreads) {
@@ -208,7 +211,8 @@ static void test_fields(void) {
               "{\"time\":\"2026-11-27T22:50:01.123Z\",\"client\":\"10.0.0.7\",\"method\":\"GET\","
               "\"path\":\"/v1/items?id=3\",\"status\":200,\"cluster\":\"api\",\"backend\":"
               "\"127.0.0.1:9001\",\"bytes_in\":120,\"bytes_out\":4096,\"duration_us\":1500,"
-              "\"backend_us\":1200,\"request_id\":\"req-1\"}");
+              "\"backend_us\":1200,\"request_id\":\"req-1\",\"desync_class\":\"compliant\","
+              "\"desync_reason\":null}");
     cJSON *j = parse_line(fl.lines[0]);
     cJSON_Delete(j);
     j = parse_line(fl.lines[1]);
