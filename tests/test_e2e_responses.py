@@ -71,10 +71,6 @@ class Recorder:
             return {x[0] for p, reqs in self.requests.items() if p.startswith(prefix)
                     for x in reqs}
 
-    def events_for(self, path):
-        with self.cond:
-            return [e[2] for e in self.events.get(path, [])]
-
     def wait_event(self, path, timeout=3.0):
         """The first event recorded for path, waiting up to timeout; None."""
         deadline = time.monotonic() + timeout
