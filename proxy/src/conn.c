@@ -424,7 +424,6 @@ static void classify(struct client *c, enum desync_class k, const char *why) {
 
 /* A head the proxy will not forward: counted as a request to no cluster. */
 static void head_error(struct client *c, int status) {
-    if (status == 400) classify(c, DESYNC_SEVERE, c->req.why);
     log_debug("client %s: %d: %s", c->ip, status, c->req.why ? c->req.why : "");
     count_error(c, status == 431 ? ERR_HEADER_TOO_LARGE : ERR_BAD_REQUEST);
     reply_error(c, status);
@@ -459,6 +458,7 @@ static void parse_head(struct client *c) {
         return;
     }
     if (r < 0) {
+        if (r == -400) classify(c, DESYNC_SEVERE, c->req.why);
         head_error(c, -r);
         return;
     }
@@ -737,7 +737,7 @@ static void on_reqp_done(struct pump *p, int err) {
     ev_timer_stop(loop_of(c), &c->body_timer);
     c->req_done = 1;
     c->req_err = err;
-    c->body_read = !err;
+    c->body_read = pump_source_done(p);
     if (err == -EBADMSG) {
         classify(c, DESYNC_SEVERE, c->req.why);
         count_error(c, ERR_BAD_REQUEST);

@@ -354,6 +354,7 @@ static int split_target(struct http_msg *m) {
     size_t n = m->url_len, skip = 0;
     m->path = u;
     m->path_len = n;
+    if (m->method == HTTP_CONNECT) return 0; /* authority-form: refused by the proxy (405) */
     if (n && u[0] == '/') return 0;
     if (n == 1 && u[0] == '*' && m->method == HTTP_OPTIONS) return 0;
     if (n > 7 && !strncasecmp(u, "http://", 7))

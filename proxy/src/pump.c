@@ -256,6 +256,10 @@ int pump_waits_for_source(const struct pump *p) {
     return p->active && ev_op_busy(p->rd) && p->rd->ctx == p;
 }
 
+int pump_source_done(const struct pump *p) {
+    return p->msg ? p->complete : p->left == 0;
+}
+
 void pump_free(struct pump *p) {
     sbuf_free(&p->enc);
 }

@@ -67,6 +67,9 @@ int pump_decode_buffered(struct pump *p);
 void pump_abort(struct pump *p);
 /* Whether the pump waits for its source (not for its sink). */
 int pump_waits_for_source(const struct pump *p);
+/* Whether the source gave the whole body (its last chunk, or every byte of
+ * its length, read), even when the sink then failed. */
+int pump_source_done(const struct pump *p);
 /* Frees what a finished pump still holds (its encoding buffer). */
 void pump_free(struct pump *p);
 /* Closes the thread's cached pipes, at thread exit. */
