@@ -458,7 +458,7 @@ static void parse_head(struct client *c) {
         return;
     }
     if (r < 0) {
-        if (r == -400) classify(c, DESYNC_SEVERE, c->req.why);
+        if (r != -431) classify(c, DESYNC_SEVERE, c->req.why);
         head_error(c, -r);
         return;
     }

@@ -251,6 +251,9 @@ static const char *field_problem(const struct http_msg *m) {
         const struct http_hdr *h = &m->hdr[i];
         if (h->nlen == 0) return "empty field name";
         if (h->name[h->nlen] != ':') return "whitespace before a colon";
+        /* a value that starts on a continuation line ("X:" CRLF SP "v") */
+        for (const char *p = h->name + h->nlen + 1; h->vlen && p < h->value; p++)
+            if (*p == '\r' || *p == '\n') return "obs-fold";
         for (uint32_t j = 0; j < h->vlen; j++) {
             unsigned char c = (unsigned char)h->value[j];
             if ((c < 0x20 && c != '\t') || c == 0x7f) return "control byte in a field value";
@@ -381,7 +384,14 @@ static int finish_request_head(struct http_msg *m, const char *buf) {
     m->method = p->method;
     m->major = p->http_major;
     m->minor = p->http_minor;
-    if (m->major != 1 || m->minor > 1) return m->why = "HTTP version", -505;
+    if (m->major == 0) {
+        note(m, DESYNC_SEVERE, "no HTTP version in the request line");
+        return -400;
+    }
+    if (m->major != 1 || m->minor > 1) {
+        note(m, DESYNC_SEVERE, "unsupported HTTP version");
+        return -505;
+    }
     if (m->too_many) return m->why = "too many fields", -431;
     if ((why = line_end_problem(buf, m->head_len)) || (why = field_problem(m))) {
         note(m, DESYNC_SEVERE, why);
@@ -472,10 +482,17 @@ int http_dechunk(struct http_msg *m, const char *data, size_t len, size_t *used,
     m->body_out = NULL;
     if (e == HPE_OK) {
         *used = len;
+        if (len) m->body_tail = data[len - 1];
         return HTTP_NEED_MORE;
     }
     if (e == HPE_PAUSED) {
         *used = (size_t)(llhttp_get_error_pos(&m->parser) - data);
+        /* strict llhttp still takes a bare LF as the trailer section's end */
+        char before = *used >= 2 ? data[*used - 2] : m->body_tail;
+        if (before != '\r') {
+            m->why = "bare LF ending the chunked body";
+            return -1;
+        }
         if (out && rechunk) sbuf_add(out, "0\r\n\r\n", 5);
         return HTTP_BODY_DONE;
     }
