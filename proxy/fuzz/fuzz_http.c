@@ -49,7 +49,7 @@
 #include "http.h"
 
 #define MAX_HEADERS 100
-#define MAX_MSGS 64 /* messages the client's parser may see (1xx + final) */
+#define MAX_MSGS    64 /* messages the client's parser may see (1xx + final) */
 
 #define CHECK(c)                                                                                   \
     do {                                                                                           \
@@ -230,8 +230,8 @@ static int is_tchar(char c) {
  * complete body it accepts, data in out, *end the bytes it spans; 0: not
  * accepted or not sure (nothing is claimed then). */
 static int ref_dechunk(const char *s, size_t n, struct sbuf *out, size_t *end) {
-    static const char *const special[] = {"content-length", "transfer-encoding", "connection",
-                                          "proxy-connection", "upgrade", "keep-alive"};
+    static const char *const special[] = {"content-length",   "transfer-encoding", "connection",
+                                          "proxy-connection", "upgrade",           "keep-alive"};
     size_t i = 0;
     for (;;) {
         uint64_t size = 0;
@@ -241,7 +241,10 @@ static int ref_dechunk(const char *s, size_t n, struct sbuf *out, size_t *end) {
             if (size >> 40) return 0;
         }
         if (i == d) return 0;
-        while (i < n && s[i] == ';') {
+        for (int valued = 0; i < n && s[i] == ';';) {
+            /* llhttp 8.1 refuses another extension after a token value
+             * ("0;a=b;c"): not claimed either way */
+            if (valued) return 0;
             size_t t = ++i;
             while (i < n && is_tchar(s[i]))
                 i++;
@@ -251,6 +254,7 @@ static int ref_dechunk(const char *s, size_t n, struct sbuf *out, size_t *end) {
                 while (i < n && is_tchar(s[i]))
                     i++;
                 if (i == t) return 0;
+                valued = 1;
             }
         }
         if (!crlf_at(s, n, i)) return 0;
@@ -402,7 +406,7 @@ static void request_mode(const char *buf, size_t len, size_t step) {
     }
     CHECK(be.begun == 1);
     CHECK(be.msg[0].method == m.method && be.msg[0].major == 1 && be.msg[0].minor == m.minor);
-    CHECK(be.url.len == m.path_len && !memcmp(be.url.data, m.path, m.path_len));
+    CHECK(be.url.len == m.path_len && (!m.path_len || !memcmp(be.url.data, m.path, m.path_len)));
     CHECK(same_bytes(&be.body, &body));
     CHECK(be.msg[0].cl_lines + be.msg[0].te_lines <= 1 && head_len <= wire.len);
     peer_free(&be);
@@ -463,8 +467,8 @@ static void response_mode(unsigned flags, const char *buf, size_t len, size_t st
             break;
         }
         case BODY_CHUNKED:
-            complete = proxy_dechunk(&m, b, n, step, client_minor >= 1, &wire, &body) ==
-                       HTTP_BODY_DONE;
+            complete =
+                proxy_dechunk(&m, b, n, step, client_minor >= 1, &wire, &body) == HTTP_BODY_DONE;
             eof_framed = client_minor == 0;
             break;
         case BODY_UNTIL_CLOSE:

@@ -331,6 +331,9 @@ static int read_framing(struct http_msg *m) {
         if (!chunked_ok) return m->why = "chunked not once and last in Transfer-Encoding", -1;
         if (codings != 1) return m->why = "a transfer coding other than chunked", -1;
         if (m->minor == 0) return m->why = "Transfer-Encoding in HTTP/1.0", -1;
+        /* what llhttp will decode by ("chunked," is not chunked to it) */
+        if (!(m->parser.flags & F_CHUNKED))
+            return m->why = "Transfer-Encoding llhttp does not take as chunked", -1;
         m->te_chunked = 1;
         m->framing = BODY_CHUNKED;
     } else if (ncl) {
@@ -375,6 +378,12 @@ static int split_target(struct http_msg *m) {
     m->authority_len = a - skip;
     m->path = u + a;
     m->path_len = n - a;
+    if (!m->path_len) {
+        m->path = "/"; /* RFC 9112 3.2.1: an empty path is "/" */
+        m->path_len = 1;
+    } else if (m->path[0] != '/') {
+        return m->why = "absolute-form target with a query but no path", -1;
+    }
     return 0;
 }
 
@@ -438,6 +447,7 @@ static int finish_response_head(struct http_msg *m, const char *buf, int respons
     m->major = p->http_major;
     m->minor = p->http_minor;
     if (m->major != 1) why = "HTTP version";
+    else if (m->status < 100) why = "status code below 100";
     else if (m->too_many) why = "too many fields";
     else if (!(why = line_end_problem(buf, m->head_len)) && !(why = field_problem(m)) &&
              read_framing(m) < 0)
