@@ -689,3 +689,39 @@ def first_difference(got, want):
         return "%d vs %d bytes, first difference at offset %d: got %s, want %s" % (
             len(got), len(want), i, bytes(got[i:i + 12]).hex(), bytes(want[i:i + 12]).hex())
     return "%d vs %d bytes, equal up to the shorter length" % (len(got), len(want))
+
+
+# --------------------------------------------------------------------------
+# The desync mitigation's observable parts (tests/test_e2e_desync*.py).
+
+DESYNC_CLASSES = ("compliant", "acceptable", "ambiguous", "severe")
+
+
+def desync_counts(admin_port):
+    """lb_desync_requests_total by class, from the admin listener's /metrics
+    (0 where a class has no sample)."""
+    import promtext
+    st, _, body = admin_get(admin_port, "/metrics")
+    if st != 200:
+        raise AssertionError("/metrics answered %d" % st)
+    fams = promtext.parse(body.decode())
+    return {k: promtext.sum_values(fams, "lb_desync_requests_total", **{"class": k})
+            for k in DESYNC_CLASSES}
+
+
+def read_access_log(path):
+    """Every line of a JSON access log so far, parsed ({"unparsable": text}
+    for a line that is not JSON); [] before the file exists."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in data.split(b"\n"):
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                out.append({"unparsable": line.decode("latin-1")})
+    return out

@@ -21,14 +21,13 @@ import tempfile
 import time
 import unittest
 
-import promtext
-from lbtest import (PROXY_BIN, LBTestCase, SharedLBTestCase, admin_get, connect, free_port,
+from lbtest import (PROXY_BIN, desync_counts, read_access_log,
+                    LBTestCase, SharedLBTestCase, connect, free_port,
                     status_of, wait_routable, wait_until)
 from rawbackend import RawBackend
 from test_e2e_errors import exchange, split_response
 
 MODES = ("defensive", "strictest", "monitor")
-CLASSES = ("compliant", "acceptable", "ambiguous", "severe")
 
 
 # --------------------------------------------------------------------------
@@ -86,29 +85,8 @@ def canonical_chunked(raw):
     raise AssertionError("too many chunks")
 
 
-def metrics(admin_port):
-    """lb_desync_requests_total by class (0 where there is no sample)."""
-    st, _, body = admin_get(admin_port, "/metrics")
-    assert st == 200, st
-    fams = promtext.parse(body.decode())
-    return {c: promtext.sum_values(fams, "lb_desync_requests_total", **{"class": c})
-            for c in CLASSES}
 
 
-def read_log(path):
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        return []
-    out = []
-    for line in data.split(b"\n"):
-        if line.strip():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                out.append({"unparsable": line.decode("latin-1")})
-    return out
 
 
 def closed_soon(sock, timeout=2.0):
@@ -246,7 +224,7 @@ class RawProxyCase(SharedLBTestCase):
         return rd.read_response(), s, rd
 
     def log_offset(self):
-        return len(read_log(self.alog))
+        return len(read_access_log(self.alog))
 
 
 # --------------------------------------------------------------------------
@@ -444,9 +422,9 @@ class DataPath(RawProxyCase):
         r = rd.read_response()
         self.assertEqual(r.status, 200, r.body[:200])
         wait_until(lambda: any(l.get("request_id") == "alog-forge-1"
-                               for l in read_log(self.alog)[off:]), 3)
-        lines = [l for l in read_log(self.alog)[off:] if l.get("request_id") == "alog-forge-1"]
-        self.assertEqual(len(lines), 1, read_log(self.alog)[off:])
+                               for l in read_access_log(self.alog)[off:]), 3)
+        lines = [l for l in read_access_log(self.alog)[off:] if l.get("request_id") == "alog-forge-1"]
+        self.assertEqual(len(lines), 1, read_access_log(self.alog)[off:])
         self.assertEqual(lines[0]["path"], "/cluster1/real")
 
     # (6) absolute-form
@@ -696,7 +674,7 @@ class ModeTests:
     def counted(self, data, path, cls):
         """Sends data: lb_desync_requests_total{class=cls} moves by one,
         and the access log's new line carries desync_class cls."""
-        before = metrics(self.admin)
+        before = desync_counts(self.admin)
         off = self.log_offset()
         s, rd = connect(self.p.port, 2)
         try:
@@ -706,19 +684,19 @@ class ModeTests:
             pass  # the answer is checked elsewhere: here only the counting
         finally:
             s.close()
-        wait_until(lambda: metrics(self.admin)[cls] > before[cls], 2)
-        after = metrics(self.admin)
+        wait_until(lambda: desync_counts(self.admin)[cls] > before[cls], 2)
+        after = desync_counts(self.admin)
         self.assertEqual(after[cls] - before[cls], 1,
                          "lb_desync_requests_total{class=%r}: %r -> %r" % (cls, before, after))
         # Its access log line: the one with its path or, for a head refused
         # before its path was kept, one without a path (lines of other
         # requests may land late, from another worker's buffer).
         def lines():
-            new = read_log(self.alog)[off:]
+            new = read_access_log(self.alog)[off:]
             return ([l for l in new if l.get("path") == path.decode()]
                     or [l for l in new if l.get("path") is None])
         mine = wait_until(lines, 2)
-        self.assertTrue(mine, "no access log line for %s: %r" % (path, read_log(self.alog)[off:]))
+        self.assertTrue(mine, "no access log line for %s: %r" % (path, read_access_log(self.alog)[off:]))
         self.assertIn(cls, [l.get("desync_class") for l in mine], mine)
 
     # -- behaviour

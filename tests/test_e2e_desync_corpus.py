@@ -34,14 +34,13 @@ import tempfile
 import time
 import unittest
 
-import promtext
-from lbtest import HTTPReader, SharedLBTestCase, admin_get, free_port, wait_routable, wait_until
+from lbtest import (DESYNC_CLASSES as CLASSES, HTTPReader, SharedLBTestCase,
+                    desync_counts, free_port, read_access_log, wait_routable, wait_until)
 from rawbackend import RawBackend
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CORPUS_PATH = os.path.join(HERE, "desync_corpus.json")
 MODES = ("defensive", "strictest", "monitor")
-CLASSES = ("compliant", "acceptable", "ambiguous", "severe")
 OUTCOMES = ("forward", "forward_close", "reject")
 HEALTH = "/cluster1/health"  # what wait_routable asks for through the proxy
 RESPONSE_S = 2.5  # for the answer to a case
@@ -138,29 +137,8 @@ def canonical_chunked_problem(raw):
     return "too many chunks"
 
 
-def metrics(admin_port):
-    st, _, body = admin_get(admin_port, "/metrics")
-    if st != 200:
-        raise AssertionError("/metrics answered %d" % st)
-    fams = promtext.parse(body.decode())
-    return {k: promtext.sum_values(fams, "lb_desync_requests_total", **{"class": k})
-            for k in CLASSES}
 
 
-def read_log(path):
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        return []
-    out = []
-    for line in data.split(b"\n"):
-        if line.strip():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                out.append({"unparsable": line.decode("latin-1")})
-    return out
 
 
 def read_body(rd, status, headers, method):
@@ -232,7 +210,7 @@ class ModeRun(SharedLBTestCase):
         # The log is written off the data path: once the 200 to the probe is
         # there, so is every line before it, and the cases' lines start after.
         wait_until(lambda: any(l.get("path") == HEALTH and l.get("status") == 200
-                               for l in read_log(cls.alog)), 5.0)
+                               for l in read_access_log(cls.alog)), 5.0)
 
     # -- one case on its own connection
 
@@ -373,8 +351,8 @@ class ModeRun(SharedLBTestCase):
     def test_corpus(self):
         mode = self.mode
         t0 = time.monotonic()
-        before = metrics(self.admin)
-        log_off = len(read_log(self.alog))
+        before = desync_counts(self.admin)
+        log_off = len(read_access_log(self.alog))
         errors_off = len(self.raw.errors)
         obs = []
         for case in CASES:
@@ -394,9 +372,9 @@ class ModeRun(SharedLBTestCase):
                               % (expect, label, ", ".join(facts))])
         # the classes, in the access log
         want_lines = len(CASES) + followups
-        wait_until(lambda: len([l for l in read_log(self.alog)[log_off:]
+        wait_until(lambda: len([l for l in read_access_log(self.alog)[log_off:]
                                 if l.get("path") != HEALTH]) >= want_lines, 5.0)
-        lines = [l for l in read_log(self.alog)[log_off:] if l.get("path") != HEALTH]
+        lines = [l for l in read_access_log(self.alog)[log_off:] if l.get("path") != HEALTH]
         used = set()
         cursor = -1
         class_diffs = {}
@@ -429,7 +407,7 @@ class ModeRun(SharedLBTestCase):
             diffs.append([by_name[name], text])
         diffs.sort(key=lambda d: CASES.index(d[0]))
         # the counters
-        after = metrics(self.admin)
+        after = desync_counts(self.admin)
         want = {k: sum(1 for c in CASES if c["class"] == k) for k in CLASSES}
         want["compliant"] += followups
         got = {k: int(after[k] - before[k]) for k in CLASSES}

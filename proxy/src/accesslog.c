@@ -250,8 +250,9 @@ void alog_write(struct alog_buf *b, const struct alog_entry *e) {
     size_t id_n = field_len(e->request_id);
     size_t class_n = field_len(e->desync_class), reason_n = field_len(e->desync_reason);
     size_t path_n = !e->path ? 0 : e->path_len < ALOG_PATH_MAX ? e->path_len : ALOG_PATH_MAX;
-    size_t need = LINE_FIXED + ESCAPED_MAX(path_n) +
-                  ESCAPED_MAX(client_n + method_n + cluster_n + backend_n + id_n + class_n + reason_n);
+    size_t need =
+        LINE_FIXED + ESCAPED_MAX(path_n) +
+        ESCAPED_MAX(client_n + method_n + cluster_n + backend_n + id_n + class_n + reason_n);
     if (b->cur && CHUNK_SIZE - b->cur->len < need) hand_over(b, 0);
     if (!b->cur && !(b->cur = chunk_new())) {
         atomic_fetch_add_explicit(&b->log->dropped, 1, memory_order_relaxed);

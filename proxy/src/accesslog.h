@@ -24,8 +24,8 @@ struct alog_entry {
     const char *cluster; /* "none" for unrouted */
     const char *backend; /* NULL when no backend was involved -> null */
     uint64_t bytes_in, bytes_out, duration_us;
-    int64_t backend_us;     /* -1 (any negative) when no backend answered -> null */
-    const char *request_id; /* NULL -> null */
+    int64_t backend_us;        /* -1 (any negative) when no backend answered -> null */
+    const char *request_id;    /* NULL -> null */
     const char *desync_class;  /* compliant .. severe; NULL (no complete head) -> null */
     const char *desync_reason; /* why, when not compliant; NULL -> null */
 };

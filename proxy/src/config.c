@@ -625,10 +625,10 @@ static int check_final(const struct proxy_config *cfg, struct errbuf *e) {
 
 /* Parses json on top of cfg; on error cfg is left exactly as it was. */
 static int parse_json(struct proxy_config *cfg, const char *json, int final, struct errbuf *e) {
-    static const char *const keys[] = {"listen",           "threads",   "engine",     "admin",
-                                       "access_log",       "log_level", "limits",     "timeouts_ms",
-                                       "default_response", "clusters",  "cloudwatch", "desync_mitigation",
-                                       NULL};
+    static const char *const keys[] = {
+        "listen", "threads",     "engine",           "admin",    "access_log", "log_level",
+        "limits", "timeouts_ms", "default_response", "clusters", "cloudwatch", "desync_mitigation",
+        NULL};
     static const char *const limit_keys[] = {"max_header_bytes", "max_headers", "max_connections",
                                              "min_body_rate_bps", NULL};
     static const char *const timeout_keys[] = {"connect",          "client_header", "idle",

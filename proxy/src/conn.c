@@ -56,16 +56,16 @@ struct client {
     int status;            /* the response's, once its head is on its way */
     int own_reply;         /* the proxy made the response, not a backend */
     int error_counted;
-    int classified;         /* the head was complete: klass counts and is logged */
+    int classified;          /* the head was complete: klass counts and is logged */
     enum desync_class klass; /* of the request, raised by a bad body too */
     const char *klass_why;
-    int isolate;    /* ambiguous (defensive): neither connection is reused after it */
-    int body_read;  /* the request body came in whole from the client */
+    int isolate;           /* ambiguous (defensive): neither connection is reused after it */
+    int body_read;         /* the request body came in whole from the client */
     int body_started;      /* reqp ran for it: reqp.left is what is still unread */
     uint64_t body_pending; /* else: the body bytes still unread */
-    int framing_lost; /* where the next request starts is unknown: close after the reply */
-    struct sbuf path; /* the target, kept for the access log (the buffer is reused) */
-    uint64_t bytes_out;                                /* sent by the proxy from its buffers */
+    int framing_lost;      /* where the next request starts is unknown: close after the reply */
+    struct sbuf path;      /* the target, kept for the access log (the buffer is reused) */
+    uint64_t bytes_out;    /* sent by the proxy from its buffers */
     char be_name[sizeof(((struct backend *)0)->name)]; /* for the access log */
     char request_id[65];
     struct backend *be; /* picked: counted in flight until release_be() */

@@ -236,9 +236,11 @@ static void note(struct http_msg *m, enum desync_class k, const char *why) {
 /* Every line of the head ends in CRLF: no bare LF (llhttp's strict mode
  * still takes one after the request line), no bare CR. */
 static const char *line_end_problem(const char *head, size_t len) {
-    for (const char *p = memchr(head, '\n', len); p; p = memchr(p + 1, '\n', len - (size_t)(p + 1 - head)))
+    for (const char *p = memchr(head, '\n', len); p;
+         p = memchr(p + 1, '\n', len - (size_t)(p + 1 - head)))
         if (p == head || p[-1] != '\r') return "bare LF";
-    for (const char *p = memchr(head, '\r', len); p; p = memchr(p + 1, '\r', len - (size_t)(p + 1 - head)))
+    for (const char *p = memchr(head, '\r', len); p;
+         p = memchr(p + 1, '\r', len - (size_t)(p + 1 - head)))
         if (p + 1 == head + len || p[1] != '\n') return "bare CR";
     return NULL;
 }
@@ -278,7 +280,8 @@ static int looks_like(const char *name, size_t len, const char *letters) {
 }
 
 static int suspicious_name(const struct http_hdr *h) {
-    if (span_eq(h->name, h->nlen, "transfer-encoding") || span_eq(h->name, h->nlen, "content-length"))
+    if (span_eq(h->name, h->nlen, "transfer-encoding") ||
+        span_eq(h->name, h->nlen, "content-length"))
         return 0;
     return looks_like(h->name, h->nlen, "transferencoding") ||
            looks_like(h->name, h->nlen, "contentlength");
@@ -349,8 +352,7 @@ static int read_framing(struct http_msg *m) {
 /* The request line is exactly method SP target SP version CRLF. */
 static int request_line_ok(const struct http_msg *m) {
     const char *end = m->url + m->url_len;
-    return m->url[-1] == ' ' && m->url[-2] != ' ' && !memcmp(end, " HTTP/1.", 8) &&
-           end[9] == '\r';
+    return m->url[-1] == ' ' && m->url[-2] != ' ' && !memcmp(end, " HTTP/1.", 8) && end[9] == '\r';
 }
 
 /* Splits the target: origin-form as it is, absolute-form ("http://host/p")
@@ -446,9 +448,12 @@ static int finish_response_head(struct http_msg *m, const char *buf, int respons
     m->status = p->status_code;
     m->major = p->http_major;
     m->minor = p->http_minor;
-    if (m->major != 1) why = "HTTP version";
-    else if (m->status < 100) why = "status code below 100";
-    else if (m->too_many) why = "too many fields";
+    if (m->major != 1)
+        why = "HTTP version";
+    else if (m->status < 100)
+        why = "status code below 100";
+    else if (m->too_many)
+        why = "too many fields";
     else if (!(why = line_end_problem(buf, m->head_len)) && !(why = field_problem(m)) &&
              read_framing(m) < 0)
         why = m->why;
@@ -480,7 +485,8 @@ int http_parse_head(struct http_msg *m, const char *buf, size_t len, int respons
     }
     m->head_len = (size_t)(llhttp_get_error_pos(&m->parser) - buf);
     m->parsed = m->head_len;
-    return is_request ? finish_request_head(m, buf) : finish_response_head(m, buf, response_to_head);
+    return is_request ? finish_request_head(m, buf)
+                      : finish_response_head(m, buf, response_to_head);
 }
 
 int http_dechunk(struct http_msg *m, const char *data, size_t len, size_t *used, struct sbuf *out,
@@ -670,7 +676,8 @@ static void add_response_framing(struct sbuf *out, const struct http_msg *resp, 
     if (resp->framing == BODY_LENGTH || (resp->framing == BODY_NONE && resp->has_length))
         sbuf_addf(out, "Content-Length: %llu\r\n", (unsigned long long)resp->content_length);
     else if (client_minor >= 1 && (resp->framing == BODY_CHUNKED || resp->te_chunked))
-        sbuf_adds(out, "Transfer-Encoding: chunked\r\n"); /* re-encoded by the pump; HEAD: as sent */
+        sbuf_adds(out,
+                  "Transfer-Encoding: chunked\r\n"); /* re-encoded by the pump; HEAD: as sent */
 }
 
 void http_write_response(struct sbuf *out, const struct http_msg *resp, int client_minor,

@@ -44,9 +44,9 @@ struct http_msg {
     size_t head_len; /* set when the head is complete */
     int head_done;
     int too_many;
-    int folded;           /* a field value continued on another line (obs-fold) */
-    size_t trailer_bytes; /* chunked: bytes of trailer fields seen (dropped) */
-    char body_tail;       /* chunked: the last byte decoded so far */
+    int folded;            /* a field value continued on another line (obs-fold) */
+    size_t trailer_bytes;  /* chunked: bytes of trailer fields seen (dropped) */
+    char body_tail;        /* chunked: the last byte decoded so far */
     struct sbuf *body_out; /* chunked: where http_dechunk() puts the data, or NULL */
     int rechunk;           /* chunked: put it there as canonical chunks */
     enum desync_class klass;

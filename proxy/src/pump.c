@@ -171,8 +171,8 @@ static void step_length(struct pump *p) {
 static int decode(struct pump *p) {
     size_t avail = p->in->len - p->in->pos, used;
     if (p->complete || !avail) return 0;
-    int r = http_dechunk(p->msg, p->in->data + p->in->pos, avail, &used,
-                         p->drain ? NULL : &p->enc, p->rechunk);
+    int r = http_dechunk(p->msg, p->in->data + p->in->pos, avail, &used, p->drain ? NULL : &p->enc,
+                         p->rechunk);
     if (r < 0) return -EBADMSG;
     p->in->pos += used;
     if (r == HTTP_BODY_DONE) p->complete = 1;

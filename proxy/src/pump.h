@@ -27,15 +27,15 @@ struct pump {
     ev_loop *loop;
     ev_op *rd, *wr; /* the source's read-side op and the sink's write-side op */
     int src, dst;
-    int drain;      /* no sink: what is read is dropped */
+    int drain;            /* no sink: what is read is dropped */
     struct iobuf *in;     /* the source's buffer */
     struct http_msg *msg; /* chunked: the message whose body this is */
     int rechunk;          /* chunked: re-encode (else de-chunk) */
     struct sbuf enc;      /* chunked: decoded bytes waiting to be written */
     size_t enc_off;
-    uint64_t left;    /* length mode: bytes still to move, or PUMP_UNTIL_EOF */
-    uint64_t budget;  /* drain: most bytes to read, then -EMSGSIZE */
-    int complete;     /* chunked: the last chunk was seen */
+    uint64_t left;   /* length mode: bytes still to move, or PUMP_UNTIL_EOF */
+    uint64_t budget; /* drain: most bytes to read, then -EMSGSIZE */
+    int complete;    /* chunked: the last chunk was seen */
     int active, aborted;
     int failed_at_dst; /* set with an error: the sink, not the source, failed */
     int from_buffer;   /* the pending write is a send from in or enc, not a splice */

@@ -18,9 +18,9 @@
 #include "testing.h"
 
 static char dir[64];
-static const char *const keys[] = {"time",      "client",      "method",     "path",
-                                   "status",    "cluster",     "backend",    "bytes_in",
-                                   "bytes_out", "duration_us", "backend_us", "request_id",
+static const char *const keys[] = {"time",         "client",       "method",     "path",
+                                   "status",       "cluster",      "backend",    "bytes_in",
+                                   "bytes_out",    "duration_us",  "backend_us", "request_id",
                                    "desync_class", "desync_reason"};
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
 
