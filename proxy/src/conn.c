@@ -219,7 +219,9 @@ static int up_busy(const struct upconn *u) {
 /* Frees the backend connection and then the client once nothing of theirs
  * is pending any more. */
 static void settle(struct client *c) {
-    if (c->up && c->up_discard && !up_busy(c->up)) {
+    /* (an aborted pump still points at the connection's ops until its
+     * cancelled op has completed) */
+    if (c->up && c->up_discard && !up_busy(c->up) && !c->reqp.active && !c->respp.active) {
         upconn_free(c->w, c->up);
         c->up = NULL;
         c->up_discard = 0;
