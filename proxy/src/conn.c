@@ -566,20 +566,24 @@ static void backend_error(struct client *c, enum lb_error kind, const char *why)
     release_be(c, OUTCOME_FAILED, why);
 }
 
-/* The one way a failed attempt goes: sent again when may_retry() allows
- * (a reused pooled connection found closed: the same backend on a new
- * connection, not its fault; else another backend), or answered `status`. */
+/* The one way a failed attempt goes: sent again when may_retry() allows,
+ * else answered `status`. A reused pooled connection found closed is not
+ * held against its backend (an idle timeout, most often; a backend just
+ * killed, sometimes): the next attempt goes on a new connection, to another
+ * backend when there is one. Any other failure counts against the backend
+ * and the next attempt avoids it. */
 static void attempt_failed(struct client *c, enum lb_error kind, const char *why, int status,
                            int request_sent) {
     struct upconn *u = c->up;
     int dead_pooled = kind == ERR_BACKEND_RESET && u->reused && !u->in.len;
     if (may_retry(c, request_sent)) {
-        struct backend *be = c->be;
-        if (!dead_pooled) {
-            c->failed_be = c->be;
+        c->failed_be = c->be;
+        if (dead_pooled)
+            release_be(c, OUTCOME_NEUTRAL, NULL);
+        else
             backend_error(c, kind, why);
-            be = balancer_pick(c->w->bal, c->lc, c->failed_be, worker_random(c->w), c->w->id);
-        }
+        struct backend *be =
+            balancer_pick(c->w->bal, c->lc, c->failed_be, worker_random(c->w), c->w->id);
         if (be) {
             upconn_free(c->w, u);
             c->up = NULL;
@@ -588,8 +592,10 @@ static void attempt_failed(struct client *c, enum lb_error kind, const char *why
             connect_backend(c, be, dead_pooled);
             return;
         }
+        if (dead_pooled) count_error(c, kind);
+    } else {
+        backend_error(c, kind, why);
     }
-    if (c->be) backend_error(c, kind, why);
     fail(c, status);
 }
 
