@@ -152,7 +152,9 @@ void ev_timer_start(ev_loop *loop, ev_timer *t, uint64_t after_ms) {
         loop->heap = h;
         loop->heap_cap = cap;
     }
-    t->deadline_ms = loop->now_ms + after_ms;
+    /* From the clock, rounded up, not from now_ms (as old as this loop
+     * iteration): a timer never fires before after_ms have passed. */
+    t->deadline_ms = (ev_clock_us() + 999) / 1000 + after_ms;
     loop->heap_len++;
     heap_set(loop, loop->heap_len, t);
     heap_up(loop, loop->heap_len);

@@ -151,6 +151,23 @@ class Endpoints(BackendCase):
         self.assertEqual(r2.status, 200)
         self.assertEqual(r2.json()["status"], "ok")
 
+    def test_loose_chunk_framing_refused(self):
+        # llhttp runs strict in the backend too: a CR followed by another byte
+        # in a chunk-size line, or chunk data followed by other than CRLF,
+        # never frames a second request (it would in llhttp's loose mode):
+        # the connection ends (a 400 first when no reply has begun) and the
+        # GET after it is never answered.
+        for body in (b"3\rX\r\nabc\r\n0\r\n\r\n", b"3\r\nabcXY0\r\n\r\n"):
+            s, rd = connect(self.b.port)
+            with s:
+                s.sendall(b"PUT /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                          + body + b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+                got = rd.read_to_eof()
+            self.assertLessEqual(got.count(b"HTTP/1.1 "), 1, got)
+            self.assertNotIn(b'"status":"ok"', got)
+            if got.startswith(b"HTTP/1.1 ") and b"Transfer-Encoding" not in got:
+                self.assertTrue(got.startswith(b"HTTP/1.1 400"), got)
+
     def test_status_code(self):
         for code in (418, 200, 404, 503):
             st, h, _ = get(self.b.port, "/status/%d" % code)
