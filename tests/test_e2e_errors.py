@@ -159,6 +159,15 @@ def request_path(head):
     return parts[1].split(b"?", 1)[0] if len(parts) > 1 else b""
 
 
+def answer_health(conn, head):
+    """Answers a health probe (a path ending in /health) with a 200 that
+    closes; True when head was one."""
+    if not request_path(head).endswith(b"/health"):
+        return False
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n")
+    return True
+
+
 def health_or(misbehave):
     """A ScriptServer handler: health probes (a path ending in /health, as
     the proxy's checks and wait_routable() send) get a proper 200 and a
@@ -169,9 +178,7 @@ def health_or(misbehave):
         head = read_head(conn)
         if head is None:
             return
-        if request_path(head).endswith(b"/health"):
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n"
-                         b"Connection: close\r\n\r\nok\n")
+        if answer_health(conn, head):
             conn.close()
             return
         misbehave(conn, head)

@@ -21,7 +21,8 @@ import time
 import unittest
 
 from lbtest import SharedLBTestCase, HTTPReader, admin_get, free_port, pattern, wait_routable
-from test_e2e_errors import ScriptServer, health_or, read_head, request_path, config, cluster
+from test_e2e_errors import (ScriptServer, answer_health, cluster, config, health_or, read_head,
+                              request_path)
 
 # --------------------------------------------------------------------------
 # the scripted backends
@@ -302,9 +303,7 @@ def scripted(name, rec):
                 head = read_head(conn)
                 if head is None:
                     return
-                if request_path(head).endswith(b"/health"):
-                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n"
-                                 b"Connection: close\r\n\r\nok\n")
+                if answer_health(conn, head):
                     return
         finally:
             try:

@@ -116,6 +116,19 @@ static int get_int(const cJSON *it, const char *path, int lo, int hi, int *out, 
                 describe(it, g, sizeof(g)));
 }
 
+/* A string naming one of a set of choices: parse gives its value, or -1
+ * when it names none; choices lists them for the message. */
+static int get_choice(const cJSON *it, const char *path, int (*parse)(const char *),
+                      const char *choices, int *out, struct errbuf *e) {
+    int v = cJSON_IsString(it) ? parse(it->valuestring) : -1;
+    if (v >= 0) {
+        *out = v;
+        return 0;
+    }
+    char g[64];
+    return errf(e, "%s: expected %s, got %s", path, choices, describe(it, g, sizeof(g)));
+}
+
 static int get_string(const cJSON *it, const char *path, char *out, size_t outsz,
                       struct errbuf *e) {
     char g[64];
@@ -537,9 +550,8 @@ static int parse_cluster(const cJSON *o, const char *path, struct cluster_config
     }
     if ((it = field(o, "strategy"))) {
         join(p, sizeof(p), path, "strategy");
-        int s = cJSON_IsString(it) ? strategy_parse(it->valuestring) : -1;
-        if (s < 0)
-            return errf(e, "%s: expected " STRATEGY_LIST ", got %s", p, describe(it, g, sizeof(g)));
+        int s = 0;
+        if (get_choice(it, p, strategy_parse, STRATEGY_LIST, &s, e)) return -1;
         c->strategy = (enum strategy)s;
         c->strategy_set = 1;
     }
@@ -669,14 +681,9 @@ static int parse_json(struct proxy_config *cfg, const char *json, int final, str
         get_addr(it, "listen", "0.0.0.0", &t.listen, t.listen_text, sizeof(t.listen_text), e))
         goto fail;
     if ((it = field(root, "threads")) && get_int(it, "threads", 1, 1024, &t.threads, e)) goto fail;
-    if ((it = field(root, "engine"))) {
-        int v = cJSON_IsString(it) ? ev_engine_parse(it->valuestring) : -1;
-        if (v < 0) {
-            errf(e, "engine: expected auto, uring or epoll, got %s", describe(it, g, sizeof(g)));
-            goto fail;
-        }
-        t.engine = v;
-    }
+    if ((it = field(root, "engine")) &&
+        get_choice(it, "engine", ev_engine_parse, "auto, uring or epoll", &t.engine, e))
+        goto fail;
     if ((it = field(root, "admin"))) {
         if (get_addr(it, "admin", "127.0.0.1", &t.admin, t.admin_text, sizeof(t.admin_text), e))
             goto fail;
@@ -689,15 +696,9 @@ static int parse_json(struct proxy_config *cfg, const char *json, int final, str
             goto fail;
         }
     }
-    if ((it = field(root, "log_level"))) {
-        int v = cJSON_IsString(it) ? log_level_parse(it->valuestring) : -1;
-        if (v < 0) {
-            errf(e, "log_level: expected error, warn, info or debug, got %s",
-                 describe(it, g, sizeof(g)));
-            goto fail;
-        }
-        t.log_level = v;
-    }
+    if ((it = field(root, "log_level")) &&
+        get_choice(it, "log_level", log_level_parse, "error, warn, info or debug", &t.log_level, e))
+        goto fail;
     if ((it = field(root, "limits"))) {
         const cJSON *o = it;
         if (want_object(o, "limits", e) || check_fields(o, "limits", limit_keys, e)) goto fail;
@@ -714,15 +715,10 @@ static int parse_json(struct proxy_config *cfg, const char *json, int final, str
             get_int(it, "limits.min_body_rate_bps", 0, INT_MAX, &t.limits.min_body_rate_bps, e))
             goto fail;
     }
-    if ((it = field(root, "desync_mitigation"))) {
-        int v = cJSON_IsString(it) ? desync_mode_parse(it->valuestring) : -1;
-        if (v < 0) {
-            errf(e, "desync_mitigation: expected defensive, strictest or monitor, got %s",
-                 describe(it, g, sizeof(g)));
-            goto fail;
-        }
-        t.desync_mode = v;
-    }
+    if ((it = field(root, "desync_mitigation")) &&
+        get_choice(it, "desync_mitigation", desync_mode_parse, "defensive, strictest or monitor",
+                   &t.desync_mode, e))
+        goto fail;
     if ((it = field(root, "timeouts_ms"))) {
         const cJSON *o = it;
         int *dst[] = {&t.timeouts_ms.connect, &t.timeouts_ms.client_header, &t.timeouts_ms.idle,

@@ -56,16 +56,12 @@ struct client {
     int status;            /* the response's, once its head is on its way */
     int own_reply;         /* the proxy made the response, not a backend */
     int error_counted;
-    int classified;          /* the head was complete: klass counts and is logged */
-    enum desync_class klass; /* of the request, raised by a bad body too */
-    const char *klass_why;
-    int isolate;           /* ambiguous (defensive): neither connection is reused after it */
-    int body_read;         /* the request body came in whole from the client */
-    int body_started;      /* reqp ran for it: reqp.left is what is still unread */
-    uint64_t body_pending; /* else: the body bytes still unread */
-    int framing_lost;      /* where the next request starts is unknown: close after the reply */
-    struct sbuf path;      /* the target, kept for the access log (the buffer is reused) */
-    uint64_t bytes_out;    /* sent by the proxy from its buffers */
+    int classified;     /* req.klass counts and is logged: the head was complete, or refused */
+    int isolate;        /* ambiguous (defensive): neither connection is reused after it */
+    int body_read;      /* the request body came in whole from the client */
+    int framing_lost;   /* where the next request starts is unknown: close after the reply */
+    struct sbuf path;   /* the target, kept for the access log (the buffer is reused) */
+    uint64_t bytes_out; /* sent by the proxy from its buffers */
     char be_name[sizeof(((struct backend *)0)->name)]; /* for the access log */
     char request_id[65];
     struct backend *be; /* picked: counted in flight until release_be() */
@@ -125,8 +121,8 @@ static void log_request(struct client *c, uint64_t duration_us, uint64_t bytes_i
         .duration_us = duration_us,
         .backend_us = c->ttfb_us ? (int64_t)c->ttfb_us : -1,
         .request_id = c->request_id[0] ? c->request_id : NULL,
-        .desync_class = c->classified ? desync_class_names[c->klass] : NULL,
-        .desync_reason = c->classified && c->klass != DESYNC_COMPLIANT ? c->klass_why : NULL,
+        .desync_class = c->classified ? desync_class_names[c->req.klass] : NULL,
+        .desync_reason = c->classified && c->req.klass != DESYNC_COMPLIANT ? c->req.why : NULL,
     };
     alog_write(c->w->alog, &e);
 }
@@ -145,7 +141,7 @@ static void request_end(struct client *c) {
         ctr_add(&cc->responses[c->status / 100 - 1], 1);
         if (c->own_reply) ctr_add(&cc->own_responses[c->status / 100 - 1], 1);
     }
-    if (c->classified) ctr_add(&w->counters.desync[c->klass], 1);
+    if (c->classified) ctr_add(&w->counters.desync[c->req.klass], 1);
     hist_observe(&cc->duration, duration);
     if (c->ttfb_us) hist_observe(&cc->backend, c->ttfb_us);
     uint64_t in = c->req.head_done ? c->req.head_len + c->reqhead_body + c->reqp.moved : 0;
@@ -169,9 +165,7 @@ static void request_begin(struct client *c) {
     c->own_reply = 0;
     c->error_counted = 0;
     c->classified = 0;
-    c->klass = DESYNC_COMPLIANT;
-    c->klass_why = NULL;
-    c->isolate = c->body_read = c->body_started = c->framing_lost = 0;
+    c->isolate = c->body_read = c->framing_lost = 0;
     c->ttfb_us = 0;
     c->be_name[0] = c->request_id[0] = 0;
 }
@@ -415,15 +409,6 @@ static void start_head(struct client *c) {
 
 static void start_txn(struct client *c);
 
-/* The class of the request, raised (a bad body makes it severe). */
-static void classify(struct client *c, enum desync_class k, const char *why) {
-    c->classified = 1;
-    if (k >= c->klass) {
-        c->klass = k;
-        c->klass_why = why;
-    }
-}
-
 /* A head the proxy will not forward: counted as a request to no cluster. */
 static void head_error(struct client *c, int status) {
     log_debug("client %s: %d: %s", c->ip, status, c->req.why ? c->req.why : "");
@@ -435,13 +420,13 @@ static void head_error(struct client *c, int status) {
  * severe never reaches here; strictest refuses everything not compliant;
  * defensive forwards an ambiguous one on connections used for it alone. */
 static int admit(struct client *c) {
-    classify(c, c->req.klass, c->req.why);
+    c->classified = 1;
     int mode = cfg_of(c)->desync_mode;
-    if (mode == DESYNC_STRICTEST && c->klass != DESYNC_COMPLIANT) {
+    if (mode == DESYNC_STRICTEST && c->req.klass != DESYNC_COMPLIANT) {
         head_error(c, 400);
         return 0;
     }
-    c->isolate = mode == DESYNC_DEFENSIVE && c->klass == DESYNC_AMBIGUOUS;
+    c->isolate = mode == DESYNC_DEFENSIVE && c->req.klass == DESYNC_AMBIGUOUS;
     return 1;
 }
 
@@ -460,7 +445,7 @@ static void parse_head(struct client *c) {
         return;
     }
     if (r < 0) {
-        if (r != -431) classify(c, DESYNC_SEVERE, c->req.why);
+        c->classified = r != -431; /* 400 and 505 refuse a severe head */
         head_error(c, -r);
         return;
     }
@@ -503,7 +488,7 @@ static void build_request_head(struct client *c, const struct cluster_config *cc
         sbuf_add(&c->reqhead, c->in.data + c->in.pos, n);
         c->in.pos += n;
         c->reqhead_body = n;
-        c->body_pending -= n;
+        c->reqp.left -= n;
         ctr_add(&c->w->counters.copied_bytes, n);
     }
 }
@@ -512,7 +497,8 @@ static void start_txn(struct client *c) {
     ev_timer_stop(loop_of(c), &c->timer);
     c->keep = c->req.keep_alive && !c->w->draining && !c->isolate;
     c->body_read = c->req.framing == BODY_NONE;
-    c->body_pending = c->req.framing == BODY_LENGTH ? c->req.content_length : 0;
+    /* the body bytes still to come from the client (the pump moves them) */
+    c->reqp.left = c->req.framing == BODY_LENGTH ? c->req.content_length : 0;
     /* The head's spans point into the buffer a body is read into next:
      * what outlives them is copied now. */
     if (c->w->alog) sbuf_add(&c->path, c->req.path, c->req.path_len);
@@ -531,8 +517,7 @@ static void start_txn(struct client *c) {
                  c->req.framing == BODY_CHUNKED ? &c->req : NULL, 1);
     /* A chunked body whose first bytes are already bad never reaches a backend. */
     if (c->req.framing == BODY_CHUNKED && pump_decode_buffered(&c->reqp) < 0) {
-        classify(c, DESYNC_SEVERE, c->req.why);
-        count_error(c, ERR_BAD_REQUEST);
+        count_error(c, ERR_BAD_REQUEST); /* http_dechunk made the request severe */
         reply_error(c, 400);
         return;
     }
@@ -691,10 +676,9 @@ static void start_request_body(struct client *c) {
     c->reqp.wr = &u->wr;
     c->reqp.dst = u->fd;
     c->rate_mark = 0;
-    c->body_started = 1;
     if (cfg_of(c)->limits.min_body_rate_bps)
         ev_timer_start(loop_of(c), &c->body_timer, BODY_RATE_WINDOW_MS);
-    pump_start(&c->reqp, c->req.content_length - c->reqhead_body);
+    pump_start(&c->reqp, c->reqp.left);
 }
 
 static void on_reqhead_sent(ev_op *op, int res) {
@@ -747,8 +731,7 @@ static void on_reqp_done(struct pump *p, int err) {
     c->req_err = err;
     c->body_read = pump_source_done(p);
     if (err == -EBADMSG) {
-        classify(c, DESYNC_SEVERE, c->req.why);
-        count_error(c, ERR_BAD_REQUEST);
+        count_error(c, ERR_BAD_REQUEST); /* http_dechunk made the request severe */
         c->framing_lost = 1;
         fail(c, 400); /* bad chunk framing: nothing after the last good chunk went */
         return;
@@ -837,7 +820,7 @@ static void on_drain_done(struct pump *p, int err) {
 /* The body bytes still to come from the client, when its framing is known. */
 static uint64_t body_left(const struct client *c) {
     if (c->req.framing == BODY_CHUNKED) return PUMP_UNTIL_EOF; /* to its last chunk */
-    return c->body_started ? c->reqp.left : c->body_pending;
+    return c->reqp.left;
 }
 
 /* Reads and drops the rest of a request body nobody took, so that it is

@@ -506,13 +506,14 @@ int http_dechunk(struct http_msg *m, const char *data, size_t len, size_t *used,
         /* strict llhttp still takes a bare LF as the trailer section's end */
         char before = *used >= 2 ? data[*used - 2] : m->body_tail;
         if (before != '\r') {
-            m->why = "bare LF ending the chunked body";
+            note(m, DESYNC_SEVERE, "bare LF ending the chunked body");
             return -1;
         }
         if (out && rechunk) sbuf_add(out, "0\r\n\r\n", 5);
         return HTTP_BODY_DONE;
     }
-    if (e != HPE_USER) m->why = llhttp_get_error_reason(&m->parser);
+    /* (HPE_USER: a callback refused, m->why says why) */
+    note(m, DESYNC_SEVERE, e == HPE_USER ? m->why : llhttp_get_error_reason(&m->parser));
     return -1;
 }
 
@@ -596,18 +597,16 @@ static int drop_header(const struct http_msg *m, const struct http_hdr *h) {
            listed_in_connection(m, h);
 }
 
-static void add_header(struct sbuf *out, const struct http_hdr *h) {
-    sbuf_add(out, h->name, h->nlen);
-    sbuf_add(out, ": ", 2);
-    sbuf_add(out, h->value, h->vlen);
-    sbuf_add(out, "\r\n", 2);
-}
-
-static void add_field(struct sbuf *out, const char *name, const char *value, size_t vlen) {
-    sbuf_adds(out, name);
+static void add_field(struct sbuf *out, const char *name, size_t nlen, const char *value,
+                      size_t vlen) {
+    sbuf_add(out, name, nlen);
     sbuf_add(out, ": ", 2);
     sbuf_add(out, value, vlen);
     sbuf_add(out, "\r\n", 2);
+}
+
+static void add_header(struct sbuf *out, const struct http_hdr *h) {
+    add_field(out, h->name, h->nlen, h->value, h->vlen);
 }
 
 static void add_target(struct sbuf *out, const struct http_msg *req, size_t strip_len) {
@@ -624,7 +623,7 @@ static void add_target(struct sbuf *out, const struct http_msg *req, size_t stri
 static void add_upgrade(struct sbuf *out, const struct http_msg *m) {
     const struct http_hdr *up = http_find(m, "upgrade");
     sbuf_adds(out, "Connection: Upgrade\r\n");
-    add_field(out, "Upgrade", up ? up->value : "", up ? up->vlen : 0);
+    add_field(out, "Upgrade", 7, up ? up->value : "", up ? up->vlen : 0);
 }
 
 void http_write_request(struct sbuf *out, const struct http_msg *req,
@@ -635,7 +634,7 @@ void http_write_request(struct sbuf *out, const struct http_msg *req,
     sbuf_addf(out, " HTTP/1.%d\r\n", req->minor);
     struct sbuf xff = {0};
     int has_id = 0;
-    if (req->authority) add_field(out, "Host", req->authority, req->authority_len);
+    if (req->authority) add_field(out, "Host", 4, req->authority, req->authority_len);
     for (int i = 0; i < req->nhdr && i < req->max_hdr; i++) {
         const struct http_hdr *h = &req->hdr[i];
         if (drop_header(req, h)) continue;
@@ -673,11 +672,11 @@ void http_write_request(struct sbuf *out, const struct http_msg *req,
 /* What frames the response's body for the client. */
 static void add_response_framing(struct sbuf *out, const struct http_msg *resp, int client_minor) {
     if (resp->status < 200 || resp->status == 204 || resp->status == 304) return;
-    if (resp->framing == BODY_LENGTH || (resp->framing == BODY_NONE && resp->has_length))
+    /* (a HEAD response keeps the framing fields it came with, its body none) */
+    if (resp->has_length)
         sbuf_addf(out, "Content-Length: %llu\r\n", (unsigned long long)resp->content_length);
-    else if (client_minor >= 1 && (resp->framing == BODY_CHUNKED || resp->te_chunked))
-        sbuf_adds(out,
-                  "Transfer-Encoding: chunked\r\n"); /* re-encoded by the pump; HEAD: as sent */
+    else if (resp->te_chunked && client_minor >= 1)
+        sbuf_adds(out, "Transfer-Encoding: chunked\r\n"); /* the pump re-encodes the body */
 }
 
 void http_write_response(struct sbuf *out, const struct http_msg *resp, int client_minor,

@@ -86,7 +86,7 @@ int http_parse_head(struct http_msg *m, const char *buf, size_t len, int respons
  * extensions) when rechunk, with "0 CRLF CRLF" at the end; as bare data
  * otherwise. Trailer fields are checked and dropped. HTTP_NEED_MORE (all
  * consumed), HTTP_BODY_DONE (*used = bytes up to the end of the message) or
- * -1 (bad framing; m->why says why). */
+ * -1 (bad framing: m->klass is then severe, m->why says why). */
 int http_dechunk(struct http_msg *m, const char *data, size_t len, size_t *used, struct sbuf *out,
                  int rechunk);
 
