@@ -9,8 +9,10 @@
 #include <errno.h>
 #include <limits.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "ev.h"
@@ -288,14 +290,57 @@ static void derive_name(const char *prefix, char *out, size_t n) {
     out[j] = 0;
 }
 
+/* A DNS name as RFC 1123 allows it: labels of letters, digits and hyphens,
+ * not starting or ending with a hyphen, at least one letter somewhere (so
+ * that a mistyped address is not taken for a name). */
+static int dns_name_ok(const char *h, size_t len) {
+    int alpha = 0;
+    size_t label = 0;
+    for (size_t i = 0; i < len; i++) {
+        char ch = h[i];
+        if (ch == '.') {
+            if (!label || h[i - 1] == '-') return 0;
+            label = 0;
+            continue;
+        }
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '-'))
+            return 0;
+        if (ch == '-' && !label) return 0;
+        alpha |= (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z');
+        if (++label > 63) return 0;
+    }
+    return len && len < 254 && label && h[len - 1] != '-' && alpha;
+}
+
+/* "HOST:PORT" with a numeric host, or a DNS name resolved later (dns.c). */
 static int parse_backend(const char *s, struct backend_addr *b, const char **why) {
     if (strlen(s) >= sizeof(b->text)) {
         *why = "too long";
         return -1;
     }
-    if (net_parse_addr(s, NULL, &b->addr, why) < 0) return -1;
     memcpy(b->text, s, strlen(s) + 1);
+    if (net_parse_addr(s, NULL, &b->addr, why) == 0) return 0;
+    const char *colon = strrchr(s, ':');
+    char *end;
+    long port = colon ? strtol(colon + 1, &end, 10) : 0;
+    if (!colon || !dns_name_ok(s, (size_t)(colon - s)) || !colon[1] || *end || port < 1 ||
+        port > 65535)
+        return -1; /* net_parse_addr's reason stands */
+    b->is_name = 1;
     return 0;
+}
+
+static int same_backend(const struct backend_addr *a, const struct backend_addr *b) {
+    if (a->is_name || b->is_name) return !strcasecmp(a->text, b->text);
+    return same_addr(&a->addr, &b->addr);
+}
+
+int cluster_weight(const struct cluster_config *c, const char *backend, const char *name) {
+    for (size_t i = 0; i < c->nweights; i++)
+        if (!strcmp(c->weights[i].backend, backend) || (name && !strcmp(c->weights[i].backend, name)))
+            return c->weights[i].weight;
+    return 1;
 }
 
 static int parse_status_range(const char *s, int *lo, int *hi) {
@@ -339,6 +384,15 @@ static void cluster_defaults(struct cluster_config *c) {
     c->discovery.port = 8000;
     c->discovery.interval_s = 15;
     c->retries = 1;
+    c->outlier = (struct outlier_config){.enabled = 1,
+                                         .consecutive_5xx = 5,
+                                         .consecutive_gateway_failure = 3,
+                                         .interval_ms = 1000,
+                                         .base_ejection_ms = 30000,
+                                         .max_ejection_percent = 50};
+    snprintf(c->sticky.cookie, sizeof(c->sticky.cookie), "LBSTICKY");
+    c->sticky.duration_s = 86400;
+    c->dns_refresh_s = 30;
 }
 
 void config_defaults(struct proxy_config *cfg) {
@@ -371,8 +425,10 @@ void config_defaults(struct proxy_config *cfg) {
 
 static void free_clusters(struct cluster_config *c, size_t n) {
     if (!c) return;
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
         free(c[i].backends);
+        free(c[i].weights);
+    }
     free(c);
 }
 
@@ -504,7 +560,7 @@ static int parse_backends(const cJSON *arr, const char *path, struct cluster_con
         if (parse_backend(it->valuestring, &b[i], &why) < 0)
             return errf(e, "%s: bad address %s: %s", p, describe(it, g, sizeof(g)), why);
         for (size_t j = 0; j < i; j++)
-            if (same_addr(&b[j].addr, &b[i].addr))
+            if (same_backend(&b[j], &b[i]))
                 return errf(e, "%s: duplicate backend %s (same as %s[%zu])", p,
                             describe(it, g, sizeof(g)), path, j);
         c->nbackends = i + 1;
@@ -512,11 +568,102 @@ static int parse_backends(const cJSON *arr, const char *path, struct cluster_con
     return 0;
 }
 
+static int parse_outlier(const cJSON *o, const char *path, struct outlier_config *d,
+                         struct errbuf *e) {
+    static const char *const keys[] = {"consecutive_5xx",      "consecutive_gateway_failure",
+                                       "interval_ms",          "base_ejection_ms",
+                                       "max_ejection_percent", NULL};
+    static const struct {
+        const char *key;
+        size_t off;
+        int lo, hi;
+    } ints[] = {
+        {"consecutive_5xx", offsetof(struct outlier_config, consecutive_5xx), 0, 1000000},
+        {"consecutive_gateway_failure", offsetof(struct outlier_config, consecutive_gateway_failure),
+         0, 1000000},
+        {"interval_ms", offsetof(struct outlier_config, interval_ms), 1, 3600000},
+        {"base_ejection_ms", offsetof(struct outlier_config, base_ejection_ms), 1, 3600000},
+        {"max_ejection_percent", offsetof(struct outlier_config, max_ejection_percent), 0, 100},
+    };
+    char p[PATH_BUF];
+    if (cJSON_IsFalse(o) || cJSON_IsNull(o)) {
+        d->enabled = 0;
+        return 0;
+    }
+    if (want_object(o, path, e) || check_fields(o, path, keys, e)) return -1;
+    for (size_t i = 0; i < sizeof(ints) / sizeof(ints[0]); i++) {
+        const cJSON *it = field(o, ints[i].key);
+        join(p, sizeof(p), path, ints[i].key);
+        if (it && get_int(it, p, ints[i].lo, ints[i].hi, (int *)((char *)d + ints[i].off), e))
+            return -1;
+    }
+    d->enabled = 1;
+    return 0;
+}
+
+static int parse_stickiness(const cJSON *o, const char *path, struct stickiness_config *s,
+                            struct errbuf *e) {
+    static const char *const keys[] = {"cookie", "duration_s", "secret", NULL};
+    char p[PATH_BUF], g[64];
+    const cJSON *it;
+    if (cJSON_IsFalse(o) || cJSON_IsNull(o)) {
+        s->enabled = 0;
+        return 0;
+    }
+    if (want_object(o, path, e) || check_fields(o, path, keys, e)) return -1;
+    if ((it = field(o, "cookie"))) {
+        join(p, sizeof(p), path, "cookie");
+        if (get_string(it, p, s->cookie, sizeof(s->cookie), e)) return -1;
+        for (const char *c = s->cookie; *c; c++)
+            if (!name_char_ok(*c))
+                return errf(e, "%s: expected a cookie name of letters, digits, '-', '_' or '.', got %s",
+                            p, describe(it, g, sizeof(g)));
+        if (!s->cookie[0]) return errf(e, "%s: must not be empty", p);
+    }
+    if ((it = field(o, "duration_s"))) {
+        join(p, sizeof(p), path, "duration_s");
+        if (get_int(it, p, 1, 7 * 86400 * 52, &s->duration_s, e)) return -1;
+    }
+    if ((it = field(o, "secret"))) {
+        join(p, sizeof(p), path, "secret");
+        if (get_string(it, p, s->secret, sizeof(s->secret), e)) return -1;
+        if (strlen(s->secret) < 16) return errf(e, "%s: at least 16 characters", p);
+    }
+    s->enabled = 1;
+    return 0;
+}
+
+static int parse_weights(const cJSON *o, const char *path, struct cluster_config *c,
+                         struct errbuf *e) {
+    char p[PATH_BUF];
+    if (want_object(o, path, e)) return -1;
+    size_t n = (size_t)cJSON_GetArraySize(o);
+    struct backend_weight *w = calloc(n ? n : 1, sizeof(*w));
+    if (!w) return errf(e, "%s: out of memory", path);
+    free(c->weights);
+    c->weights = w;
+    c->nweights = 0;
+    for (const cJSON *it = o->child; it; it = it->next) {
+        struct backend_addr ba;
+        const char *why = "";
+        join(p, sizeof(p), path, it->string);
+        if (parse_backend(it->string, &ba, &why) < 0)
+            return errf(e, "%s: not a backend (\"HOST:PORT\"): %s", p, why);
+        for (size_t j = 0; j < c->nweights; j++)
+            if (!strcmp(w[j].backend, ba.text)) return errf(e, "%s: duplicate field", p);
+        if (get_int(it, p, 0, 1000, &w[c->nweights].weight, e)) return -1;
+        memcpy(w[c->nweights].backend, ba.text, sizeof(ba.text));
+        c->nweights++;
+    }
+    return 0;
+}
+
 static int parse_cluster(const cJSON *o, const char *path, struct cluster_config *c,
                          struct errbuf *e) {
-    static const char *const keys[] = {"name",         "path_prefix", "strip_prefix",
-                                       "strategy",     "backends",    "discovery",
-                                       "health_check", "retries",     NULL};
+    static const char *const keys[] = {
+        "name",         "path_prefix",       "strip_prefix",  "strategy",   "backends",
+        "discovery",    "health_check",      "retries",       "outlier_detection",
+        "slow_start_ms", "stickiness",       "weights",       "dns_refresh_s", NULL};
     static const char *const discovery_keys[] = {"ec2", NULL};
     char p[PATH_BUF], g[64];
     const cJSON *it;
@@ -562,6 +709,26 @@ static int parse_cluster(const cJSON *o, const char *path, struct cluster_config
     if ((it = field(o, "health_check"))) {
         join(p, sizeof(p), path, "health_check");
         if (parse_health(it, p, &c->health, e)) return -1;
+    }
+    if ((it = field(o, "outlier_detection"))) {
+        join(p, sizeof(p), path, "outlier_detection");
+        if (parse_outlier(it, p, &c->outlier, e)) return -1;
+    }
+    if ((it = field(o, "slow_start_ms"))) {
+        join(p, sizeof(p), path, "slow_start_ms");
+        if (get_int(it, p, 0, 3600000, &c->slow_start_ms, e)) return -1;
+    }
+    if ((it = field(o, "stickiness"))) {
+        join(p, sizeof(p), path, "stickiness");
+        if (parse_stickiness(it, p, &c->sticky, e)) return -1;
+    }
+    if ((it = field(o, "weights"))) {
+        join(p, sizeof(p), path, "weights");
+        if (parse_weights(it, p, c, e)) return -1;
+    }
+    if ((it = field(o, "dns_refresh_s"))) {
+        join(p, sizeof(p), path, "dns_refresh_s");
+        if (get_int(it, p, 1, 86400, &c->dns_refresh_s, e)) return -1;
     }
     if ((it = field(o, "discovery"))) {
         join(p, sizeof(p), path, "discovery");
@@ -961,7 +1128,7 @@ static int parse_route_flag(const char *v, struct flag_values *f) {
             return -1;
         }
         for (size_t j = 0; j < r.n; j++)
-            if (same_addr(&r.backends[j].addr, &r.backends[r.n].addr)) {
+            if (same_backend(&r.backends[j], &r.backends[r.n])) {
                 fprintf(errout, "proxy: --route %s: duplicate backend \"%s\"\n", r.prefix, text);
                 free(r.backends);
                 return -1;
@@ -1301,8 +1468,26 @@ void config_print(const struct proxy_config *cfg, FILE *out) {
         fprintf(out, "  path_prefix %s%s\n", c->path_prefix, c->strip_prefix ? " (stripped)" : "");
         fprintf(out, "  strategy %s\n", strategy_name(c->strategy));
         fprintf(out, "  retries %d\n", c->retries);
-        for (size_t j = 0; j < c->nbackends; j++)
-            fprintf(out, "  backend %s\n", c->backends[j].text);
+        for (size_t j = 0; j < c->nbackends; j++) {
+            const struct backend_addr *ba = &c->backends[j];
+            int w = cluster_weight(c, ba->text, NULL);
+            fprintf(out, "  backend %s%s", ba->text, ba->is_name ? " (DNS name)" : "");
+            if (w != 1) fprintf(out, " weight=%d", w);
+            fputc('\n', out);
+        }
+        if (c->outlier.enabled)
+            fprintf(out,
+                    "  outlier_detection consecutive_5xx=%d consecutive_gateway_failure=%d "
+                    "interval_ms=%d base_ejection_ms=%d max_ejection_percent=%d\n",
+                    c->outlier.consecutive_5xx, c->outlier.consecutive_gateway_failure,
+                    c->outlier.interval_ms, c->outlier.base_ejection_ms,
+                    c->outlier.max_ejection_percent);
+        else
+            fprintf(out, "  outlier_detection off\n");
+        if (c->slow_start_ms) fprintf(out, "  slow_start_ms %d\n", c->slow_start_ms);
+        if (c->sticky.enabled)
+            fprintf(out, "  stickiness cookie=%s duration_s=%d secret=%s\n", c->sticky.cookie,
+                    c->sticky.duration_s, c->sticky.secret[0] ? "(configured)" : "(generated)");
         if (c->discovery.enabled) {
             fprintf(out,
                     "  discovery ec2 region=%s port=%d interval_s=%d tags=", c->discovery.region,

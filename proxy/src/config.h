@@ -42,8 +42,31 @@ struct ec2_discovery {
 };
 
 struct backend_addr {
-    char text[80]; /* as written: "10.0.1.5:8000" */
+    char text[80]; /* as written: "10.0.1.5:8000", or "app-1.internal:8000" */
     struct net_addr addr;
+    int is_name; /* a DNS name: addr unset, its addresses come from resolving it */
+};
+
+/* Envoy's consecutive-failure outlier detection (balancer.c applies it). */
+struct outlier_config {
+    int enabled;
+    int consecutive_5xx, consecutive_gateway_failure; /* 0: that detector off */
+    int interval_ms;      /* how often an ejection multiplier decays */
+    int base_ejection_ms; /* × times ejected */
+    int max_ejection_percent;
+};
+
+/* A cookie naming the backend, HMAC-signed (sticky.c). */
+struct stickiness_config {
+    int enabled;
+    char cookie[64];
+    int duration_s;
+    char secret[256]; /* "": the key generated at start */
+};
+
+struct backend_weight {
+    char backend[80]; /* as in backends (or as discovery and DNS find it) */
+    int weight;
 };
 
 struct cluster_config {
@@ -58,7 +81,15 @@ struct cluster_config {
     struct health_check health;
     struct ec2_discovery discovery;
     int retries;
+    struct outlier_config outlier;
+    int slow_start_ms; /* 0: off */
+    struct stickiness_config sticky;
+    struct backend_weight *weights;
+    size_t nweights;
+    int dns_refresh_s; /* how often backends given as names are resolved again */
 };
+/* The weight configured for a backend (its text or the name it came from), 1 if none. */
+int cluster_weight(const struct cluster_config *c, const char *backend, const char *name);
 
 struct cloudwatch_config {
     int enabled;
