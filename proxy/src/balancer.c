@@ -12,13 +12,23 @@
 #include "log.h"
 #include "route.h"
 
-/* How fast the EWMA forgets: a sample this old weighs 1/e. */
+/* How fast the EWMA and the failure share forget: a sample this old weighs 1/e. */
 #define EWMA_TAU_MS 5000.0
+/* The failure share moves by 1/this of the way to each new answer. */
+#define ERROR_WINDOW 8.0
+/* Envoy's max_ejection_time default: an ejection never lasts longer (unless
+ * base_ejection_ms alone is longer). */
+#define MAX_EJECTION_MS 300000
+/* A backend starting its slow start gets this share of its weight at once. */
+#define SLOW_START_FLOOR 0.01
+
+static void note(struct backend *be, int64_t *at, char *dst, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 
 /* ---- rows ---- */
 
 static struct backend *row_new(struct lb_cluster *lc, const struct backend_addr *ba, int nworkers,
-                               int healthy) {
+                               int healthy, int ramp) {
     struct backend *be = calloc(1, sizeof(*be));
     if (!be) return NULL;
     size_t bytes = sizeof(*be->slots) * (size_t)nworkers;
@@ -30,9 +40,13 @@ static struct backend *row_new(struct lb_cluster *lc, const struct backend_addr 
     }
     be->addr = ba->addr;
     snprintf(be->name, sizeof(be->name), "%s", ba->text);
+    snprintf(be->origin, sizeof(be->origin), "%s", ba->origin);
     be->cluster = lc;
     atomic_init(&be->healthy, healthy);
     atomic_init(&be->refs, 0);
+    atomic_init(&be->weight, 1);
+    /* a healthy newcomer ramps from now; an unhealthy one from its first pass */
+    atomic_init(&be->joined_ms, ramp && healthy ? ev_clock_ms() : 0);
     pthread_mutex_init(&be->note_lock, NULL);
     return be;
 }
@@ -61,6 +75,7 @@ static struct lb_cluster *cluster_new(const char *name, int nworkers) {
     }
     memset(lc->per_worker, 0, sizeof(*lc->per_worker) * (size_t)nworkers);
     snprintf(lc->name, sizeof(lc->name), "%s", name);
+    pthread_mutex_init(&lc->eject_lock, NULL);
     return lc;
 }
 
@@ -104,11 +119,20 @@ static void table_free(struct lb_table *t) {
     free(t);
 }
 
-static const struct found_set *found_for(const struct balancer *b,
-                                         const struct cluster_config *cc) {
-    for (size_t i = 0; cc->discovery.enabled && i < b->nfound; i++)
-        if (!strcmp(b->found[i].cluster, cc->name)) return &b->found[i];
+/* What was found for cc that way: names resolved, or discovery's instances
+ * (only while cc still has names, or discovery). */
+static const struct found_set *found_for(const struct balancer *b, const struct cluster_config *cc,
+                                         enum found_by by) {
+    int wanted = by == FOUND_BY_DISCOVERY ? cc->discovery.enabled : 0;
+    for (size_t j = 0; by == FOUND_BY_DNS && j < cc->nbackends; j++)
+        wanted |= cc->backends[j].is_name;
+    for (size_t i = 0; wanted && i < b->nfound; i++)
+        if (b->found[i].by == by && !strcmp(b->found[i].cluster, cc->name)) return &b->found[i];
     return NULL;
+}
+
+static size_t found_count(const struct found_set *fs) {
+    return fs ? fs->n : 0;
 }
 
 static int same_addr(const struct net_addr *a, const struct net_addr *b) {
@@ -122,15 +146,23 @@ static int has_addr(const struct cluster_rt *c, const struct net_addr *a) {
 }
 
 /* Appends the row for ba (reused from `reuse` or new) unless c has its
- * address already. */
+ * address already; its weight is the configuration's now. */
 static int add_row(struct balancer *b, struct cluster_rt *c, const struct lb_table *reuse,
                    const struct backend_addr *ba, int healthy) {
-    if (has_addr(c, &ba->addr)) return 0;
+    if (ba->is_name || has_addr(c, &ba->addr)) return 0;
     struct backend *be = find_row(reuse, c->id->name, ba->text);
-    if (!be) be = row_new(c->id, ba, b->nworkers, healthy);
+    if (!be) be = row_new(c->id, ba, b->nworkers, healthy, b->started);
     if (!be) return -1;
+    atomic_store(&be->weight, cluster_weight(c->cfg, ba->text, ba->origin[0] ? ba->origin : NULL));
     backend_ref(be);
     c->rows[c->n++] = be;
+    return 0;
+}
+
+static int add_found(struct balancer *b, struct cluster_rt *c, const struct lb_table *reuse,
+                     const struct found_set *fs, int healthy) {
+    for (size_t j = 0; fs && j < fs->n; j++)
+        if (add_row(b, c, reuse, &fs->addrs[j], healthy) < 0) return -1;
     return 0;
 }
 
@@ -149,16 +181,15 @@ struct lb_table *lb_table_build(struct balancer *b, const struct proxy_config *c
         struct cluster_rt *c = &t->clusters[i];
         c->cfg = cc;
         c->id = cluster_get(b, cc->name);
-        const struct found_set *fs = found_for(b, cc);
-        size_t nfound = fs ? fs->n : 0;
-        c->rows = calloc(cc->nbackends + nfound + 1, sizeof(*c->rows));
+        const struct found_set *dns = found_for(b, cc, FOUND_BY_DNS);
+        const struct found_set *ec2 = found_for(b, cc, FOUND_BY_DISCOVERY);
+        c->rows = calloc(cc->nbackends + found_count(dns) + found_count(ec2) + 1, sizeof(*c->rows));
         if (!c->id || !c->rows) goto fail;
         cluster_set(c->id, cc);
         t->nclusters = i + 1;
         for (size_t j = 0; j < cc->nbackends; j++)
             if (add_row(b, c, reuse, &cc->backends[j], 1) < 0) goto fail;
-        for (size_t j = 0; j < nfound; j++)
-            if (add_row(b, c, reuse, &fs->addrs[j], 0) < 0) goto fail;
+        if (add_found(b, c, reuse, dns, 1) < 0 || add_found(b, c, reuse, ec2, 0) < 0) goto fail;
     }
     return t;
 fail:
@@ -180,6 +211,7 @@ int balancer_init(struct balancer *b, const struct proxy_config *cfg, int nworke
         return -1;
     }
     atomic_store(&b->table, t);
+    b->started = 1;
     return 0;
 }
 
@@ -190,6 +222,7 @@ void balancer_free(struct balancer *b) {
     while (lc) {
         struct lb_cluster *next = lc->next;
         free(lc->per_worker);
+        pthread_mutex_destroy(&lc->eject_lock);
         free(lc);
         lc = next;
     }
@@ -326,23 +359,24 @@ static int same_set(const struct found_set *fs, const struct backend_addr *addrs
     return 1;
 }
 
-/* The found set of that cluster, added empty when new. */
-static struct found_set *found_slot(struct balancer *b, const char *cluster) {
+/* The found set of that cluster and way, added empty when new. */
+static struct found_set *found_slot(struct balancer *b, const char *cluster, enum found_by by) {
     for (size_t i = 0; i < b->nfound; i++)
-        if (!strcmp(b->found[i].cluster, cluster)) return &b->found[i];
+        if (b->found[i].by == by && !strcmp(b->found[i].cluster, cluster)) return &b->found[i];
     struct found_set *grown = realloc(b->found, (b->nfound + 1) * sizeof(*grown));
     if (!grown) return NULL;
     b->found = grown;
     struct found_set *fs = &b->found[b->nfound++];
     memset(fs, 0, sizeof(*fs));
     snprintf(fs->cluster, sizeof(fs->cluster), "%s", cluster);
+    fs->by = by;
     return fs;
 }
 
-int balancer_set_found(struct balancer *b, const char *cluster, const struct backend_addr *addrs,
-                       size_t n, const char *why) {
+int balancer_set_found(struct balancer *b, const char *cluster, enum found_by by,
+                       const struct backend_addr *addrs, size_t n, const char *why) {
     pthread_mutex_lock(&b->write_lock);
-    struct found_set *fs = found_slot(b, cluster);
+    struct found_set *fs = found_slot(b, cluster, by);
     int rc = -1;
     if (fs && same_set(fs, addrs, n)) {
         rc = 0;
@@ -373,11 +407,35 @@ struct lb_cluster *balancer_route(struct balancer *b, const char *target, size_t
     return t->clusters[i].id;
 }
 
+const struct cluster_config *balancer_cluster_config(struct balancer *b,
+                                                     const struct lb_cluster *cluster) {
+    const struct cluster_rt *c = cluster ? cluster_in(balancer_table(b), cluster) : NULL;
+    return c ? c->cfg : NULL;
+}
+
+/* The row of the cluster named `name`, when it is available. */
+static struct backend *named_row(const struct cluster_rt *c, const char *name, int64_t now) {
+    for (size_t i = 0; i < c->n; i++)
+        if (!strcmp(c->rows[i]->name, name))
+            return backend_available(c->rows[i], now) ? c->rows[i] : NULL;
+    return NULL;
+}
+
 struct backend *balancer_pick(struct balancer *b, const struct lb_cluster *cluster,
-                              const struct backend *avoid, uint64_t rnd, int worker) {
+                              const struct backend *avoid, const char *prefer, uint64_t rnd,
+                              int worker) {
     struct cluster_rt *c = cluster_in(balancer_table(b), cluster);
     if (!c) return NULL; /* removed by a reload since the request was routed */
-    struct backend *be = strategy_pick(c->cfg->strategy, c->rows, c->n, avoid, &c->next, rnd);
+    int64_t now = ev_clock_ms();
+    struct backend *be = prefer ? named_row(c, prefer, now) : NULL;
+    if (!be) {
+        struct pick pk = {.avoid = avoid,
+                          .next = &c->next,
+                          .rnd = rnd,
+                          .now_ms = now,
+                          .slow_start_ms = c->cfg->slow_start_ms};
+        be = strategy_pick(c->cfg->strategy, c->rows, c->n, &pk);
+    }
     if (!be) return NULL;
     backend_ref(be);
     atomic_fetch_add_explicit(&be->inflight, 1, memory_order_relaxed);
@@ -385,15 +443,131 @@ struct backend *balancer_pick(struct balancer *b, const struct lb_cluster *clust
     return be;
 }
 
-void balancer_done(struct backend *be, enum outcome o, uint64_t latency_us, const char *why,
-                   int worker) {
+/* ---- outlier detection ---- */
+
+static int ejection_ms(const struct outlier_config *od, int times) {
+    long long ms = (long long)od->base_ejection_ms * times;
+    long long cap = od->base_ejection_ms > MAX_EJECTION_MS ? od->base_ejection_ms : MAX_EJECTION_MS;
+    return (int)(ms < cap ? ms : cap);
+}
+
+/* Whether ejecting be keeps the cluster within its cap: at most
+ * max_ejection_percent of its rows out at once, and another available. */
+static int may_eject(const struct cluster_rt *c, const struct backend *be, int64_t now) {
+    size_t out = 0, others = 0;
+    for (size_t i = 0; i < c->n; i++) {
+        out += backend_ejected(c->rows[i], now);
+        others += c->rows[i] != be && backend_available(c->rows[i], now);
+    }
+    return others > 0 && (out + 1) * 100 <= c->n * (size_t)c->cfg->outlier.max_ejection_percent;
+}
+
+static void eject(struct balancer *b, struct backend *be, const char *what, int count,
+                  const char *why) {
+    struct lb_cluster *lc = be->cluster;
+    const struct cluster_rt *c = cluster_in(balancer_table(b), lc);
+    if (!c) return;
+    const struct outlier_config *od = &c->cfg->outlier;
+    int64_t now = ev_clock_ms();
+    pthread_mutex_lock(&lc->eject_lock);
+    /* the counts start again either way: the next decision after as many failures */
+    atomic_store(&be->consec_5xx, 0);
+    atomic_store(&be->consec_gw, 0);
+    if (!backend_ejected(be, now) && may_eject(c, be, now)) {
+        int times = atomic_fetch_add(&be->times_ejected, 1) + 1;
+        int ms = ejection_ms(od, times);
+        atomic_store(&be->ejected_until, now + ms);
+        atomic_fetch_add(&be->ejections, 1);
+        note(be, &be->changed_ms, be->changed_why, "ejected for %d ms after %d %s%s%s", ms, count,
+             what, why ? ", last: " : "", why ? why : "");
+        log_warn("backend %s (%s): ejected for %d ms (%d %s%s%s; ejection %d)", be->name, lc->name,
+                 ms, count, what, why ? ", last: " : "", why ? why : "", times);
+    } else if (!backend_ejected(be, now)) {
+        log_debug("backend %s (%s): %d %s, not ejected: the cluster is at its ejection cap",
+                  be->name, lc->name, count, what);
+    }
+    pthread_mutex_unlock(&lc->eject_lock);
+}
+
+/* A live answer's part in outlier detection (Envoy's consecutive 5xx and
+ * consecutive gateway failure): `gateway` for a connect failure, reset,
+ * timeout or garbage, or a 502-504; `fivexx` for any 5xx or gateway
+ * failure; neither for a success, which resets both counts. */
+static void count_outcome(struct balancer *b, struct backend *be, int fivexx, int gateway,
+                          const char *why) {
+    if (!fivexx) {
+        if (atomic_load_explicit(&be->consec_5xx, memory_order_relaxed))
+            atomic_store_explicit(&be->consec_5xx, 0, memory_order_relaxed);
+        if (atomic_load_explicit(&be->consec_gw, memory_order_relaxed))
+            atomic_store_explicit(&be->consec_gw, 0, memory_order_relaxed);
+        return;
+    }
+    int n5 = atomic_fetch_add(&be->consec_5xx, 1) + 1;
+    int ng = gateway ? atomic_fetch_add(&be->consec_gw, 1) + 1 : 0;
+    if (!gateway) atomic_store(&be->consec_gw, 0);
+    const struct cluster_rt *c = cluster_in(balancer_table(b), be->cluster);
+    if (!c || !c->cfg->outlier.enabled) return;
+    const struct outlier_config *od = &c->cfg->outlier;
+    if (od->consecutive_gateway_failure && ng >= od->consecutive_gateway_failure)
+        eject(b, be, "consecutive gateway failures", ng, why);
+    else if (od->consecutive_5xx && n5 >= od->consecutive_5xx)
+        eject(b, be, "consecutive 5xx", n5, why);
+}
+
+static void error_sample(struct backend *be, int failed);
+
+void balancer_done(struct balancer *b, struct backend *be, enum outcome o, int status,
+                   uint64_t latency_us, const char *why, int worker) {
     atomic_fetch_sub_explicit(&be->inflight, 1, memory_order_relaxed);
-    if (o == OUTCOME_OK) backend_sample(be, latency_us);
-    if (o == OUTCOME_FAILED) {
-        ctr_add(&be->slots[worker].failures, 1);
-        backend_observe(be, 0, why);
+    if (o != OUTCOME_NEUTRAL) {
+        int failed = o == OUTCOME_FAILED || status >= 500;
+        int gateway = o == OUTCOME_FAILED || (status >= 502 && status <= 504);
+        char said[32];
+        if (o == OUTCOME_OK && failed) {
+            snprintf(said, sizeof(said), "answered %d", status);
+            why = said;
+        }
+        if (!failed) backend_sample(be, latency_us);
+        error_sample(be, failed);
+        if (o == OUTCOME_FAILED) {
+            ctr_add(&be->slots[worker].failures, 1);
+            if (why) note(be, &be->failed_ms, be->failed_why, "%s", why);
+        }
+        count_outcome(b, be, failed, gateway, why);
     }
     backend_unref(be);
+}
+
+/* Readmits rows whose ejection is over (they were out of every pick
+ * already; this logs it and starts their slow start), and decays the
+ * multiplier of rows that stayed in and answered well for an interval. */
+static void tick_cluster(const struct cluster_rt *c, int64_t now) {
+    const struct outlier_config *od = &c->cfg->outlier;
+    int decay = now - c->id->decayed_ms >= od->interval_ms;
+    if (decay) c->id->decayed_ms = now;
+    for (size_t i = 0; i < c->n; i++) {
+        struct backend *be = c->rows[i];
+        int64_t until = atomic_load(&be->ejected_until);
+        if (until && until <= now &&
+            atomic_compare_exchange_strong(&be->ejected_until, &until, (int64_t)0)) {
+            atomic_store(&be->consec_5xx, 0);
+            atomic_store(&be->consec_gw, 0);
+            atomic_store(&be->joined_ms, until);
+            note(be, &be->changed_ms, be->changed_why, "readmitted after its ejection");
+            log_info("backend %s (%s): readmitted (ejection %d over)", be->name, c->id->name,
+                     atomic_load(&be->times_ejected));
+        } else if (decay && !until && atomic_load(&be->times_ejected) > 0 &&
+                   !atomic_load(&be->consec_5xx) && !atomic_load(&be->consec_gw)) {
+            atomic_fetch_sub(&be->times_ejected, 1);
+        }
+    }
+}
+
+void balancer_tick(struct balancer *b) {
+    const struct lb_table *t = balancer_table(b);
+    int64_t now = ev_clock_ms();
+    for (size_t i = 0; i < t->nclusters; i++)
+        tick_cluster(&t->clusters[i], now);
 }
 
 uint64_t backend_requests(const struct backend *be, int nworkers) {
@@ -412,8 +586,6 @@ uint64_t backend_failures(const struct backend *be, int nworkers) {
 
 /* ---- health and latency ---- */
 
-static void note(struct backend *be, int64_t *at, char *dst, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
 static void note(struct backend *be, int64_t *at, char *dst, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
@@ -437,11 +609,19 @@ void backend_notes(struct backend *be, int64_t *changed_ms, char *changed_why, i
 static void transition(struct backend *be, int to, int count, const char *why) {
     int from = !to;
     if (!atomic_compare_exchange_strong(&be->healthy, &from, to)) return; /* someone else did */
+    if (to) {
+        /* back from down: a new start, as far as outlier detection knows */
+        atomic_store(&be->ejected_until, 0);
+        atomic_store(&be->times_ejected, 0);
+        atomic_store(&be->consec_5xx, 0);
+        atomic_store(&be->consec_gw, 0);
+        atomic_store(&be->joined_ms, ev_clock_ms());
+    }
     note(be, &be->changed_ms, be->changed_why, "%s after %d %s%s%s", to ? "healthy" : "unhealthy",
-         count, to ? "successful checks" : "failures", why ? ", last: " : "", why ? why : "");
+         count, to ? "successful checks" : "failed checks", why ? ", last: " : "", why ? why : "");
     log_warn("backend %s (%s): %s -> %s (%d %s%s%s)", be->name, be->cluster->name,
              to ? "unhealthy" : "healthy", to ? "healthy" : "unhealthy", count,
-             to ? "successful checks" : "failures", why ? ", last: " : "", why ? why : "");
+             to ? "successful checks" : "failed checks", why ? ", last: " : "", why ? why : "");
 }
 
 void backend_observe(struct backend *be, int ok, const char *why) {
@@ -497,4 +677,43 @@ void backend_sample(struct backend *be, uint64_t latency_us) {
                                                   memory_order_relaxed, memory_order_relaxed))
             return;
     }
+}
+
+/* The failure share: decays toward 0 with time, and moves 1/ERROR_WINDOW of
+ * the way to each answer (1: failed, 0: not). */
+static float error_decayed(uint64_t v, uint32_t now) {
+    return (float)(unpack_us(v) * exp(-(double)(uint32_t)(now - (uint32_t)v) / EWMA_TAU_MS));
+}
+
+static void error_sample(struct backend *be, int failed) {
+    uint32_t now = (uint32_t)ev_clock_ms();
+    uint64_t old = atomic_load_explicit(&be->errors, memory_order_relaxed);
+    for (;;) {
+        float e = error_decayed(old, now);
+        float next = e + ((failed ? 1.0f : 0.0f) - e) / (float)ERROR_WINDOW;
+        if (!failed && next < 1e-4f) next = 0;
+        if (atomic_compare_exchange_weak_explicit(&be->errors, &old, pack(next, now),
+                                                  memory_order_relaxed, memory_order_relaxed))
+            return;
+    }
+}
+
+double backend_error_share(const struct backend *be, int64_t now_ms) {
+    uint64_t v = atomic_load_explicit(&be->errors, memory_order_relaxed);
+    return v ? error_decayed(v, (uint32_t)now_ms) : 0.0;
+}
+
+double backend_weight(const struct backend *be, int slow_start_ms, int64_t now_ms) {
+    double w = atomic_load_explicit(&be->weight, memory_order_relaxed);
+    int64_t joined = atomic_load_explicit(&be->joined_ms, memory_order_relaxed);
+    if (slow_start_ms > 0 && joined > 0 && now_ms - joined < slow_start_ms) {
+        double ramp = (double)(now_ms - joined) / slow_start_ms;
+        w *= ramp > SLOW_START_FLOOR ? ramp : SLOW_START_FLOOR;
+    }
+    return w;
+}
+
+int backend_available(const struct backend *be, int64_t now_ms) {
+    return atomic_load_explicit(&be->healthy, memory_order_relaxed) &&
+           !backend_ejected(be, now_ms) && atomic_load_explicit(&be->weight, memory_order_relaxed) > 0;
 }

@@ -1,8 +1,9 @@
 /* The latency table and choosing a backend.
  *
- * One row per backend: health, consecutive check results, last probe
- * latency, a peak-EWMA of latency (probes and live responses), requests in
- * flight. Workers read and update rows with atomics only. The table (which
+ * One row per backend: health (active checks only), the outlier detection's
+ * consecutive live failures and ejection, last probe latency, a peak-EWMA of
+ * latency (probes and live responses), a share of recent live answers that
+ * failed, weight and slow start, requests in flight. Workers read and update rows with atomics only. The table (which
  * rows each cluster has) is published through one pointer: a new membership
  * is swapped in whole, and the old table is freed after a grace period in
  * which every worker passed a quiescent point (its loop's tick). Rows are
@@ -30,6 +31,8 @@ struct lb_cluster {
     struct lb_cluster *next; /* the balancer's registry */
     atomic_int healthy_threshold, unhealthy_threshold;
     struct cluster_counters *per_worker; /* one per worker */
+    pthread_mutex_t eject_lock;          /* one ejection decision at a time (the cap) */
+    int64_t decayed_ms;                  /* the probe thread's last multiplier decay */
 };
 
 /* A worker's part of a row: its idle keep-alive connections to the
@@ -47,17 +50,30 @@ struct backend {
     struct lb_cluster *cluster;
     atomic_int refs;    /* the tables holding it, requests in flight, pooled connections */
     atomic_int removed; /* no longer in the current table */
-    atomic_int healthy;
-    atomic_int consec_ok, consec_fail;
+    atomic_int healthy;              /* by the active checks */
+    atomic_int consec_ok, consec_fail; /* probes */
+    atomic_int consec_5xx, consec_gw;  /* live answers, reset by a success */
+    atomic_llong ejected_until;        /* monotonic ms; 0: not ejected */
+    atomic_int times_ejected;          /* the next ejection lasts base × this + 1 */
+    atomic_ullong ejections;           /* in all */
+    atomic_int weight;                 /* the cluster's "weights"; 1 unless set; 0: no new requests */
+    atomic_llong joined_ms;            /* slow start runs from here (monotonic ms); 0: none */
     atomic_int inflight;
     atomic_uint probe_us;   /* last successful probe's latency; 0: none yet */
     atomic_ullong ewma;     /* packed: float µs << 32 | stamp ms */
+    atomic_ullong errors;   /* packed: float share of recent live answers that failed | stamp */
     struct row_slot *slots; /* one per worker */
     /* for /status: the last health transition and the last failure */
     pthread_mutex_t note_lock;
     int64_t changed_ms, failed_ms; /* wall clock; 0: never */
     char changed_why[128], failed_why[128];
+    char origin[80]; /* the DNS name it was resolved from, or "" */
 };
+
+/* Outlier detection's ejection: out of rotation until then. */
+static inline int backend_ejected(const struct backend *be, int64_t now_ms) {
+    return atomic_load_explicit(&be->ejected_until, memory_order_relaxed) > now_ms;
+}
 
 struct cluster_rt {
     struct lb_cluster *id;
@@ -75,9 +91,16 @@ struct lb_table {
 
 #define LB_MAX_READERS 1024
 
-/* The backends a discovery found for one cluster, by its name. */
+/* Where backends come from besides the configuration's list. */
+enum found_by {
+    FOUND_BY_DNS,       /* the cluster's names resolved: rows start healthy, as listed ones */
+    FOUND_BY_DISCOVERY, /* EC2: rows start unhealthy, serve after their first checks */
+};
+
+/* The backends found for one cluster, by its name, one way. */
 struct found_set {
     char cluster[64];
+    enum found_by by;
     struct backend_addr *addrs;
     size_t n;
 };
@@ -93,6 +116,7 @@ struct balancer {
     struct lb_cluster *unrouted;           /* "none": requests no route matched */
     pthread_mutex_t write_lock;            /* one table writer at a time */
     int nreaders; /* the workers, then the probe thread, then the admin thread */
+    int started;  /* the first table is built: rows added later ramp up (slow start) */
     atomic_ullong epoch;
     /* the epoch each reader last saw at a quiescent point */
     atomic_ullong seen[LB_MAX_READERS];
@@ -134,8 +158,8 @@ int balancer_set_config(struct balancer *b, const struct proxy_config *cfg, cons
                         int *added, int *removed);
 /* The backends a discovery found for a cluster now (copied); no change, no
  * swap. */
-int balancer_set_found(struct balancer *b, const char *cluster, const struct backend_addr *addrs,
-                       size_t n, const char *why);
+int balancer_set_found(struct balancer *b, const char *cluster, enum found_by by,
+                       const struct backend_addr *addrs, size_t n, const char *why);
 
 /* The cluster whose path_prefix matches target in the current table, or
  * NULL; *cc (when given) gets its configuration, valid until the caller's
@@ -143,36 +167,64 @@ int balancer_set_found(struct balancer *b, const char *cluster, const struct bac
 struct lb_cluster *balancer_route(struct balancer *b, const char *target, size_t len,
                                   const struct cluster_config **cc);
 
+/* The configuration of that cluster in the current table, or NULL; valid
+ * until the caller's next quiescent point. */
+const struct cluster_config *balancer_cluster_config(struct balancer *b,
+                                                     const struct lb_cluster *cluster);
+
 void backend_ref(struct backend *be);
 void backend_unref(struct backend *be);
 
-/* The backend for the next request to cluster, other than avoid when
- * another healthy one exists; NULL when none is healthy. Counts it in
- * flight and takes a reference: pair with balancer_done(). */
+/* The backend for the next request to cluster: the one named `prefer`
+ * (stickiness) when it is in the cluster and available, else the
+ * strategy's choice, other than avoid when another available one exists;
+ * NULL when none is. Counts it in flight and takes a reference: pair with
+ * balancer_done(). */
 struct backend *balancer_pick(struct balancer *b, const struct lb_cluster *cluster,
-                              const struct backend *avoid, uint64_t rnd, int worker);
+                              const struct backend *avoid, const char *prefer, uint64_t rnd,
+                              int worker);
 
 enum outcome {
-    OUTCOME_OK,      /* answered: latency_us is its time to first byte */
-    OUTCOME_FAILED,  /* refused, reset, timed out, garbage: passive health */
+    OUTCOME_OK,      /* answered with `status`: latency_us is its time to first byte */
+    OUTCOME_FAILED,  /* refused, reset, timed out, garbage: a gateway failure */
     OUTCOME_NEUTRAL, /* ended for reasons not the backend's (client left) */
 };
-void balancer_done(struct backend *be, enum outcome o, uint64_t latency_us, const char *why,
-                   int worker);
+/* How a request to be ended, from a worker: latency, the failure share and
+ * the outlier detection's consecutive counts (which may eject it). */
+void balancer_done(struct balancer *b, struct backend *be, enum outcome o, int status,
+                   uint64_t latency_us, const char *why, int worker);
+/* The probe thread, every 100 ms or so: readmissions are logged and start
+ * their slow start, and ejection multipliers decay. */
+void balancer_tick(struct balancer *b);
 /* Requests sent to the backend, and live ones it failed, over all workers. */
 uint64_t backend_requests(const struct backend *be, int nworkers);
 uint64_t backend_failures(const struct backend *be, int nworkers);
 
-/* Health, from the probe thread and from live requests. */
+/* An active check's result (the probe thread). A backend it takes from
+ * unhealthy to healthy is readmitted if ejected, and ramps up. */
 void backend_observe(struct backend *be, int ok, const char *why);
 /* Copies the /status notes: what changed health last and the last failure. */
 void backend_notes(struct backend *be, int64_t *changed_ms, char *changed_why, int64_t *failed_ms,
                    char *failed_why, size_t len);
 void backend_sample(struct backend *be, uint64_t latency_us);
 double backend_ewma_us(const struct backend *be);
+/* The share of its recent live answers that failed (5xx or gateway
+ * failure), decaying with the EWMA's time constant: 0..1. */
+double backend_error_share(const struct backend *be, int64_t now_ms);
+/* The row's weight now: its configured weight, scaled by its slow start. */
+double backend_weight(const struct backend *be, int slow_start_ms, int64_t now_ms);
 
 /* strategy.c: the choice itself, over one cluster's rows. */
+struct pick {
+    const struct backend *avoid; /* not this one, unless it is the only one available */
+    atomic_uint *next;           /* round-robin position */
+    uint64_t rnd;
+    int64_t now_ms;
+    int slow_start_ms;
+};
+/* Available: healthy, not ejected, weight above 0. */
+int backend_available(const struct backend *be, int64_t now_ms);
 struct backend *strategy_pick(enum strategy s, struct backend *const *rows, size_t n,
-                              const struct backend *avoid, atomic_uint *next, uint64_t rnd);
+                              const struct pick *pk);
 
 #endif

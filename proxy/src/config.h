@@ -44,7 +44,8 @@ struct ec2_discovery {
 struct backend_addr {
     char text[80]; /* as written: "10.0.1.5:8000", or "app-1.internal:8000" */
     struct net_addr addr;
-    int is_name; /* a DNS name: addr unset, its addresses come from resolving it */
+    int is_name;     /* a DNS name: addr unset, its addresses come from resolving it */
+    char origin[80]; /* an address resolved from a name: that name as written; else "" */
 };
 
 /* Envoy's consecutive-failure outlier detection (balancer.c applies it). */

@@ -25,6 +25,7 @@
 #include "accesslog.h"
 #include "log.h"
 #include "net.h"
+#include "sticky.h"
 
 enum cstate { C_HEAD, C_TXN, C_TUNNEL, C_REPLY, C_DRAIN };
 
@@ -177,7 +178,7 @@ static const struct proxy_config *cfg_of(struct client *c) {
 /* Ends the request's hold on its backend, telling the table how it went. */
 static void release_be(struct client *c, enum outcome o, const char *why) {
     if (!c->be) return;
-    balancer_done(c->be, o, c->ttfb_us, why, c->w->id);
+    balancer_done(c->w->bal, c->be, o, c->status, c->ttfb_us, why, c->w->id);
     c->be = NULL;
 }
 
@@ -528,7 +529,11 @@ static void start_txn(struct client *c) {
     c->req_done = c->resp_done = 0;
     c->req_err = c->resp_err = 0;
     c->resp_started = 0;
-    struct backend *be = balancer_pick(c->w->bal, c->lc, NULL, worker_random(c->w), c->w->id);
+    char sticky[sizeof(((struct backend *)0)->name)];
+    int has_sticky = cc->sticky.enabled && sticky_find(&cc->sticky, cc->name, &c->req,
+                                                       ev_wall_us() / 1000000, sticky, sizeof(sticky));
+    struct backend *be = balancer_pick(c->w->bal, c->lc, NULL, has_sticky ? sticky : NULL,
+                                       worker_random(c->w), c->w->id);
     if (!be) {
         count_error(c, ERR_NO_HEALTHY_BACKEND);
         reply_status(c, 503); /* nothing healthy: no connect attempt */
@@ -568,12 +573,16 @@ static void attempt_failed(struct client *c, enum lb_error kind, const char *why
         else
             backend_error(c, kind, why);
         struct backend *be =
-            balancer_pick(c->w->bal, c->lc, c->failed_be, worker_random(c->w), c->w->id);
+            balancer_pick(c->w->bal, c->lc, c->failed_be, NULL, worker_random(c->w), c->w->id);
         if (be) {
             upconn_free(c->w, u);
             c->up = NULL;
             c->attempts++;
             ctr_add(&c->w->counters.errors[ERR_RETRY], 1);
+            ctr_add(&c->w->counters.retries[kind == ERR_BACKEND_CONNECT ? RETRY_CONNECT
+                                            : dead_pooled              ? RETRY_STALE_CONNECTION
+                                                                       : RETRY_RESET_BEFORE_RESPONSE],
+                    1);
             connect_backend(c, be, dead_pooled);
             return;
         }
@@ -906,6 +915,18 @@ static void on_out_sent(ev_op *op, int res) {
     }
 }
 
+/* A sticky cluster's response names its backend in a cookie (renewed on
+ * every response, as the ALB does). The head ends with its blank line: the
+ * field goes in before it. */
+static void add_sticky_cookie(struct client *c) {
+    const struct cluster_config *cc = balancer_cluster_config(c->w->bal, c->lc);
+    if (!cc || !cc->sticky.enabled || !c->be) return;
+    c->out.len -= 2;
+    sticky_set_cookie(&c->out, &cc->sticky, cc->name, cc->path_prefix, c->be->name,
+                      ev_wall_us() / 1000000);
+    sbuf_adds(&c->out, "\r\n");
+}
+
 static void send_resp_head(struct client *c) {
     struct upconn *u = c->up;
     struct http_msg *r = &u->resp;
@@ -933,6 +954,7 @@ static void send_resp_head(struct client *c) {
         c->keep = 0;
     c->status = r->status;
     http_write_response(&c->out, r, c->req.minor, c->keep);
+    add_sticky_cookie(c);
     if (r->framing == BODY_LENGTH) {
         size_t avail = u->in.len - u->in.pos;
         size_t n = avail < r->content_length ? avail : (size_t)r->content_length;

@@ -142,7 +142,7 @@ static void run_job(struct discovery *d, struct job *j, struct backend_addr *buf
     if (j->failing) log_info("discovery %s: DescribeInstances works again", j->cluster);
     j->failing = 0;
     snprintf(why, sizeof(why), "discovery %s", j->cluster);
-    if (balancer_set_found(d->bal, j->cluster, buf, n, why) < 0)
+    if (balancer_set_found(d->bal, j->cluster, FOUND_BY_DISCOVERY, buf, n, why) < 0)
         log_error("discovery %s: out of memory", j->cluster);
 }
 

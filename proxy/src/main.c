@@ -23,6 +23,7 @@
 #include "net.h"
 #include "probe.h"
 #include "reload.h"
+#include "sticky.h"
 #include "worker.h"
 
 static void log_start(const struct proxy_config *cfg, const struct worker *w0) {
@@ -247,6 +248,10 @@ int main(int argc, char **argv) {
         return 0;
     }
     atomic_store(&g_max_connections, nofile_setup(cfg.limits.max_connections));
+    if (sticky_init() < 0) {
+        log_error("no random bytes for the stickiness key: %s", strerror(errno));
+        return 1;
+    }
     struct balancer bal;
     if (balancer_init(&bal, &cfg, cfg.threads) < 0) {
         log_error("out of memory");

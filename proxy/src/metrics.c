@@ -145,6 +145,19 @@ static double be_failures(const struct backend *be, int nworkers) {
     return (double)backend_failures(be, nworkers);
 }
 
+static double be_ejected(const struct backend *be, int nworkers) {
+    (void)nworkers;
+    return backend_ejected(be, ev_clock_ms());
+}
+static double be_ejections(const struct backend *be, int nworkers) {
+    (void)nworkers;
+    return (double)atomic_load(&be->ejections);
+}
+static double be_error_share(const struct backend *be, int nworkers) {
+    (void)nworkers;
+    return backend_error_share(be, ev_clock_ms());
+}
+
 static void backend_families(const struct admin_view *v, struct sbuf *out) {
     backend_family(v, out, "lb_backend_healthy", "gauge", "1 when the backend is healthy.",
                    be_healthy);
@@ -159,6 +172,14 @@ static void backend_families(const struct admin_view *v, struct sbuf *out) {
     backend_family(v, out, "lb_backend_failures_total", "counter",
                    "Live requests the backend failed (refused, reset, timed out, garbage).",
                    be_failures);
+    backend_family(v, out, "lb_backend_ejected", "gauge",
+                   "1 while outlier detection keeps the backend out of rotation.", be_ejected);
+    backend_family(v, out, "lb_backend_ejections_total", "counter",
+                   "Times outlier detection ejected the backend.", be_ejections);
+    backend_family(v, out, "lb_backend_error_share", "gauge",
+                   "Share of its recent live answers that failed (5xx or gateway failure), "
+                   "decaying over about 5 s: what the latency-aware strategies penalise.",
+                   be_error_share);
 }
 
 static void process_families(const struct admin_view *v, struct sbuf *out) {
@@ -168,6 +189,13 @@ static void process_families(const struct admin_view *v, struct sbuf *out) {
     for (int k = 0; k < ERR_COUNT; k++) {
         series(out, "lb_errors_total", NULL, "kind", lb_error_names[k]);
         value_line(out, sum.errors[k]);
+    }
+    family(out, "lb_retries_total", "counter",
+           "Requests sent again to another backend, by reason (connect, reset_before_response, "
+           "stale_connection).");
+    for (int k = 0; k < RETRY_COUNT; k++) {
+        series(out, "lb_retries_total", NULL, "reason", lb_retry_names[k]);
+        value_line(out, sum.retries[k]);
     }
     family(out, "lb_desync_requests_total", "counter",
            "Requests by desync mitigation class (compliant, acceptable, ambiguous, severe).");

@@ -37,6 +37,7 @@ struct prober {
     struct probe *probes;
     size_t n;
     int rebuilding;
+    int64_t ticked_ms; /* the last balancer_tick() */
     atomic_int stop;
     pthread_t thread;
 };
@@ -240,6 +241,11 @@ static void tick(ev_loop *loop, void *arg) {
         return;
     }
     follow_table(pr);
+    int64_t now = ev_clock_ms();
+    if (now - pr->ticked_ms >= 50) { /* readmissions logged within 50-100 ms */
+        pr->ticked_ms = now;
+        balancer_tick(pr->b);
+    }
     balancer_quiescent(pr->b, pr->reader_id);
 }
 

@@ -26,6 +26,12 @@ const char *const lb_error_names[ERR_COUNT] = {
     [ERR_RETRY] = "retry",
 };
 
+const char *const lb_retry_names[RETRY_COUNT] = {
+    [RETRY_CONNECT] = "connect",
+    [RETRY_RESET_BEFORE_RESPONSE] = "reset_before_response",
+    [RETRY_STALE_CONNECTION] = "stale_connection",
+};
+
 const char *const lb_status_classes[5] = {"1xx", "2xx", "3xx", "4xx", "5xx"};
 
 void hist_observe(struct lb_hist *h, uint64_t us) {
@@ -70,6 +76,8 @@ void worker_counters_add(const struct worker_counters *c, struct worker_sums *ou
     out->copied_bytes += ctr_get(&c->copied_bytes);
     for (int k = 0; k < ERR_COUNT; k++)
         out->errors[k] += ctr_get(&c->errors[k]);
+    for (int k = 0; k < RETRY_COUNT; k++)
+        out->retries[k] += ctr_get(&c->retries[k]);
     for (int k = 0; k < LB_DESYNC_CLASSES; k++)
         out->desync[k] += ctr_get(&c->desync[k]);
 }

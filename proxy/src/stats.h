@@ -44,6 +44,15 @@ enum lb_error {
     ERR_COUNT
 };
 extern const char *const lb_error_names[ERR_COUNT];
+
+/* Why a request was sent again (lb_retries_total{reason}). */
+enum lb_retry {
+    RETRY_CONNECT,               /* the connect was refused or timed out */
+    RETRY_RESET_BEFORE_RESPONSE, /* reset or closed before a complete response head */
+    RETRY_STALE_CONNECTION,      /* a pooled keep-alive connection was found closed */
+    RETRY_COUNT
+};
+extern const char *const lb_retry_names[RETRY_COUNT];
 extern const char *const lb_status_classes[5]; /* "1xx" .. "5xx" */
 
 /* Requests by desync class (enum desync_class in http.h: compliant,
@@ -56,6 +65,7 @@ struct worker_counters {
     atomic_ullong bytes_in, bytes_out;
     atomic_ullong copied_bytes; /* body bytes that passed through user space */
     atomic_ullong errors[ERR_COUNT];
+    atomic_ullong retries[RETRY_COUNT];
     atomic_ullong desync[LB_DESYNC_CLASSES];
 };
 
@@ -82,7 +92,7 @@ void cluster_counters_sum(const struct cluster_counters *per_worker, int nworker
                           struct cluster_sums *out);
 
 struct worker_sums {
-    uint64_t connections, bytes_in, bytes_out, copied_bytes, errors[ERR_COUNT];
+    uint64_t connections, bytes_in, bytes_out, copied_bytes, errors[ERR_COUNT], retries[RETRY_COUNT];
     uint64_t desync[LB_DESYNC_CLASSES];
 };
 /* Adds one worker's counters to out. */

@@ -42,12 +42,33 @@ static void add_ms(cJSON *o, const char *key, double us) {
         cJSON_AddNumberToObject(o, key, us / 1e3);
 }
 
-static cJSON *backend_json(struct backend *be, int nworkers) {
+/* Outlier detection's view of the row, and its share as weight × slow start. */
+static void add_outlier(cJSON *b, const struct backend *be, const struct cluster_config *cc) {
+    int64_t now = ev_clock_ms();
+    int64_t until = atomic_load(&be->ejected_until);
+    cJSON_AddBoolToObject(b, "ejected", until > now);
+    if (until > now)
+        cJSON_AddNumberToObject(b, "ejected_for_ms", (double)(until - now));
+    else
+        cJSON_AddNullToObject(b, "ejected_for_ms");
+    cJSON_AddNumberToObject(b, "ejections", (double)atomic_load(&be->ejections));
+    cJSON_AddNumberToObject(b, "consecutive_5xx", atomic_load(&be->consec_5xx));
+    cJSON_AddNumberToObject(b, "consecutive_gateway_failures", atomic_load(&be->consec_gw));
+    cJSON_AddNumberToObject(b, "error_share", backend_error_share(be, now));
+    cJSON_AddNumberToObject(b, "weight", atomic_load(&be->weight));
+    double w = atomic_load(&be->weight);
+    double ramp = w > 0 ? backend_weight(be, cc->slow_start_ms, now) / w : 1.0;
+    cJSON_AddNumberToObject(b, "slow_start", ramp); /* 1: at its full share */
+}
+
+static cJSON *backend_json(struct backend *be, const struct cluster_config *cc, int nworkers) {
     cJSON *b = cJSON_CreateObject();
     cJSON_AddStringToObject(b, "address", be->name);
+    if (be->origin[0]) cJSON_AddStringToObject(b, "name", be->origin);
     cJSON_AddBoolToObject(b, "healthy", atomic_load(&be->healthy));
     cJSON_AddNumberToObject(b, "consecutive_successes", atomic_load(&be->consec_ok));
     cJSON_AddNumberToObject(b, "consecutive_failures", atomic_load(&be->consec_fail));
+    add_outlier(b, be, cc);
     add_ms(b, "last_probe_ms", atomic_load(&be->probe_us));
     add_ms(b, "ewma_ms", backend_ewma_us(be));
     cJSON_AddNumberToObject(b, "inflight", atomic_load(&be->inflight));
@@ -80,7 +101,7 @@ static cJSON *cluster_json(const struct admin_view *v, const struct cluster_rt *
     cJSON *list = cJSON_AddArrayToObject(o, "backends");
     for (size_t j = 0; j < c->n; j++) {
         healthy += atomic_load(&c->rows[j]->healthy);
-        cJSON_AddItemToArray(list, backend_json(c->rows[j], v->nworkers));
+        cJSON_AddItemToArray(list, backend_json(c->rows[j], c->cfg, v->nworkers));
     }
     cJSON_AddNumberToObject(o, "healthy_backends", healthy);
     return o;
@@ -118,6 +139,9 @@ static void add_process(const struct admin_view *v, cJSON *root) {
     workers_sum(v->workers, v->nworkers, &sum);
     cJSON_AddNumberToObject(conns, "active", (double)atomic_load(&g_connections));
     cJSON_AddNumberToObject(conns, "total", (double)sum.connections);
+    cJSON *retries = cJSON_AddObjectToObject(root, "retries");
+    for (int k = 0; k < RETRY_COUNT; k++)
+        cJSON_AddNumberToObject(retries, lb_retry_names[k], (double)sum.retries[k]);
     cJSON *unrouted = cJSON_AddObjectToObject(root, "unrouted");
     add_counts(v, unrouted, v->bal->unrouted);
     cJSON *log = cJSON_AddObjectToObject(root, "access_log");

@@ -1,30 +1,20 @@
-/* The strategies: which healthy row of a cluster gets the next request. */
+/* The strategies: which available row of a cluster gets the next request.
+ *
+ * Every strategy honours weights, and slow start is a weight like the
+ * others (backend_weight()). The latency-aware ones (peak-ewma, fastest,
+ * least-outstanding) count a row's recent failures as slow answers, so a
+ * backend that fails fast never looks like the fastest: the failure share
+ * (0..1, decaying like the EWMA) squared adds up to FAILURE_PENALTY_US to
+ * the latency they rank by, or FAILURE_PENALTY_INFLIGHT requests to the
+ * count. Squared, so that a busy backend's sporadic failure (a share of a
+ * few percent) costs it little, and one that fails most answers loses
+ * nearly all of its traffic before outlier detection ejects it. */
+#include <float.h>
+
 #include "balancer.h"
 
-static int eligible(const struct backend *be, const struct backend *avoid) {
-    return be != avoid && atomic_load_explicit(&be->healthy, memory_order_relaxed);
-}
-
-/* How many rows are eligible; when only `avoid` is healthy it is allowed
- * back: a second try on the same backend beats none. */
-static size_t count_eligible(struct backend *const *rows, size_t n, const struct backend **avoid) {
-    size_t k = 0;
-    for (size_t i = 0; i < n; i++)
-        k += eligible(rows[i], *avoid);
-    if (!k && *avoid && atomic_load_explicit(&(*avoid)->healthy, memory_order_relaxed)) {
-        *avoid = NULL;
-        k = 1;
-    }
-    return k;
-}
-
-/* The k-th eligible row (k < count). */
-static struct backend *nth_eligible(struct backend *const *rows, size_t n,
-                                    const struct backend *avoid, size_t k) {
-    for (size_t i = 0; i < n; i++)
-        if (eligible(rows[i], avoid) && k-- == 0) return rows[i];
-    return NULL;
-}
+#define FAILURE_PENALTY_US       1e6
+#define FAILURE_PENALTY_INFLIGHT 1000.0
 
 /* b must score this much lower than a to win over it */
 #define SCORE_TOLERANCE 1.25
@@ -34,63 +24,176 @@ static struct backend *nth_eligible(struct backend *const *rows, size_t n,
  * and ranking on them would send every request to one of equal backends. */
 #define EWMA_FLOOR_US 1000.0
 
-static double peak_ewma_score(const struct backend *be) {
-    double ewma = backend_ewma_us(be);
-    int inflight = atomic_load_explicit(&be->inflight, memory_order_relaxed);
-    return (ewma > EWMA_FLOOR_US ? ewma : EWMA_FLOOR_US) * (inflight + 1);
+/* 1/φ: steps of it mod 1 spread evenly over [0, 1) (weighted round-robin). */
+#define GOLDEN 0.6180339887498949
+
+struct choice {
+    const struct pick *pk;
+    const struct backend *avoid;
+    int panic; /* nothing available: healthy rows count though ejected */
+    uint64_t rnd;
+};
+
+static int eligible(const struct choice *ch, const struct backend *be) {
+    if (be == ch->avoid) return 0;
+    if (!ch->panic) return backend_available(be, ch->pk->now_ms);
+    return atomic_load_explicit(&be->healthy, memory_order_relaxed) &&
+           atomic_load_explicit(&be->weight, memory_order_relaxed) > 0;
 }
 
-/* The eligible row with the lowest in-flight count (or probe latency); ties
- * are broken uniformly at random (reservoir sampling over the tied rows). */
-static struct backend *lowest(struct backend *const *rows, size_t n, const struct backend *avoid,
-                              uint64_t rnd, int by_probe) {
+static double weight_of(const struct choice *ch, const struct backend *be) {
+    return backend_weight(be, ch->pk->slow_start_ms, ch->pk->now_ms);
+}
+
+/* A fresh uniform draw in [0, 1) (xorshift on the pick's random bits). */
+static double draw(struct choice *ch) {
+    ch->rnd ^= ch->rnd << 13;
+    ch->rnd ^= ch->rnd >> 7;
+    ch->rnd ^= ch->rnd << 17;
+    return (double)(ch->rnd >> 11) * 0x1.0p-53;
+}
+
+struct census {
+    size_t k;       /* eligible rows */
+    double total;   /* their weights */
+    int equal;      /* all of the same weight */
+};
+
+static struct census count(struct choice *ch, struct backend *const *rows, size_t n) {
+    struct census c = {0, 0, 1};
+    double first = -1;
+    for (size_t i = 0; i < n; i++) {
+        if (!eligible(ch, rows[i])) continue;
+        double w = weight_of(ch, rows[i]);
+        if (first < 0) first = w;
+        c.equal &= w == first;
+        c.total += w;
+        c.k++;
+    }
+    return c;
+}
+
+/* Who may be chosen: the available rows but avoid; when that leaves none,
+ * avoid is allowed back (a second try on the same backend beats none); when
+ * none is available at all, the healthy rows though ejected (Envoy's panic:
+ * better an outlier than a 503). */
+static struct census settle_choice(struct choice *ch, struct backend *const *rows, size_t n) {
+    struct census c = count(ch, rows, n);
+    if (!c.k && ch->avoid) {
+        ch->avoid = NULL;
+        c = count(ch, rows, n);
+    }
+    if (!c.k) {
+        ch->panic = 1;
+        c = count(ch, rows, n);
+    }
+    return c;
+}
+
+/* The k-th eligible row (k < count). */
+static struct backend *nth(const struct choice *ch, struct backend *const *rows, size_t n,
+                           size_t k) {
+    for (size_t i = 0; i < n; i++)
+        if (eligible(ch, rows[i]) && k-- == 0) return rows[i];
+    return NULL;
+}
+
+/* The eligible row at u (in [0, 1)) of the weights laid end to end, other
+ * than `skip` (whose weight is left out of total by the caller). */
+static struct backend *at_weight(const struct choice *ch, struct backend *const *rows, size_t n,
+                                 double u, double total, const struct backend *skip) {
+    double x = u * total;
+    struct backend *last = NULL;
+    for (size_t i = 0; i < n; i++) {
+        if (rows[i] == skip || !eligible(ch, rows[i])) continue;
+        last = rows[i];
+        x -= weight_of(ch, rows[i]);
+        if (x < 0) return rows[i];
+    }
+    return last; /* rounding */
+}
+
+static double penalty(const struct choice *ch, const struct backend *be) {
+    double e = backend_error_share(be, ch->pk->now_ms);
+    return e * e;
+}
+
+/* What each latency-aware strategy ranks by: lower is better. */
+static double least_outstanding_key(const struct choice *ch, const struct backend *be) {
+    double inflight = atomic_load_explicit(&be->inflight, memory_order_relaxed);
+    return inflight / weight_of(ch, be) + penalty(ch, be) * FAILURE_PENALTY_INFLIGHT;
+}
+
+static double fastest_key(const struct choice *ch, const struct backend *be) {
+    unsigned probe = atomic_load_explicit(&be->probe_us, memory_order_relaxed);
+    if (!probe) return DBL_MAX; /* not probed yet: last */
+    return (probe + penalty(ch, be) * FAILURE_PENALTY_US) / weight_of(ch, be);
+}
+
+/* Peak-EWMA's cost: latency (with the failure penalty) times the load,
+ * the load being requests in flight per unit of weight. */
+static double peak_ewma_score(const struct choice *ch, const struct backend *be) {
+    double ewma = backend_ewma_us(be);
+    double inflight = atomic_load_explicit(&be->inflight, memory_order_relaxed);
+    double latency = (ewma > EWMA_FLOOR_US ? ewma : EWMA_FLOOR_US) +
+                     penalty(ch, be) * FAILURE_PENALTY_US;
+    return latency * (1.0 + inflight / weight_of(ch, be));
+}
+
+/* The eligible row with the lowest key; ties go to one of the tied rows
+ * with a chance proportional to its weight (weighted reservoir sampling). */
+static struct backend *lowest(struct choice *ch, struct backend *const *rows, size_t n,
+                              double (*key)(const struct choice *, const struct backend *)) {
     struct backend *best = NULL;
-    uint64_t best_v = UINT64_MAX;
-    unsigned ties = 0;
+    double best_v = 0, tied = 0;
     for (size_t i = 0; i < n; i++) {
         struct backend *be = rows[i];
-        if (!eligible(be, avoid)) continue;
-        uint64_t v = by_probe ? atomic_load_explicit(&be->probe_us, memory_order_relaxed)
-                              : (uint64_t)atomic_load_explicit(&be->inflight, memory_order_relaxed);
-        if (by_probe && !v) v = UINT64_MAX - 1; /* not probed yet: last */
+        if (!eligible(ch, be)) continue;
+        double v = key(ch, be), w = weight_of(ch, be);
         if (!best || v < best_v) {
             best = be;
             best_v = v;
-            ties = 1;
+            tied = w;
         } else if (v == best_v) {
-            rnd ^= rnd << 13; /* xorshift: a fresh draw per tie */
-            rnd ^= rnd >> 7;
-            rnd ^= rnd << 17;
-            if (rnd % ++ties == 0) best = be;
+            tied += w;
+            if (draw(ch) * tied < w) best = be;
         }
     }
     return best;
 }
 
+static struct backend *peak_ewma(struct choice *ch, struct backend *const *rows, size_t n,
+                                 const struct census *c) {
+    /* power of two choices: two distinct rows drawn by weight, the lower score wins */
+    struct backend *a = at_weight(ch, rows, n, draw(ch), c->total, NULL);
+    if (c->k == 1) return a;
+    struct backend *b = at_weight(ch, rows, n, draw(ch), c->total - weight_of(ch, a), a);
+    if (!b) return a;
+    /* Scores within the noise of a latency measurement count as equal, and
+     * then the random first choice stands: equal backends share the load
+     * even one request at a time. */
+    return peak_ewma_score(ch, b) * SCORE_TOLERANCE < peak_ewma_score(ch, a) ? b : a;
+}
+
+static struct backend *round_robin(struct choice *ch, struct backend *const *rows, size_t n,
+                                   const struct census *c) {
+    unsigned i = atomic_fetch_add_explicit(ch->pk->next, 1, memory_order_relaxed);
+    if (c->equal) return nth(ch, rows, n, i % c->k);
+    double u = (double)i * GOLDEN;
+    return at_weight(ch, rows, n, u - (double)(uint64_t)u, c->total, NULL);
+}
+
 struct backend *strategy_pick(enum strategy s, struct backend *const *rows, size_t n,
-                              const struct backend *avoid, atomic_uint *next, uint64_t rnd) {
-    size_t k = count_eligible(rows, n, &avoid);
-    if (!k) return NULL;
+                              const struct pick *pk) {
+    struct choice ch = {.pk = pk, .avoid = pk->avoid, .rnd = pk->rnd | 1};
+    struct census c = settle_choice(&ch, rows, n);
+    if (!c.k) return NULL;
     switch (s) {
-    case STRATEGY_ROUND_ROBIN: {
-        unsigned i = atomic_fetch_add_explicit(next, 1, memory_order_relaxed);
-        return nth_eligible(rows, n, avoid, i % k);
-    }
-    case STRATEGY_RANDOM: return nth_eligible(rows, n, avoid, rnd % k);
-    case STRATEGY_LEAST_OUTSTANDING: return lowest(rows, n, avoid, rnd, 0);
-    case STRATEGY_FASTEST: return lowest(rows, n, avoid, rnd, 1);
+    case STRATEGY_ROUND_ROBIN: return round_robin(&ch, rows, n, &c);
+    case STRATEGY_RANDOM: return at_weight(&ch, rows, n, draw(&ch), c.total, NULL);
+    case STRATEGY_LEAST_OUTSTANDING: return lowest(&ch, rows, n, least_outstanding_key);
+    case STRATEGY_FASTEST: return lowest(&ch, rows, n, fastest_key);
     case STRATEGY_PEAK_EWMA:
-    default: {
-        /* power of two choices: two distinct random rows, the lower score wins */
-        struct backend *a = nth_eligible(rows, n, avoid, rnd % k);
-        if (k == 1) return a;
-        size_t j = (rnd >> 32) % (k - 1);
-        if (j >= rnd % k) j++;
-        struct backend *b = nth_eligible(rows, n, avoid, j);
-        /* Scores within the noise of a latency measurement count as equal, and
-         * then the random first choice stands: equal backends share the load
-         * even one request at a time. */
-        return peak_ewma_score(b) * SCORE_TOLERANCE < peak_ewma_score(a) ? b : a;
-    }
+    default: return peak_ewma(&ch, rows, n, &c);
     }
 }

@@ -199,6 +199,48 @@ static void test_design_example(void) {
     config_free(&c);
 }
 
+/* The faults, warm-up and affinity fields: defaults, values, turning off. */
+static void test_faults_fields(void) {
+    struct proxy_config c;
+    char err[256] = "";
+    config_defaults(&c);
+    CHECK(config_parse_json(&c,
+                            "{\"clusters\": [{\"path_prefix\": \"/a\", \"backends\": "
+                            "[\"10.0.0.1:80\", \"app-1.internal:8000\"]},"
+                            "{\"path_prefix\": \"/b\", \"backends\": [\"10.0.0.2:80\"],"
+                            " \"outlier_detection\": {\"consecutive_5xx\": 0, \"base_ejection_ms\": 500},"
+                            " \"slow_start_ms\": 2000, \"dns_refresh_s\": 5,"
+                            " \"stickiness\": {\"cookie\": \"S\", \"duration_s\": 60,"
+                            " \"secret\": \"0123456789abcdef\"},"
+                            " \"weights\": {\"10.0.0.2:80\": 3, \"10.0.0.9:80\": 0}},"
+                            "{\"path_prefix\": \"/c\", \"backends\": [\"10.0.0.3:80\"],"
+                            " \"outlier_detection\": false, \"stickiness\": {}}]}",
+                            err, sizeof(err)) == 0);
+    if (err[0]) fprintf(stderr, "unexpected error: %s\n", err);
+    CHECK(c.nclusters == 3);
+    if (c.nclusters == 3) {
+        const struct cluster_config *a = &c.clusters[0], *b = &c.clusters[1], *d = &c.clusters[2];
+        CHECK(a->outlier.enabled && a->outlier.consecutive_5xx == 5 &&
+              a->outlier.consecutive_gateway_failure == 3 && a->outlier.interval_ms == 1000 &&
+              a->outlier.base_ejection_ms == 30000 && a->outlier.max_ejection_percent == 50);
+        CHECK(a->slow_start_ms == 0 && !a->sticky.enabled && a->dns_refresh_s == 30);
+        CHECK(!a->backends[0].is_name && a->backends[1].is_name);
+        CHECK_STR(a->backends[1].text, "app-1.internal:8000");
+        CHECK(b->outlier.enabled && b->outlier.consecutive_5xx == 0 &&
+              b->outlier.base_ejection_ms == 500 && b->outlier.consecutive_gateway_failure == 3);
+        CHECK(b->slow_start_ms == 2000 && b->dns_refresh_s == 5);
+        CHECK(b->sticky.enabled && b->sticky.duration_s == 60);
+        CHECK_STR(b->sticky.cookie, "S");
+        CHECK(cluster_weight(b, "10.0.0.2:80", NULL) == 3);
+        CHECK(cluster_weight(b, "10.0.0.9:80", NULL) == 0);
+        CHECK(cluster_weight(b, "10.0.0.8:80", NULL) == 1);
+        CHECK(!d->outlier.enabled);
+        CHECK(d->sticky.enabled && d->sticky.duration_s == 86400);
+        CHECK_STR(d->sticky.cookie, "LBSTICKY");
+    }
+    config_free(&c);
+}
+
 static void test_non_default(void) {
     struct proxy_config c;
     char err[256] = "";
@@ -387,8 +429,39 @@ static void test_errors(void) {
     BAD("{\"clusters\": [{\"path_prefix\": \"/a\", \"backends\": [\"10.0.0.2:80\", "
         "\"10.0.0.1\"]}]}",
         "clusters[0].backends[1]: bad address \"10.0.0.1\": expected HOST:PORT");
-    BAD("{\"clusters\": [{\"path_prefix\": \"/a\", \"backends\": [\"backend.local:80\"]}]}",
-        "clusters[0].backends[0]: bad address \"backend.local:80\"");
+    BAD("{\"clusters\": [{\"path_prefix\": \"/a\", \"backends\": [\"back_end.local:80\"]}]}",
+        "clusters[0].backends[0]: bad address \"back_end.local:80\"");
+    BAD("{\"clusters\": [{\"path_prefix\": \"/a\", \"backends\": [\"-app.local:80\"]}]}",
+        "clusters[0].backends[0]: bad address");
+    BAD("{\"clusters\": [{\"path_prefix\": \"/a\", \"backends\": [\"app.local:0\"]}]}",
+        "clusters[0].backends[0]: bad address");
+    BAD("{\"clusters\": [{\"path_prefix\": \"/a\", \"backends\": [\"app.local:80\", "
+        "\"APP.local:80\"]}]}",
+        "clusters[0].backends[1]: duplicate backend");
+    BAD("{\"clusters\": [{\"path_prefix\": \"/a\", \"backends\": [\"10.0.0.1:80\"], "
+        "\"outlier_detection\": {\"consecutive_5xx\": -1}}]}",
+        "clusters[0].outlier_detection.consecutive_5xx: expected an integer");
+    BAD("{\"clusters\": [{\"path_prefix\": \"/a\", \"backends\": [\"10.0.0.1:80\"], "
+        "\"outlier_detection\": {\"max_ejection_percent\": 101}}]}",
+        "clusters[0].outlier_detection.max_ejection_percent: expected an integer 0-100");
+    BAD("{\"clusters\": [{\"path_prefix\": \"/a\", \"backends\": [\"10.0.0.1:80\"], "
+        "\"outlier_detection\": {\"base_ejection\": 1}}]}",
+        "clusters[0].outlier_detection.base_ejection: unknown field");
+    BAD("{\"clusters\": [{\"path_prefix\": \"/a\", \"backends\": [\"10.0.0.1:80\"], "
+        "\"slow_start_ms\": \"30s\"}]}",
+        "clusters[0].slow_start_ms: expected an integer");
+    BAD("{\"clusters\": [{\"path_prefix\": \"/a\", \"backends\": [\"10.0.0.1:80\"], "
+        "\"weights\": {\"10.0.0.1:80\": 1001}}]}",
+        "clusters[0].weights.10.0.0.1:80: expected an integer 0-1000");
+    BAD("{\"clusters\": [{\"path_prefix\": \"/a\", \"backends\": [\"10.0.0.1:80\"], "
+        "\"weights\": {\"nope\": 2}}]}",
+        "clusters[0].weights.nope: not a backend");
+    BAD("{\"clusters\": [{\"path_prefix\": \"/a\", \"backends\": [\"10.0.0.1:80\"], "
+        "\"stickiness\": {\"secret\": \"short\"}}]}",
+        "clusters[0].stickiness.secret: at least 16 characters");
+    BAD("{\"clusters\": [{\"path_prefix\": \"/a\", \"backends\": [\"10.0.0.1:80\"], "
+        "\"stickiness\": {\"cookie\": \"a b\"}}]}",
+        "clusters[0].stickiness.cookie: expected a cookie name");
     BAD("{\"clusters\": [{\"path_prefix\": \"/a\", \"backends\": [\"10.0.0.1:0\"]}]}",
         "clusters[0].backends[0]: bad address");
     BAD("{\"clusters\": [{\"path_prefix\": \"/a\", \"backends\": [8000]}]}",
@@ -782,6 +855,7 @@ static void test_args_with_config(void) {
 }
 
 int main(void) {
+    test_faults_fields();
     test_defaults();
     test_strategy_names();
     test_design_example();

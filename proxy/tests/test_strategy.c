@@ -19,6 +19,7 @@ static void reset(void) {
         rows_mem[i].cluster = &cluster;
         atomic_store(&rows_mem[i].healthy, 1);
         atomic_store(&rows_mem[i].refs, 1);
+        atomic_store(&rows_mem[i].weight, 1);
         pthread_mutex_init(&rows_mem[i].note_lock, NULL);
     }
 }
@@ -36,7 +37,8 @@ static void tally(enum strategy s, int picks, int counts[N], const struct backen
     atomic_uint next = 0;
     memset(counts, 0, sizeof(int) * N);
     for (int i = 0; i < picks; i++) {
-        struct backend *be = strategy_pick(s, rows, N, avoid, &next, next_random());
+        struct pick pk = {.avoid = avoid, .next = &next, .rnd = next_random(), .now_ms = 1000};
+        struct backend *be = strategy_pick(s, rows, N, &pk);
         if (be) counts[be - rows_mem]++;
     }
 }
@@ -48,9 +50,10 @@ static void test_all_unhealthy(void) {
     for (int i = 0; i < N; i++)
         atomic_store(&rows_mem[i].healthy, 0);
     atomic_uint next = 0;
+    struct pick pk = {.next = &next, .rnd = 1, .now_ms = 1000};
     for (size_t k = 0; k < sizeof(all) / sizeof(all[0]); k++)
-        CHECK(strategy_pick(all[k], rows, N, NULL, &next, next_random()) == NULL);
-    CHECK(strategy_pick(STRATEGY_PEAK_EWMA, rows, 0, NULL, &next, 1) == NULL);
+        CHECK(strategy_pick(all[k], rows, N, &pk) == NULL);
+    CHECK(strategy_pick(STRATEGY_PEAK_EWMA, rows, 0, &pk) == NULL);
 }
 
 static void test_single_backend(void) {
@@ -59,9 +62,11 @@ static void test_single_backend(void) {
     reset();
     atomic_uint next = 0;
     for (size_t k = 0; k < sizeof(all) / sizeof(all[0]); k++) {
-        CHECK(strategy_pick(all[k], rows, 1, NULL, &next, next_random()) == rows[0]);
+        struct pick pk = {.next = &next, .rnd = next_random(), .now_ms = 1000};
+        CHECK(strategy_pick(all[k], rows, 1, &pk) == rows[0]);
         /* the one to avoid is all there is: better a second try than none */
-        CHECK(strategy_pick(all[k], rows, 1, rows[0], &next, next_random()) == rows[0]);
+        pk.avoid = rows[0];
+        CHECK(strategy_pick(all[k], rows, 1, &pk) == rows[0]);
     }
 }
 

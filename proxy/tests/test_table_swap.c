@@ -54,9 +54,9 @@ static void *reader(void *arg) {
             rnd ^= rnd << 13;
             rnd ^= rnd >> 7;
             rnd ^= rnd << 17;
-            struct backend *be = balancer_pick(&bal, cluster, NULL, rnd, id);
+            struct backend *be = balancer_pick(&bal, cluster, NULL, NULL, rnd, id);
             if (!be || strncmp(be->name, "127.0.0.1:900", 13)) atomic_fetch_add(&bad_rows, 1);
-            if (be) balancer_done(be, OUTCOME_OK, 100 + rnd % 1000, NULL, id);
+            if (be) balancer_done(&bal, be, OUTCOME_OK, 200, 100 + rnd % 1000, NULL, id);
             atomic_fetch_add(&picks, 1);
         }
         balancer_quiescent(&bal, id);
