@@ -211,8 +211,11 @@ int balancer_init(struct balancer *b, const struct proxy_config *cfg, int nworke
         return -1;
     }
     atomic_store(&b->table, t);
-    b->started = 1;
     return 0;
+}
+
+void balancer_ready(struct balancer *b) {
+    b->started = 1;
 }
 
 void balancer_free(struct balancer *b) {
@@ -269,6 +272,10 @@ void balancer_swap(struct balancer *b, struct lb_table *next) {
     struct lb_table *old = atomic_exchange_explicit(&b->table, next, memory_order_acq_rel);
     if (!old) return;
     mark_removed(old, next);
+    if (!b->started) { /* no reader yet */
+        table_free(old);
+        return;
+    }
     unsigned long long e = atomic_fetch_add_explicit(&b->epoch, 1, memory_order_acq_rel) + 1;
     /* Grace period: each worker's tick runs at least every 100 ms. */
     for (int i = 0; i < b->nreaders; i++)

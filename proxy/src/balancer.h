@@ -116,7 +116,7 @@ struct balancer {
     struct lb_cluster *unrouted;           /* "none": requests no route matched */
     pthread_mutex_t write_lock;            /* one table writer at a time */
     int nreaders; /* the workers, then the probe thread, then the admin thread */
-    int started;  /* the first table is built: rows added later ramp up (slow start) */
+    int started;  /* the readers may run: rows added from now on ramp up (slow start) */
     atomic_ullong epoch;
     /* the epoch each reader last saw at a quiescent point */
     atomic_ullong seen[LB_MAX_READERS];
@@ -128,6 +128,10 @@ struct balancer {
 int balancer_init(struct balancer *b, const struct proxy_config *cfg, int nworkers);
 #define BALANCER_PROBE(b) ((b)->nworkers)
 #define BALANCER_ADMIN(b) ((b)->nworkers + 1)
+/* Called before the readers start: tables built until then (the one from
+ * the configuration, names resolved at start) swap in at once, and their
+ * rows are at full share from the start; later ones have slow start. */
+void balancer_ready(struct balancer *b);
 /* A reader that will never run (no admin listener): grace periods skip it. */
 void balancer_reader_offline(struct balancer *b, int id);
 void balancer_free(struct balancer *b);

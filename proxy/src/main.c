@@ -194,6 +194,7 @@ static int run(const struct proxy_config *cfg, struct balancer *bal, int argc, c
         balancer_reader_offline(bal, BALANCER_ADMIN(bal));
     }
     if (!rc) log_start(cfg, &w[0]);
+    balancer_ready(bal);
     for (; !rc && started < n; started++)
         if (pthread_create(&w[started].thread, NULL, worker_main, &w[started]) != 0) break;
     struct prober *prober =

@@ -72,6 +72,7 @@ int main(void) {
     CHECK(balancer_init(&bal, &cfg[0], READERS + 1) == 0);
     balancer_reader_offline(&bal, BALANCER_PROBE(&bal));
     balancer_reader_offline(&bal, BALANCER_ADMIN(&bal));
+    balancer_ready(&bal);
     cluster = balancer_table(&bal)->clusters[0].id;
     pthread_t t[READERS + 1];
     for (int i = 0; i <= READERS; i++)
