@@ -339,11 +339,26 @@ static void log_changes(const struct lb_table *old, const struct lb_table *next,
 }
 
 /* Builds from b->cfg and b->found and swaps in; write_lock held. */
+/* A cluster with nothing healthy serves again on its newcomers' first
+ * passing check, not after healthy_threshold of them: replacing a
+ * cluster's only instance costs one probe. */
+static void fast_admit(const struct lb_table *old, const struct lb_table *next) {
+    for (size_t i = 0; i < next->nclusters; i++) {
+        const struct cluster_rt *c = &next->clusters[i];
+        int healthy = 0;
+        for (size_t j = 0; j < c->n; j++)
+            healthy |= atomic_load(&c->rows[j]->healthy);
+        for (size_t j = 0; !healthy && j < c->n; j++)
+            if (!in_table(old, c->rows[j])) atomic_store(&c->rows[j]->first_pass, 1);
+    }
+}
+
 static int rebuild(struct balancer *b, const char *why, int *added, int *removed) {
     struct lb_table *old = balancer_table(b);
     struct lb_table *t = lb_table_build(b, b->cfg, old);
     if (!t) return -1;
     log_changes(old, t, why, added, removed);
+    fast_admit(old, t);
     balancer_swap(b, t); /* returns once no reader can see the old table */
     return 0;
 }
@@ -636,9 +651,11 @@ void backend_observe(struct backend *be, int ok, const char *why) {
     if (ok) {
         atomic_store_explicit(&be->consec_fail, 0, memory_order_relaxed);
         int k = atomic_fetch_add_explicit(&be->consec_ok, 1, memory_order_relaxed) + 1;
-        if (k >= atomic_load_explicit(&lc->healthy_threshold, memory_order_relaxed) &&
-            !atomic_load(&be->healthy))
-            transition(be, 1, k, why);
+        int need = atomic_load(&be->first_pass)
+                       ? 1
+                       : atomic_load_explicit(&lc->healthy_threshold, memory_order_relaxed);
+        if (k >= need && !atomic_load(&be->healthy)) transition(be, 1, k, why);
+        atomic_store(&be->first_pass, 0);
     } else {
         if (why) note(be, &be->failed_ms, be->failed_why, "%s", why);
         atomic_store_explicit(&be->consec_ok, 0, memory_order_relaxed);

@@ -58,6 +58,8 @@ struct backend {
     atomic_ullong ejections;           /* in all */
     atomic_int weight;                 /* the cluster's "weights"; 1 unless set; 0: no new requests */
     atomic_llong joined_ms;            /* slow start runs from here (monotonic ms); 0: none */
+    atomic_int first_pass;             /* joined a cluster with nothing healthy: checked at once,
+                                          serves on its first passing check */
     atomic_int inflight;
     atomic_uint probe_us;   /* last successful probe's latency; 0: none yet */
     atomic_ullong ewma;     /* packed: float µs << 32 | stamp ms */
