@@ -15,7 +15,7 @@
 /* How fast the EWMA and the failure share forget: a sample this old weighs 1/e. */
 #define EWMA_TAU_MS 5000.0
 /* The failure share moves by 1/this of the way to each new answer. */
-#define ERROR_WINDOW 8.0
+#define ERROR_WINDOW 32.0
 /* Envoy's max_ejection_time default: an ejection never lasts longer (unless
  * base_ejection_ms alone is longer). */
 #define MAX_EJECTION_MS 300000
@@ -666,6 +666,13 @@ void backend_observe(struct backend *be, int ok, const char *why) {
     }
 }
 
+/* How old a packed value's stamp is at now: 0 when another thread stamped
+ * it a millisecond later than this one's clock read. */
+static uint32_t age_ms(uint32_t now, uint64_t v) {
+    int32_t age = (int32_t)(now - (uint32_t)v);
+    return age > 0 ? (uint32_t)age : 0;
+}
+
 static uint64_t pack(float us, uint32_t ms) {
     uint32_t bits;
     memcpy(&bits, &us, sizeof(bits));
@@ -694,7 +701,7 @@ void backend_sample(struct backend *be, uint64_t latency_us) {
         float avg = unpack_us(old);
         float next = x;
         if (avg > 0 && x < avg) {
-            double w = exp(-(double)(uint32_t)(now - (uint32_t)old) / EWMA_TAU_MS);
+            double w = exp(-(double)age_ms(now, old) / EWMA_TAU_MS);
             next = (float)(avg * w + x * (1.0 - w));
         }
         if (atomic_compare_exchange_weak_explicit(&be->ewma, &old, pack(next, now),
@@ -706,7 +713,7 @@ void backend_sample(struct backend *be, uint64_t latency_us) {
 /* The failure share: decays toward 0 with time, and moves 1/ERROR_WINDOW of
  * the way to each answer (1: failed, 0: not). */
 static float error_decayed(uint64_t v, uint32_t now) {
-    return (float)(unpack_us(v) * exp(-(double)(uint32_t)(now - (uint32_t)v) / EWMA_TAU_MS));
+    return (float)(unpack_us(v) * exp(-(double)age_ms(now, v) / EWMA_TAU_MS));
 }
 
 static void error_sample(struct backend *be, int failed) {
@@ -739,5 +746,6 @@ double backend_weight(const struct backend *be, int slow_start_ms, int64_t now_m
 
 int backend_available(const struct backend *be, int64_t now_ms) {
     return atomic_load_explicit(&be->healthy, memory_order_relaxed) &&
-           !backend_ejected(be, now_ms) && atomic_load_explicit(&be->weight, memory_order_relaxed) > 0;
+           !backend_ejected(be, now_ms) &&
+           atomic_load_explicit(&be->weight, memory_order_relaxed) > 0;
 }

@@ -3,8 +3,8 @@
  * One row per backend: health (active checks only), the outlier detection's
  * consecutive live failures and ejection, last probe latency, a peak-EWMA of
  * latency (probes and live responses), a share of recent live answers that
- * failed, weight and slow start, requests in flight. Workers read and update rows with atomics only. The table (which
- * rows each cluster has) is published through one pointer: a new membership
+ * failed, weight and slow start, requests in flight. Workers read and update rows with atomics
+ * only. The table (which rows each cluster has) is published through one pointer: a new membership
  * is swapped in whole, and the old table is freed after a grace period in
  * which every worker passed a quiescent point (its loop's tick). Rows are
  * reference counted, so a request or a pooled connection keeps its row. */
@@ -50,16 +50,16 @@ struct backend {
     struct lb_cluster *cluster;
     atomic_int refs;    /* the tables holding it, requests in flight, pooled connections */
     atomic_int removed; /* no longer in the current table */
-    atomic_int healthy;              /* by the active checks */
+    atomic_int healthy; /* by the active checks */
     atomic_int consec_ok, consec_fail; /* probes */
     atomic_int consec_5xx, consec_gw;  /* live answers, reset by a success */
     atomic_llong ejected_until;        /* monotonic ms; 0: not ejected */
     atomic_int times_ejected;          /* the next ejection lasts base × this + 1 */
     atomic_ullong ejections;           /* in all */
-    atomic_int weight;                 /* the cluster's "weights"; 1 unless set; 0: no new requests */
-    atomic_llong joined_ms;            /* slow start runs from here (monotonic ms); 0: none */
-    atomic_int first_pass;             /* joined a cluster with nothing healthy: checked at once,
-                                          serves on its first passing check */
+    atomic_int weight;      /* the cluster's "weights"; 1 unless set; 0: no new requests */
+    atomic_llong joined_ms; /* slow start runs from here (monotonic ms); 0: none */
+    atomic_int first_pass;  /* joined a cluster with nothing healthy: checked at once,
+                               serves on its first passing check */
     atomic_int inflight;
     atomic_uint probe_us;   /* last successful probe's latency; 0: none yet */
     atomic_ullong ewma;     /* packed: float µs << 32 | stamp ms */

@@ -530,8 +530,9 @@ static void start_txn(struct client *c) {
     c->req_err = c->resp_err = 0;
     c->resp_started = 0;
     char sticky[sizeof(((struct backend *)0)->name)];
-    int has_sticky = cc->sticky.enabled && sticky_find(&cc->sticky, cc->name, &c->req,
-                                                       ev_wall_us() / 1000000, sticky, sizeof(sticky));
+    int has_sticky =
+        cc->sticky.enabled &&
+        sticky_find(&cc->sticky, cc->name, &c->req, ev_wall_us() / 1000000, sticky, sizeof(sticky));
     struct backend *be = balancer_pick(c->w->bal, c->lc, NULL, has_sticky ? sticky : NULL,
                                        worker_random(c->w), c->w->id);
     if (!be) {
@@ -580,8 +581,8 @@ static void attempt_failed(struct client *c, enum lb_error kind, const char *why
             c->attempts++;
             ctr_add(&c->w->counters.errors[ERR_RETRY], 1);
             ctr_add(&c->w->counters.retries[kind == ERR_BACKEND_CONNECT ? RETRY_CONNECT
-                                            : dead_pooled              ? RETRY_STALE_CONNECTION
-                                                                       : RETRY_RESET_BEFORE_RESPONSE],
+                                            : dead_pooled               ? RETRY_STALE_CONNECTION
+                                                          : RETRY_RESET_BEFORE_RESPONSE],
                     1);
             connect_backend(c, be, dead_pooled);
             return;

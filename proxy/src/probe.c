@@ -206,8 +206,8 @@ static int build_probes(struct prober *pr, struct lb_table *t) {
                                           "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: lb-probe\r\n"
                                           "Connection: close\r\n\r\n",
                                           p->hc.path, p->be->name);
-            schedule(p, atomic_load(&p->be->first_pass) ? 0
-                                                       : (uint64_t)p->hc.interval_ms * j / c->n);
+            schedule(p,
+                     atomic_load(&p->be->first_pass) ? 0 : (uint64_t)p->hc.interval_ms * j / c->n);
         }
     }
     return 0;

@@ -92,7 +92,8 @@ void cluster_counters_sum(const struct cluster_counters *per_worker, int nworker
                           struct cluster_sums *out);
 
 struct worker_sums {
-    uint64_t connections, bytes_in, bytes_out, copied_bytes, errors[ERR_COUNT], retries[RETRY_COUNT];
+    uint64_t connections, bytes_in, bytes_out, copied_bytes, errors[ERR_COUNT],
+        retries[RETRY_COUNT];
     uint64_t desync[LB_DESYNC_CLASSES];
 };
 /* Adds one worker's counters to out. */

@@ -18,8 +18,8 @@ int sticky_init(void) {
     return getrandom(process_key, sizeof(process_key), 0) == (ssize_t)sizeof(process_key) ? 0 : -1;
 }
 
-static void mac_of(const struct stickiness_config *sc, const char *cluster, const unsigned char *msg,
-                   size_t len, unsigned char out[MAC_BYTES]) {
+static void mac_of(const struct stickiness_config *sc, const char *cluster,
+                   const unsigned char *msg, size_t len, unsigned char out[MAC_BYTES]) {
     const void *key = sc->secret[0] ? (const void *)sc->secret : process_key;
     int klen = sc->secret[0] ? (int)strlen(sc->secret) : (int)sizeof(process_key);
     unsigned char full[EVP_MAX_MD_SIZE], buf[64 + 1 + 8 + MAX_NAME];

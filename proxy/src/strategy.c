@@ -4,17 +4,21 @@
  * others (backend_weight()). The latency-aware ones (peak-ewma, fastest,
  * least-outstanding) count a row's recent failures as slow answers, so a
  * backend that fails fast never looks like the fastest: the failure share
- * (0..1, decaying like the EWMA) squared adds up to FAILURE_PENALTY_US to
- * the latency they rank by, or FAILURE_PENALTY_INFLIGHT requests to the
- * count. Squared, so that a busy backend's sporadic failure (a share of a
- * few percent) costs it little, and one that fails most answers loses
- * nearly all of its traffic before outlier detection ejects it. */
+ * (0..1, over about the last 32 answers and 5 s) above ERROR_SHARE_FREE,
+ * squared and scaled to 0..1, adds up to FAILURE_PENALTY_US to the latency
+ * they rank by, or FAILURE_PENALTY_INFLIGHT requests to the count. A busy
+ * backend's sporadic failures cost it nothing; one that fails most of its
+ * answers loses nearly all of its traffic before outlier detection ejects
+ * it. */
 #include <float.h>
 
 #include "balancer.h"
 
 #define FAILURE_PENALTY_US       1e6
 #define FAILURE_PENALTY_INFLIGHT 1000.0
+/* A failure share up to this costs nothing: sporadic failures (a reset in
+ * a hundred, a burst of a few) must not move traffic. */
+#define ERROR_SHARE_FREE 0.2
 
 /* b must score this much lower than a to win over it */
 #define SCORE_TOLERANCE 1.25
@@ -54,9 +58,9 @@ static double draw(struct choice *ch) {
 }
 
 struct census {
-    size_t k;       /* eligible rows */
-    double total;   /* their weights */
-    int equal;      /* all of the same weight */
+    size_t k;     /* eligible rows */
+    double total; /* their weights */
+    int equal;    /* all of the same weight */
 };
 
 static struct census count(struct choice *ch, struct backend *const *rows, size_t n) {
@@ -76,16 +80,18 @@ static struct census count(struct choice *ch, struct backend *const *rows, size_
 /* Who may be chosen: the available rows but avoid; when that leaves none,
  * avoid is allowed back (a second try on the same backend beats none); when
  * none is available at all, the healthy rows though ejected (Envoy's panic:
- * better an outlier than a 503). */
+ * better an outlier than a 503), again avoid last. */
 static struct census settle_choice(struct choice *ch, struct backend *const *rows, size_t n) {
-    struct census c = count(ch, rows, n);
-    if (!c.k && ch->avoid) {
-        ch->avoid = NULL;
+    const struct backend *avoid = ch->avoid;
+    struct census c = {0, 0, 1};
+    for (int panic = 0; panic < 2 && !c.k; panic++) {
+        ch->panic = panic;
+        ch->avoid = avoid;
         c = count(ch, rows, n);
-    }
-    if (!c.k) {
-        ch->panic = 1;
-        c = count(ch, rows, n);
+        if (!c.k && avoid) {
+            ch->avoid = NULL;
+            c = count(ch, rows, n);
+        }
     }
     return c;
 }
@@ -114,8 +120,8 @@ static struct backend *at_weight(const struct choice *ch, struct backend *const 
 }
 
 static double penalty(const struct choice *ch, const struct backend *be) {
-    double e = backend_error_share(be, ch->pk->now_ms);
-    return e * e;
+    double e = backend_error_share(be, ch->pk->now_ms) - ERROR_SHARE_FREE;
+    return e > 0 ? e * e / ((1 - ERROR_SHARE_FREE) * (1 - ERROR_SHARE_FREE)) : 0;
 }
 
 /* What each latency-aware strategy ranks by: lower is better. */
@@ -135,8 +141,8 @@ static double fastest_key(const struct choice *ch, const struct backend *be) {
 static double peak_ewma_score(const struct choice *ch, const struct backend *be) {
     double ewma = backend_ewma_us(be);
     double inflight = atomic_load_explicit(&be->inflight, memory_order_relaxed);
-    double latency = (ewma > EWMA_FLOOR_US ? ewma : EWMA_FLOOR_US) +
-                     penalty(ch, be) * FAILURE_PENALTY_US;
+    double latency =
+        (ewma > EWMA_FLOOR_US ? ewma : EWMA_FLOOR_US) + penalty(ch, be) * FAILURE_PENALTY_US;
     return latency * (1.0 + inflight / weight_of(ch, be));
 }
 
