@@ -38,6 +38,7 @@ struct config {
     unsigned delay_ms;
     unsigned work_us;
     unsigned slow_ms; /* extra delay per reply while slow mode is on (SIGUSR2) */
+    int fail_status;  /* --fail-status: the answer to all but GET /health in fail mode; 0 off */
     int quiet;
     int health_flip; /* GET /health alternates 200 and 503 */
     enum ev_engine engine;
@@ -68,7 +69,7 @@ enum phase {
     PH_LINGER,     /* output shut down: drain input until EOF, then close */
 };
 
-enum route { R_DEFAULT, R_HEALTH, R_BYTES, R_ECHO, R_STATUS, R_DELAY, R_WS, R_BAD };
+enum route { R_DEFAULT, R_HEALTH, R_BYTES, R_ECHO, R_STATUS, R_DELAY, R_WS, R_BAD, R_FAIL };
 enum stream_kind { S_NONE, S_BYTES, S_CHUNKED, S_ECHO };
 enum { RD_NONE, RD_RECV, RD_SPLICE };
 enum { WR_NONE, WR_OUT, WR_BYTES, WR_SPLICE };
@@ -88,7 +89,7 @@ struct req {
     uint8_t keepalive, has_body, chunked_in, expect_continue, head_only;
     uint8_t msg_complete, delay_done, head_done, ws_upgrade;
     enum route route;
-    uint64_t arg; /* N of /bytes/N, code of /status, ms of /delay, 1: /health fails */
+    uint64_t arg; /* N of /bytes/N, code of /status or fail mode, ms of /delay, 1: /health fails */
     uint8_t chunked_out;
     uint64_t content_length;
     /* Copies of the head's fields that outlive the input buffer. */
@@ -189,6 +190,8 @@ int conn_open_pipe(struct conn *c);
 extern int backend_stop_requested(void);
 /* Slow mode (toggled by SIGUSR2): the extra ms for a reply now, 0 when off. */
 unsigned backend_slow_ms(void);
+/* Fail mode (--fail-status, toggled by SIGUSR1): the status to answer, 0 when off. */
+int backend_fail_status(void);
 /* --health-flip: 1 when this /health request gets 503 (every other one). */
 int backend_health_flip_fails(void);
 

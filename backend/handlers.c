@@ -187,6 +187,12 @@ void route_request(struct conn *c) {
     if (r->route == R_DEFAULT && second)
         r->route = match_endpoint(c, second, n - (size_t)(second - url), query, qlen);
     /* Decided once per request: a response can be attempted more than once. */
+    int fail = backend_fail_status();
+    if (fail && !(r->route == R_HEALTH && r->method == HTTP_GET)) {
+        r->route = R_FAIL; /* a body is read and dropped, as for any non-echo route */
+        r->arg = (uint64_t)fail;
+        return;
+    }
     if (r->route == R_HEALTH && cfg.health_flip) r->arg = (uint64_t)backend_health_flip_fails();
 }
 
@@ -252,15 +258,32 @@ static int end_response(struct conn *c, int status, const char *start, char *end
     return 1;
 }
 
-/* A JSON body given whole. */
-static int respond_json(struct conn *c, int status, const char *body, size_t len) {
-    char *p = begin_response(c, head_max(c, sizeof(json_type)) + len);
+/* A JSON body given whole, after --work-us when `work`. */
+static int respond_body(struct conn *c, int status, const char *body, size_t len, int work) {
+    size_t need = head_max(c, sizeof(json_type)) + len;
+    char *p = work ? begin_response(c, need) : out_reserve(c, need);
     if (!p) return 0;
     char *o = put_head(c, p, status, JSON_TYPE, FR_LENGTH, len);
     if (!c->req.head_only) o = fmt_put(o, body, len);
     end_response(c, status, p, o, 0);
     request_finished(c);
     return 1;
+}
+
+static int respond_json(struct conn *c, int status, const char *body, size_t len) {
+    return respond_body(c, status, body, len, 1);
+}
+
+/* Fail mode: the status at once, no --work-us (nor delay: step_respond). */
+static int respond_fail(struct conn *c) {
+    int status = (int)c->req.arg;
+    char body[2048];
+    int n = snprintf(body, sizeof(body),
+                     "{\"error\":\"fail mode\",\"status\":%d,\"instance_id\":\"%s\","
+                     "\"cluster\":\"%s\"}",
+                     status, cfg.id_json, cfg.cluster_json);
+    if (n < 0 || (size_t)n >= sizeof(body)) n = snprintf(body, sizeof(body), "{}");
+    return respond_body(c, status, body, (size_t)n, 0);
 }
 
 int respond_error(struct conn *c, int status, const char *msg) {
@@ -382,6 +405,7 @@ int handler_respond(struct conn *c) {
     case R_ECHO: return respond_echo(c);
     case R_WS: return ws_handshake(c);
     case R_BAD: return respond_error(c, 400, "bad request");
+    case R_FAIL: return respond_fail(c);
     case R_DELAY:
     case R_DEFAULT: return respond_default(c);
     }

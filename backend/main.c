@@ -26,6 +26,7 @@ struct config cfg;
 
 static atomic_int stop_flag;
 static atomic_int slow_mode;          /* toggled by SIGUSR2 */
+static atomic_int fail_mode;          /* on with --fail-status, toggled by SIGUSR1 */
 static atomic_uint_fast64_t health_n; /* /health requests seen, for --health-flip */
 
 int backend_stop_requested(void) {
@@ -36,6 +37,10 @@ unsigned backend_slow_ms(void) {
     return atomic_load_explicit(&slow_mode, memory_order_relaxed) ? cfg.slow_ms : 0;
 }
 
+int backend_fail_status(void) {
+    return atomic_load_explicit(&fail_mode, memory_order_relaxed) ? cfg.fail_status : 0;
+}
+
 int backend_health_flip_fails(void) {
     return (int)(atomic_fetch_add_explicit(&health_n, 1, memory_order_relaxed) & 1);
 }
@@ -43,8 +48,8 @@ int backend_health_flip_fails(void) {
 static void usage(FILE *f) {
     fprintf(f, "usage: backend [--host ADDR] [--port 8000] [--instance-id ID] [--cluster NAME]\n"
                "               [--threads N] [--delay-ms N] [--work-us N] [--slow-ms N]\n"
-               "               [--health-flip] [--quiet] [--engine auto|uring|epoll]\n"
-               "               [--help] [--version]\n"
+               "               [--fail-status CODE] [--health-flip] [--quiet]\n"
+               "               [--engine auto|uring|epoll] [--help] [--version]\n"
                "\n"
                "The HTTP service of a cluster instance. Endpoints: GET /health, GET /bytes/N\n"
                "(?chunked=1), POST|PUT /echo, GET /status/CODE, GET /delay/MS, WebSocket echo\n"
@@ -59,12 +64,16 @@ static void usage(FILE *f) {
                "  --work-us N         burn N us of CPU before every reply\n"
                "  --slow-ms N         extra wait before every reply while slow mode is on\n"
                "                      (default 50); SIGUSR2 turns slow mode on and off\n"
+               "  --fail-status CODE  answer CODE (400-599) at once, no delay or work, to\n"
+               "                      every request but GET /health (which stays 200): an\n"
+               "                      instance that fails fast; SIGUSR1 turns it off and on\n"
                "  --health-flip       GET /health answers 200 and 503 in turn (a flapping\n"
                "                      instance, for health-check tests)\n"
                "  --quiet             no per-request log lines on stdout\n"
                "  --engine E          I/O engine: auto (io_uring, else epoll), uring, epoll\n"
                "\n"
-               "Signals: SIGTERM, SIGINT stop; SIGUSR2 toggles slow mode (--slow-ms).\n");
+               "Signals: SIGTERM, SIGINT stop; SIGUSR2 toggles slow mode (--slow-ms); SIGUSR1\n"
+               "toggles fail mode (with --fail-status; ignored without).\n");
 }
 
 /* Names go into headers and log lines: printable, no spaces, not too long. */
@@ -95,8 +104,8 @@ static void parse_args(int argc, char **argv) {
     cfg.slow_ms = 50;
 
     static const char *const with_value[] = {
-        "--host",     "--port",    "--instance-id", "--cluster", "--threads",
-        "--delay-ms", "--work-us", "--slow-ms",     "--engine",  NULL};
+        "--host",    "--port",    "--instance-id", "--cluster",     "--threads", "--delay-ms",
+        "--work-us", "--slow-ms", "--engine",      "--fail-status", NULL};
     static const char *const no_value[] = {"--help", "--version", "--quiet", "--health-flip", NULL};
     flags_init("backend");
     for (int i = 1; i < argc; i++) {
@@ -132,6 +141,8 @@ static void parse_args(int argc, char **argv) {
             cfg.work_us = (unsigned)flags_uint(flag, val, 0, 10000000);
         } else if (!strcmp(flag, "--slow-ms")) {
             cfg.slow_ms = (unsigned)flags_uint(flag, val, 0, 3600000);
+        } else if (!strcmp(flag, "--fail-status")) {
+            cfg.fail_status = (int)flags_uint(flag, val, 400, 599);
         } else if (!strcmp(flag, "--engine")) {
             int e = ev_engine_parse(val);
             if (e < 0)
@@ -174,7 +185,7 @@ static void *thread_main(void *arg) {
     struct thread *t = arg;
     sigset_t wake;
     sigemptyset(&wake);
-    sigaddset(&wake, SIGUSR1);
+    sigaddset(&wake, SIGRTMIN);
     pthread_sigmask(SIG_UNBLOCK, &wake, NULL);
     int rc = worker_setup(&t->w, t->addr);
     pthread_mutex_lock(&start_mu);
@@ -196,7 +207,7 @@ static void raise_nofile(void) {
     }
 }
 
-/* Stops every loop: the flag is read in each loop's tick, SIGUSR1 cuts its
+/* Stops every loop: the flag is read in each loop's tick, SIGRTMIN cuts its
  * wait short (sent again until the thread is gone, so none is missed). */
 static void stop_all(struct thread *ts, int n) {
     atomic_store(&stop_flag, 1);
@@ -205,7 +216,7 @@ static void stop_all(struct thread *ts, int n) {
         for (int i = 0; i < n; i++) {
             if (atomic_load(&ts[i].done)) continue;
             alive++;
-            pthread_kill(ts[i].tid, SIGUSR1);
+            pthread_kill(ts[i].tid, SIGRTMIN);
         }
         if (!alive) break;
         nanosleep(&(struct timespec){0, 20 * 1000 * 1000}, NULL);
@@ -223,9 +234,11 @@ int main(int argc, char **argv) {
     sigaddset(&sigs, SIGINT);
     sigaddset(&sigs, SIGUSR1);
     sigaddset(&sigs, SIGUSR2);
-    pthread_sigmask(SIG_BLOCK, &sigs, NULL); /* the threads unblock SIGUSR1 */
+    sigaddset(&sigs, SIGRTMIN);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL); /* the threads unblock SIGRTMIN */
     log_init("backend", LOG_INFO);
     parse_args(argc, argv);
+    atomic_store(&fail_mode, cfg.fail_status != 0); /* on from the start */
     struct net_addr addr;
     listen_addr(&addr);
     if (net_port_taken(&addr)) {
@@ -243,7 +256,7 @@ int main(int argc, char **argv) {
 
     struct sigaction sa = {.sa_handler = on_wake}; /* no SA_RESTART */
     sigemptyset(&sa.sa_mask);
-    sigaction(SIGUSR1, &sa, NULL);
+    sigaction(SIGRTMIN, &sa, NULL);
 
     struct thread *ts = calloc((size_t)cfg.threads, sizeof(*ts));
     if (!ts) {
@@ -282,24 +295,39 @@ int main(int argc, char **argv) {
     struct worker *w0 = &ts[0].w;
     if (cfg.engine == EV_ENGINE_AUTO && w0->engine == EV_ENGINE_EPOLL)
         log_warn("io_uring unavailable (%s): using epoll", w0->why_fallback);
-    log_info("listening on %s: %d threads, engine %s, instance %s, cluster %s%s%s",
+    char fail[40] = "";
+    if (cfg.fail_status) snprintf(fail, sizeof(fail), ", fail status %d", cfg.fail_status);
+    log_info("listening on %s: %d threads, engine %s, instance %s, cluster %s%s%s%s",
              net_addr_str(&addr, abuf, sizeof(abuf)), cfg.threads, ev_engine_name(w0->engine),
              cfg.instance_id, cfg.cluster, cfg.quiet ? ", quiet" : "",
-             cfg.health_flip ? ", health flip" : "");
+             cfg.health_flip ? ", health flip" : "", fail);
 
-    /* SIGUSR2 (blocked in every thread) toggles slow mode; the workers read
-     * the flag for each reply (backend_slow_ms). */
+    /* SIGUSR2 and SIGUSR1 (blocked in every thread) toggle slow mode and fail
+     * mode; the workers read the flags for each request (backend_slow_ms,
+     * backend_fail_status). */
     sigset_t term;
     sigemptyset(&term);
     sigaddset(&term, SIGTERM);
     sigaddset(&term, SIGINT);
     sigaddset(&term, SIGUSR2);
+    sigaddset(&term, SIGUSR1);
     int sig = 0;
     for (;;) {
         if (sigwait(&term, &sig) != 0) continue;
-        if (sig != SIGUSR2) break;
-        int on = !atomic_fetch_xor(&slow_mode, 1);
-        log_info("SIGUSR2: slow mode %s (+%u ms per reply)", on ? "on" : "off", cfg.slow_ms);
+        if (sig == SIGUSR2) {
+            int on = !atomic_fetch_xor(&slow_mode, 1);
+            log_info("SIGUSR2: slow mode %s (+%u ms per reply)", on ? "on" : "off", cfg.slow_ms);
+        } else if (sig == SIGUSR1) {
+            if (!cfg.fail_status) {
+                log_info("SIGUSR1: no --fail-status, ignored");
+                continue;
+            }
+            int on = !atomic_fetch_xor(&fail_mode, 1);
+            log_info("SIGUSR1: fail mode %s (%d to all but GET /health)", on ? "on" : "off",
+                     cfg.fail_status);
+        } else {
+            break;
+        }
     }
     log_info("signal %d: stopping", sig);
     stop_all(ts, n);

@@ -148,6 +148,7 @@ void conn_start_delay(struct conn *c, uint64_t ms) {
 
 static int step_respond(struct conn *c) {
     uint64_t delay = cfg.delay_ms + backend_slow_ms() + (c->req.route == R_DELAY ? c->req.arg : 0);
+    if (c->req.route == R_FAIL) delay = 0; /* fail mode answers at once */
     if (delay && !c->req.delay_done) {
         c->req.delay_done = 1;
         conn_start_delay(c, delay);

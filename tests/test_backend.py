@@ -360,6 +360,72 @@ class Modes(BackendCase):
         self.assertLess(dt, 0.045)
 
 
+    def test_fail_status_and_sigusr1(self):
+        # --fail-status: all but GET /health answered at once (no --delay-ms),
+        # a body read and dropped (keep-alive goes on); SIGUSR1 toggles it.
+        b = self.backend("fs1", "c", threads=1, args=["--fail-status", "500", "--delay-ms", "200"])
+        for path in ("/x", "/cluster1/x", "/status/200", "/delay/10", "/bytes/100"):
+            st, dt = self.timed_get(b.port, path)
+            self.assertEqual(st, 500, path)
+            self.assertLess(dt, 0.15, "%s in fail mode took %.3fs: not at once" % (path, dt))
+        st, h, body = get(b.port, "/x")
+        j = json.loads(body)
+        self.assertEqual((j["status"], j["instance_id"]), (500, "fs1"), body)
+        self.assertEqual(h.get("x-instance-id"), "fs1")
+        for path in ("/health", "/cluster1/health"):
+            st, dt = self.timed_get(b.port, path)
+            self.assertEqual(st, 200, path)
+            self.assertGreaterEqual(dt, 0.2, "%s is not touched by fail mode: --delay-ms" % path)
+        c = http.client.HTTPConnection("127.0.0.1", b.port, timeout=10)
+        try:
+            for method, path, body in (("POST", "/echo", b"x" * 100000), ("GET", "/x", None),
+                                       ("PUT", "/echo", b"abc"), ("GET", "/health", None)):
+                c.request(method, path, body=body)
+                r = c.getresponse()
+                r.read()
+                self.assertEqual(r.status, 200 if path == "/health" else 500, (method, path))
+                self.assertFalse(r.will_close, (method, path))
+        finally:
+            c.close()
+        self.assertTrue(wait_until(lambda: any(l[4] == "/echo" and l[5] == "500"
+                                               for l in request_log(b)), 5), b.log()[-2000:])
+        b.signal(signal.SIGUSR1)
+        self.assertTrue(self.wait_logged(b, "fail mode off", 1), b.log()[-2000:])
+        st, dt = self.timed_get(b.port)
+        self.assertEqual(st, 200)
+        self.assertGreaterEqual(dt, 0.2, "--delay-ms again once fail mode is off")
+        self.assertEqual(get(b.port, "/status/418")[0], 418)
+        b.signal(signal.SIGUSR1)
+        self.assertTrue(self.wait_logged(b, "fail mode on", 1), b.log()[-2000:])
+        self.assertEqual(get(b.port, "/x")[0], 500)
+        self.assertEqual(b.stop(), 0, b.log()[-2000:])
+
+    def test_fail_mode_signal_storm(self):
+        # Like SIGUSR2's: 20 SIGUSR1 (ends on, as it started), each logged;
+        # slow mode is independent of it.
+        b = self.backend("fs2", "c", args=["--fail-status", "503"])
+        for i in range(20):
+            b.signal(signal.SIGUSR1)
+            self.assertTrue(self.wait_logged(b, "fail mode", i + 1), b.log()[-2000:])
+            self.assertEqual(get(b.port, "/x")[0], 200 if i % 2 == 0 else 503)
+        self.assertEqual(b.log().count("fail mode off"), 10)
+        b.signal(signal.SIGUSR2)
+        self.assertTrue(self.wait_logged(b, "slow mode on", 1), b.log()[-2000:])
+        st, dt = self.timed_get(b.port)
+        self.assertEqual(st, 503)
+        self.assertLess(dt, 0.045, "fail mode answers at once, slow mode or not")
+        self.assertEqual(b.stop(), 0, b.log()[-2000:])
+
+    def test_sigusr1_without_fail_status(self):
+        b = self.backend("fs3", "c")
+        b.signal(signal.SIGUSR1)
+        self.assertTrue(self.wait_logged(b, "SIGUSR1: no --fail-status, ignored", 1),
+                        b.log()[-2000:])
+        self.assertEqual(get(b.port, "/x")[0], 200)
+        self.assertNotIn("fail mode", b.log())
+        self.assertEqual(b.stop(), 0, b.log()[-2000:])
+
+
 class Environment(BackendCase):
     def start_plain(self, args=()):
         port = free_port()
@@ -471,8 +537,12 @@ class Flags(unittest.TestCase):
         self.assertIn("--health-flip", out)
         rc, out = self.run_backend("--help")
         self.assertEqual(rc, 0, out)
-        for word in ("--health-flip", "--slow-ms", "SIGUSR2"):
+        for word in ("--health-flip", "--slow-ms", "SIGUSR2", "--fail-status", "SIGUSR1"):
             self.assertIn(word, out)
+        for bad in ("200", "600", "x"):
+            rc, out = self.run_backend("--fail-status", bad)
+            self.assertEqual(rc, 2, out)
+            self.assertIn("--fail-status", out)
 
     def test_missing_value(self):
         rc, out = self.run_backend("--threads")
