@@ -484,6 +484,19 @@ static int may_eject(const struct cluster_rt *c, const struct backend *be, int64
     return others > 0 && (out + 1) * 100 <= c->n * (size_t)c->cfg->outlier.max_ejection_percent;
 }
 
+/* An ejection that is over: logged, and the backend's slow start runs from
+ * its end (picks took it back at that instant already). */
+static void readmit(struct backend *be) {
+    int64_t until = atomic_load(&be->ejected_until);
+    if (!until || !atomic_compare_exchange_strong(&be->ejected_until, &until, (int64_t)0)) return;
+    atomic_store(&be->consec_5xx, 0);
+    atomic_store(&be->consec_gw, 0);
+    atomic_store(&be->joined_ms, until);
+    note(be, &be->changed_ms, be->changed_why, "readmitted after its ejection");
+    log_info("backend %s (%s): readmitted (ejection %d over)", be->name, be->cluster->name,
+             atomic_load(&be->times_ejected));
+}
+
 static void eject(struct balancer *b, struct backend *be, const char *what, int count,
                   const char *why) {
     struct lb_cluster *lc = be->cluster;
@@ -492,6 +505,8 @@ static void eject(struct balancer *b, struct backend *be, const char *what, int 
     const struct outlier_config *od = &c->cfg->outlier;
     int64_t now = ev_clock_ms();
     pthread_mutex_lock(&lc->eject_lock);
+    if (!backend_ejected(be, now))
+        readmit(be); /* over, and failing again before the tick noticed: in that order */
     /* the counts start again either way: the next decision after as many failures */
     atomic_store(&be->consec_5xx, 0);
     atomic_store(&be->consec_gw, 0);
@@ -570,14 +585,8 @@ static void tick_cluster(const struct cluster_rt *c, int64_t now) {
     for (size_t i = 0; i < c->n; i++) {
         struct backend *be = c->rows[i];
         int64_t until = atomic_load(&be->ejected_until);
-        if (until && until <= now &&
-            atomic_compare_exchange_strong(&be->ejected_until, &until, (int64_t)0)) {
-            atomic_store(&be->consec_5xx, 0);
-            atomic_store(&be->consec_gw, 0);
-            atomic_store(&be->joined_ms, until);
-            note(be, &be->changed_ms, be->changed_why, "readmitted after its ejection");
-            log_info("backend %s (%s): readmitted (ejection %d over)", be->name, c->id->name,
-                     atomic_load(&be->times_ejected));
+        if (until && until <= now) {
+            readmit(be);
         } else if (decay && !until && atomic_load(&be->times_ejected) > 0 &&
                    !atomic_load(&be->consec_5xx) && !atomic_load(&be->consec_gw)) {
             atomic_fetch_sub(&be->times_ejected, 1);
