@@ -575,9 +575,9 @@ void balancer_done(struct balancer *b, struct backend *be, enum outcome o, int s
     backend_unref(be);
 }
 
-/* Readmits rows whose ejection is over (they were out of every pick
- * already; this logs it and starts their slow start), and decays the
- * multiplier of rows that stayed in and answered well for an interval. */
+/* Readmits rows whose ejection is over (picks took them back at that
+ * instant; this logs it and resets their counts), and decays the
+ * multiplier of rows that stayed in and failed nothing for an interval. */
 static void tick_cluster(const struct cluster_rt *c, int64_t now) {
     const struct outlier_config *od = &c->cfg->outlier;
     int decay = now - c->id->decayed_ms >= od->interval_ms;
