@@ -489,8 +489,8 @@ static int may_eject(const struct cluster_rt *c, const struct backend *be, int64
 static void readmit(struct backend *be) {
     int64_t until = atomic_load(&be->ejected_until);
     if (!until || !atomic_compare_exchange_strong(&be->ejected_until, &until, (int64_t)0)) return;
-    atomic_store(&be->consec_5xx, 0);
-    atomic_store(&be->consec_gw, 0);
+    /* (its counts started again at the ejection, and what it answered since
+     * it came back counts: the tick may come after its first answers) */
     atomic_store(&be->joined_ms, until);
     note(be, &be->changed_ms, be->changed_why, "readmitted after its ejection");
     log_info("backend %s (%s): readmitted (ejection %d over)", be->name, be->cluster->name,
@@ -539,6 +539,8 @@ static void count_outcome(struct balancer *b, struct backend *be, int fivexx, in
             atomic_store_explicit(&be->consec_gw, 0, memory_order_relaxed);
         return;
     }
+    /* answers to requests sent before its ejection do not count towards the next */
+    if (backend_ejected(be, ev_clock_ms())) return;
     int n5 = atomic_fetch_add(&be->consec_5xx, 1) + 1;
     int ng = gateway ? atomic_fetch_add(&be->consec_gw, 1) + 1 : 0;
     if (!gateway) atomic_store(&be->consec_gw, 0);
@@ -576,7 +578,7 @@ void balancer_done(struct balancer *b, struct backend *be, enum outcome o, int s
 }
 
 /* Readmits rows whose ejection is over (picks took them back at that
- * instant; this logs it and resets their counts), and decays the
+ * instant; this logs it), and decays the
  * multiplier of rows that stayed in and failed nothing for an interval. */
 static void tick_cluster(const struct cluster_rt *c, int64_t now) {
     const struct outlier_config *od = &c->cfg->outlier;
@@ -717,6 +719,11 @@ void backend_sample(struct backend *be, uint64_t latency_us) {
                                                   memory_order_relaxed, memory_order_relaxed))
             return;
     }
+}
+
+void backend_sample_idle(struct backend *be, uint64_t latency_us, uint32_t idle_ms) {
+    uint64_t v = atomic_load_explicit(&be->ewma, memory_order_relaxed);
+    if (!v || age_ms((uint32_t)ev_clock_ms(), v) >= idle_ms) backend_sample(be, latency_us);
 }
 
 /* The failure share: decays toward 0 with time, and moves 1/ERROR_WINDOW of

@@ -213,6 +213,8 @@ void backend_observe(struct backend *be, int ok, const char *why);
 void backend_notes(struct backend *be, int64_t *changed_ms, char *changed_why, int64_t *failed_ms,
                    char *failed_why, size_t len);
 void backend_sample(struct backend *be, uint64_t latency_us);
+/* The same, only when the EWMA has had no sample for idle_ms. */
+void backend_sample_idle(struct backend *be, uint64_t latency_us, uint32_t idle_ms);
 double backend_ewma_us(const struct backend *be);
 /* The share of its recent live answers that failed (5xx or gateway
  * failure), decaying with the EWMA's time constant: 0..1. */

@@ -12,6 +12,11 @@
 #include "log.h"
 #include "net.h"
 
+/* A probe's latency enters the EWMA only when no answer has for this long:
+ * live answers say more about a busy backend than one check a second (a
+ * check on a fresh connection, from a thread of its own, reads slower). */
+#define PROBE_SAMPLE_IDLE_MS 1000
+
 struct probe {
     struct prober *pr;
     struct backend *be;     /* a reference is held */
@@ -59,7 +64,7 @@ static void end_check(struct probe *p, int ok, const char *why) {
         uint64_t us = ev_clock_us() - p->t_req_us;
         if (ok) {
             atomic_store_explicit(&p->be->probe_us, (unsigned)(us ? us : 1), memory_order_relaxed);
-            backend_sample(p->be, us);
+            backend_sample_idle(p->be, us, PROBE_SAMPLE_IDLE_MS);
         }
         backend_observe(p->be, ok, why);
         p->running = 2; /* finished, waiting for its ops */

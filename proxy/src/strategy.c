@@ -23,10 +23,11 @@
 /* b must score this much lower than a to win over it */
 #define SCORE_TOLERANCE 1.25
 
-/* Latencies under this are all "fast": differences below a LAN round trip
- * are measurement noise (a fresh probe connection versus a warm pooled one),
- * and ranking on them would send every request to one of equal backends. */
-#define EWMA_FLOOR_US 1000.0
+/* Latencies under this are all "fast": differences below it are noise (a
+ * LAN round trip, a scheduling hiccup that the peak keeps for seconds), and
+ * ranking on them would send most requests to one of equal backends and
+ * override the weights. In-flight counts still tell fast backends apart. */
+#define EWMA_FLOOR_US 5000.0
 
 /* 1/φ: steps of it mod 1 spread evenly over [0, 1) (weighted round-robin). */
 #define GOLDEN 0.6180339887498949

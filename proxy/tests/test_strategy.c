@@ -515,11 +515,11 @@ static void test_failure_penalty(void) {
     struct cluster_rt *c = bal_setup();
     CHECK(c->n == N && !c->cfg->outlier.enabled);
     struct backend **r = c->rows;
-    /* row 0 answers in 100 µs where the others take 5 ms; probes alike */
+    /* row 0 answers in 100 µs where the others take 20 ms; probes alike */
     for (int i = 0; i < N; i++) {
         for (int k = 0; k < 20; k++)
-            answer(r[i], OUTCOME_OK, 200, i ? 5000 : 100);
-        atomic_store(&r[i]->probe_us, i ? 5000 : 100);
+            answer(r[i], OUTCOME_OK, 200, i ? 20000 : 100);
+        atomic_store(&r[i]->probe_us, i ? 20000 : 100);
     }
     CHECK(backend_error_share(r[0], (int64_t)ev_clock_ms()) == 0);
     tally_rows(STRATEGY_FASTEST, r, N, 1000, counts, NULL, (int64_t)ev_clock_ms(), 0);
