@@ -41,6 +41,9 @@ struct aws_client {
     CURL *curl;
     int max_attempts;
     long base_ms, cap_ms, connect_ms, total_ms;
+    bool quiet_retries;
+    bool (*abort)(void *arg);
+    void *abort_arg;
     uint64_t rng;
 };
 
@@ -661,6 +664,15 @@ void aws_client_set_timeouts(struct aws_client *c, long connect_ms, long total_m
     c->total_ms = total_ms;
 }
 
+void aws_client_set_quiet_retries(struct aws_client *c, bool quiet) {
+    c->quiet_retries = quiet;
+}
+
+void aws_client_set_abort(struct aws_client *c, bool (*abort)(void *arg), void *arg) {
+    c->abort = abort;
+    c->abort_arg = arg;
+}
+
 /* ---- Query form bodies ---- */
 
 struct aws_form {
@@ -863,9 +875,48 @@ static long backoff_ms(struct aws_client *c, int attempt) {
     return ceiling > 0 ? (long)(next_random(c) % (uint64_t)(ceiling + 1)) : 0;
 }
 
-static void sleep_ms(long ms) {
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) && errno == EINTR) {
+static bool aborted(const struct aws_client *c) {
+    return c->abort && c->abort(c->abort_arg);
+}
+
+/* curl_easy_perform, but polling abort every 100 ms when there is one (curl's
+ * progress callback can wait a second between calls). */
+static CURLcode perform(struct aws_client *c) {
+    if (!c->abort) return curl_easy_perform(c->curl);
+    CURLM *m = curl_multi_init();
+    if (!m || curl_multi_add_handle(m, c->curl) != CURLM_OK) {
+        curl_multi_cleanup(m);
+        return CURLE_OUT_OF_MEMORY;
+    }
+    CURLcode rc = CURLE_OK;
+    int running = 1;
+    while (running) {
+        if (curl_multi_perform(m, &running) != CURLM_OK) {
+            rc = CURLE_OUT_OF_MEMORY;
+            break;
+        }
+        if (running && aborted(c)) {
+            rc = CURLE_ABORTED_BY_CALLBACK;
+            break;
+        }
+        if (running) curl_multi_poll(m, NULL, 0, 100, NULL);
+    }
+    int left;
+    for (CURLMsg *msg; !running && (msg = curl_multi_info_read(m, &left));)
+        if (msg->msg == CURLMSG_DONE) rc = msg->data.result;
+    curl_multi_remove_handle(m, c->curl);
+    curl_multi_cleanup(m);
+    return rc;
+}
+
+/* Sleeps ms, in slices short enough to see an abort soon. */
+static void sleep_ms(const struct aws_client *c, long ms) {
+    while (ms > 0 && !aborted(c)) {
+        long slice = ms < 100 ? ms : 100;
+        struct timespec ts = {0, slice * 1000000L};
+        while (nanosleep(&ts, &ts) && errno == EINTR) {
+        }
+        ms -= slice;
     }
 }
 
@@ -885,7 +936,7 @@ static bool attempt(struct aws_client *c, const char *url, struct reply *r, stru
     *r = (struct reply){0};
     curl_easy_setopt(c->curl, CURLOPT_ERRORBUFFER, errbuf);
     curl_easy_setopt(c->curl, CURLOPT_WRITEDATA, r);
-    CURLcode rc = curl_easy_perform(c->curl);
+    CURLcode rc = perform(c);
     curl_easy_setopt(c->curl, CURLOPT_ERRORBUFFER, NULL);
     long status = 0;
     curl_easy_getinfo(c->curl, CURLINFO_RESPONSE_CODE, &status);
@@ -894,6 +945,11 @@ static bool attempt(struct aws_client *c, const char *url, struct reply *r, stru
     if (r->too_big) {
         snprintf(err->message, sizeof(err->message), "reply from %s is over %u MiB", url,
                  MAX_REPLY >> 20);
+        *retry = false;
+        return false;
+    }
+    if (rc == CURLE_ABORTED_BY_CALLBACK) {
+        snprintf(err->message, sizeof(err->message), "call to %s abandoned", url);
         *retry = false;
         return false;
     }
@@ -951,9 +1007,16 @@ static bool request(struct aws_client *c, enum aws_service svc, const char *what
             return false;
         }
         long ms = backoff_ms(c, n - 1);
-        log_warn("%s %s: %s; retrying in %ld ms (attempt %d/%d)", services[svc].name, what,
-                 err->message, ms, n + 1, c->max_attempts);
-        sleep_ms(ms);
+        log_msg(c->quiet_retries ? LOG_DEBUG : LOG_WARN,
+                "%s %s: %s; retrying in %ld ms (attempt %d/%d)", services[svc].name, what,
+                err->message, ms, n + 1, c->max_attempts);
+        sleep_ms(c, ms);
+        if (aborted(c)) {
+            size_t used = strlen(err->message);
+            snprintf(err->message + used, sizeof(err->message) - used,
+                     " (abandoned after %d attempts)", n);
+            return false;
+        }
     }
 }
 

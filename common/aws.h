@@ -74,6 +74,13 @@ void aws_client_set_retry(struct aws_client *c, int max_attempts, long base_ms, 
  * (defaults 10000 and 30000; 0 is none, as for libcurl). Timeouts are retried
  * like other transport errors. */
 void aws_client_set_timeouts(struct aws_client *c, long connect_ms, long total_ms);
+/* Retries are logged at debug level, not as warnings: for a caller that logs
+ * its own failures, rate-limited. */
+void aws_client_set_quiet_retries(struct aws_client *c, bool quiet);
+/* abort(arg) is polled during every call (every 100 ms, from the calling
+ * thread) and between attempts; once it returns true the call fails at once,
+ * without another attempt. NULL: never. */
+void aws_client_set_abort(struct aws_client *c, bool (*abort)(void *arg), void *arg);
 
 /* The parameters of a Query request, encoded as they are added: unreserved
  * characters (letters, digits, -_.~) as they are, every other byte %XX. */

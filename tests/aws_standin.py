@@ -1,9 +1,16 @@
 #!/usr/bin/env python3
 """A local stand-in for the AWS APIs that awsctl and the proxy call: EC2
 (Query API, Version 2016-11-15), SSM (JSON 1.1: GetParameter, GetParameters),
-CloudWatch (Query API, Version 2010-08-01: PutMetricData) and IAM (Query API,
-Version 2010-05-08: roles, their inline policies, instance profiles), served
-on one HTTP endpoint on 127.0.0.1. Python 3.11 standard library only.
+CloudWatch (Query API, Version 2010-08-01: PutMetricData, and
+GetMetricStatistics with percentiles to read back what was put) and IAM
+(Query API, Version 2010-05-08: roles, their inline policies, instance
+profiles), served on one HTTP endpoint on 127.0.0.1. Python 3.11 standard
+library only.
+
+Every datum PutMetricData accepts is kept as sent (dimensions, value or
+values and counts, statistic set, timestamp, the request it came in), so a
+test can check a publication's layout and distribution. stop() and start()
+again make an outage: the state stays, the port too.
 
 Every API request must be a POST signed with SigV4 (an `Authorization:
 AWS4-HMAC-SHA256 Credential=AKID/DATE/REGION/SERVICE/aws4_request,
@@ -40,9 +47,14 @@ HTTP from another process):
   GET  /_standin/requests[?action=A&service=S]
   GET  /_standin/metrics[?namespace=N&name=M]
   POST /_standin/inject      {"action": "RunInstances"|"*", "service": null,
-                              "kind": "throttle"|"internal"|"error"|"disconnect"|"delay",
-                              "count": 1 (null: until cleared), "code", "message",
-                              "status", "delay_s"}
+                              "kind": "throttle"|"internal"|"error"|"disconnect"|"delay"
+                                      |"reply",
+                              "count": 1 (null: until cleared), "skip": 0, "code",
+                              "message", "status", "delay_s", "body", "content_type"}
+                             ("reply": answer status (200) with body instead, e.g. an
+                             XML document that is not the action's; "skip": let that
+                             many matching requests through first, e.g. skip 1 count 1
+                             refuses only the second call)
   POST /_standin/clear-injections
   POST /_standin/instances   {"tags": {...}, "instance_type", "image_id",
                               "key_name", "state": "running", "ip"}
@@ -505,6 +517,23 @@ def ec2_error(err, request_id):
 def cw_reply(action, request_id):
     body = ('%s<%sResponse xmlns="%s"><ResponseMetadata><RequestId>%s</RequestId>'
             '</ResponseMetadata></%sResponse>' % (XML_DECL, action, CW_NS, request_id, action))
+    return Reply(200, body, "text/xml", request_id)
+
+
+def cw_statistics_reply(name, points, request_id):
+    out = []
+    for pt in points:
+        fields = "".join("<%s>%s</%s>" % (k, repr(float(v)), k) for k, v in pt.items()
+                         if k in CW_STATISTICS)
+        ext = "".join("<entry><key>%s</key><value>%s</value></entry>" % (k, repr(float(v)))
+                      for k, v in pt.get("ExtendedStatistics", {}).items() if v is not None)
+        out.append("<member><Timestamp>%s</Timestamp>%s%s<Unit>%s</Unit></member>" % (
+            iso_time(pt["Timestamp"]), fields,
+            "<ExtendedStatistics>%s</ExtendedStatistics>" % ext if ext else "", pt["Unit"]))
+    body = ('%s<GetMetricStatisticsResponse xmlns="%s"><GetMetricStatisticsResult><Label>%s'
+            '</Label><Datapoints>%s</Datapoints></GetMetricStatisticsResult><ResponseMetadata>'
+            '<RequestId>%s</RequestId></ResponseMetadata></GetMetricStatisticsResponse>' % (
+                XML_DECL, CW_NS, xml_escape(name), "".join(out), request_id))
     return Reply(200, body, "text/xml", request_id)
 
 
@@ -1782,6 +1811,40 @@ def cw_timestamp(text, name, now):
     return ts
 
 
+CW_GET_PARAMS = ["Namespace", "MetricName", "Dimensions.member.N.Name",
+                 "Dimensions.member.N.Value", "StartTime", "EndTime", "Period",
+                 "Statistics.member.N", "ExtendedStatistics.member.N", "Unit"]
+CW_STATISTICS = ("SampleCount", "Average", "Sum", "Minimum", "Maximum")
+
+
+def datum_samples(d):
+    """(SampleCount, Sum, Minimum, Maximum, [(value, count)] for percentiles)
+    of one recorded datum, as CloudWatch reads it: a statistic set gives the
+    first four (its values, when it has them too, the percentiles)."""
+    pairs = [(v, c) for v, c in zip(d["values"], d["counts"] or [1.0] * len(d["values"]))
+             if c > 0]
+    if d["value"] is not None:
+        pairs = [(d["value"], 1.0)]
+    sv = d["statistic_values"]
+    if sv is not None:
+        return sv["SampleCount"], sv["Sum"], sv["Minimum"], sv["Maximum"], pairs
+    return (sum(c for _, c in pairs), sum(v * c for v, c in pairs),
+            min(v for v, _ in pairs), max(v for v, _ in pairs), pairs)
+
+
+def percentile(pairs, p):
+    """The nearest-rank p-th percentile of (value, count) pairs, or None."""
+    total = sum(c for _, c in pairs)
+    if not total:
+        return None
+    rank, seen = max(1.0, math.ceil(p / 100.0 * total)), 0.0
+    for v, c in sorted(pairs):
+        seen += c
+        if seen >= rank:
+            return v
+    return max(v for v, _ in pairs)
+
+
 class CloudWatchModel:
     """PutMetricData: each datum is checked as CloudWatch checks it and
     recorded as sent (namespace, name, dimensions, value or statistics, unit,
@@ -1805,6 +1868,62 @@ class CloudWatchModel:
         now = time.time()
         data = [self._datum(namespace, m, n + 1, now, seq) for n, m in enumerate(members)]
         self.data.extend(data)
+
+    def statistics(self, namespace, name, dimensions, start, end, period, statistics=CW_STATISTICS,
+                   extended=(), unit=None):
+        """GetMetricStatistics over the recorded datums: those of exactly
+        these dimensions with start <= time < end, one datapoint per period
+        (oldest first): {"Timestamp", each statistic, "ExtendedStatistics":
+        {"p99": ...}, "Unit"}."""
+        groups = {}
+        for d in self.data:
+            if (d["namespace"] == namespace and d["metric_name"] == name
+                    and d["dimensions"] == dimensions and start <= d["time"] < end
+                    and (unit is None or d["unit"] == unit)):
+                groups.setdefault(int((d["time"] - start) // period), []).append(d)
+        points = []
+        for k in sorted(groups):
+            parts = [datum_samples(d) for d in groups[k]]
+            n, total = sum(p[0] for p in parts), sum(p[1] for p in parts)
+            pairs = [pair for p in parts for pair in p[4]]
+            values = {"SampleCount": n, "Sum": total, "Average": total / n if n else 0.0,
+                      "Minimum": min(p[2] for p in parts), "Maximum": max(p[3] for p in parts)}
+            point = {"Timestamp": start + k * period, "Unit": groups[k][0]["unit"] or "None"}
+            point.update({s: values[s] for s in statistics})
+            if extended:
+                point["ExtendedStatistics"] = {e: percentile(pairs, float(e[1:]))
+                                               for e in extended}
+            points.append(point)
+        return points
+
+    def get_metric_statistics(self, p):
+        check_known_params(p, CW_GET_PARAMS, "InvalidParameterValue")
+        for key in ("Namespace", "MetricName", "StartTime", "EndTime", "Period"):
+            if not p.get(key):
+                raise AwsError("MissingParameter", "The parameter %s is required." % key)
+        now = time.time() + 3 * 3600  # any time is fine here
+        start = cw_timestamp(p.get("StartTime"), "StartTime", now)
+        end = cw_timestamp(p.get("EndTime"), "EndTime", now)
+        if start >= end:
+            raise invalid("The parameter StartTime must be less than the parameter EndTime.")
+        period = p.int("Period", lo=1)
+        stats, extended = p.list("Statistics.member"), p.list("ExtendedStatistics.member")
+        if not stats and not extended:
+            raise AwsError("MissingParameter", "Must specify either Statistics or "
+                           "ExtendedStatistics")
+        if stats and extended:
+            raise AwsError("InvalidParameterCombination", "The parameters Statistics and "
+                           "ExtendedStatistics are mutually exclusive and you have specified "
+                           "both.")
+        for st in stats:
+            if st not in CW_STATISTICS:
+                raise invalid("The value %s for parameter Statistics is invalid." % st)
+        for e in extended:
+            if not re.fullmatch(r"p\d+(\.\d+)?", e) or not 0 <= float(e[1:]) <= 100:
+                raise invalid("The value %s for parameter ExtendedStatistics is invalid." % e)
+        dims = {d.get("Name"): d.get("Value") for d in p.structs("Dimensions.member")}
+        return self.statistics(p.get("Namespace"), p.get("MetricName"), dims, start, end, period,
+                               stats, extended, p.get("Unit"))
 
     def _datum(self, namespace, m, n, now, seq):
         where = "MetricData.member.%d" % n
@@ -1921,33 +2040,47 @@ FAULT_PRESETS = {
                                 "of an unknown error, exception or failure.", 500),
                  "ssm": ("InternalServerError", "An internal error has occurred", 500)},
 }
-FAULT_KINDS = ("throttle", "internal", "error", "disconnect", "delay")
+FAULT_KINDS = ("throttle", "internal", "error", "disconnect", "delay", "reply")
 
 
 class Injection:
     """A fault served instead of the next `count` replies (None: every one)
-    to `action` ("*": any) of `service` (None: any): an error reply, a
-    dropped connection, or a delay before the normal reply."""
+    to `action` ("*": any) of `service` (None: any), once `skip` of them
+    went through: an error reply, a dropped connection, a delay before the
+    normal reply, or another reply (`body`, `status` 200 by default) in its
+    place."""
 
     def __init__(self, kind="throttle", action="*", service=None, count=1, code=None,
-                 message=None, status=None, delay_s=0.0):
+                 message=None, status=None, delay_s=0.0, skip=0, body=None,
+                 content_type=None):
         if kind not in FAULT_KINDS:
             raise ValueError("kind must be one of %s" % ", ".join(FAULT_KINDS))
         if kind == "error" and not code:
             raise ValueError("kind error needs a code")
+        if kind == "reply" and body is None:
+            raise ValueError("kind reply needs a body")
         if count is not None and int(count) < 1:
             raise ValueError("count must be at least 1 (or null: until cleared)")
+        if int(skip or 0) < 0:
+            raise ValueError("skip must be at least 0")
         self.kind, self.action, self.service = kind, action or "*", service
         self.count = None if count is None else int(count)
         self.code, self.message, self.status = code, message, status
         self.delay_s = float(delay_s or 0)
+        self.skip = int(skip or 0)
+        self.body, self.content_type = body, content_type
 
     def matches(self, service, action):
         return ((self.service is None or self.service == service)
                 and (self.action == "*" or self.action == action))
 
+    def reply(self, request_id):
+        """The Reply of kind reply."""
+        return Reply(int(self.status or 200), self.body, self.content_type or "text/xml",
+                     request_id)
+
     def error(self, service):
-        """The AwsError to answer, or None (disconnect, delay)."""
+        """The AwsError to answer, or None (disconnect, delay, reply)."""
         if self.kind in FAULT_PRESETS:
             code, message, status = FAULT_PRESETS[self.kind].get(
                 service, FAULT_PRESETS[self.kind]["ssm"])
@@ -1959,7 +2092,8 @@ class Injection:
     def to_json(self):
         return {"kind": self.kind, "action": self.action, "service": self.service,
                 "count": self.count, "code": self.code, "message": self.message,
-                "status": self.status, "delay_s": self.delay_s}
+                "status": self.status, "delay_s": self.delay_s, "skip": self.skip,
+                "body": self.body, "content_type": self.content_type}
 
 
 # --------------------------------------------------------------------------
@@ -2066,6 +2200,8 @@ class StandIn:
                 time.sleep(fault.delay_s)
             if fault is not None and fault.kind == "disconnect":
                 reply = Reply(0, disconnect=True)
+            elif fault is not None and fault.kind == "reply":
+                reply = fault.reply(request_id)
             elif fault is not None and fault.error(service) is not None:
                 raise fault.error(service)
             else:
@@ -2099,6 +2235,9 @@ class StandIn:
                 raise payload
             for inj in self.injections:
                 if inj.matches(service, action):
+                    if inj.skip:
+                        inj.skip -= 1
+                        continue
                     if inj.count is not None:
                         inj.count -= 1
                         if inj.count == 0:
@@ -2114,12 +2253,16 @@ class StandIn:
         if service == "ssm":
             return ssm_reply(self.ssm.call(action, payload), request_id)
         if service == "monitoring":
-            if action != "PutMetricData":
+            if action not in ("PutMetricData", "GetMetricStatistics"):
                 raise AwsError("InvalidAction", "The action %s is not valid for this web service."
                                % action)
             if payload.get("Version") != CW_VERSION:
                 raise AwsError("InvalidParameterValue", "The stand-in speaks CloudWatch API "
                                "version %s, not %s" % (CW_VERSION, payload.get("Version")))
+            if action == "GetMetricStatistics":
+                return cw_statistics_reply(payload.get("MetricName"),
+                                           self.cloudwatch.get_metric_statistics(payload),
+                                           request_id)
             self.cloudwatch.put_metric_data(payload, entry["seq"])
             return cw_reply(action, request_id)
         if service == "iam":
@@ -2182,9 +2325,11 @@ class StandIn:
             return dict(self.config)
 
     def inject(self, kind="throttle", action="*", service=None, count=1, code=None,
-               message=None, status=None, delay_s=0.0):
-        """Serves a fault instead of the next `count` matching replies."""
-        inj = Injection(kind, action, service, count, code, message, status, delay_s)
+               message=None, status=None, delay_s=0.0, skip=0, body=None, content_type=None):
+        """Serves a fault instead of the next `count` matching replies, once
+        `skip` of them went through."""
+        inj = Injection(kind, action, service, count, code, message, status, delay_s, skip,
+                        body, content_type)
         with self.lock:
             self.injections.append(inj)
         return inj.to_json()
@@ -2243,6 +2388,15 @@ class StandIn:
             return [dict(d) for d in self.cloudwatch.data
                     if (namespace is None or d["namespace"] == namespace)
                     and (name is None or d["metric_name"] == name)]
+
+    def metric_statistics(self, namespace, name, dimensions, start=0.0, end=None, period=None,
+                          statistics=CW_STATISTICS, extended=()):
+        """What GetMetricStatistics answers for these exact dimensions; by
+        default one datapoint for everything recorded."""
+        end = time.time() + 3600 if end is None else end
+        with self.lock:
+            return self.cloudwatch.statistics(namespace, name, dimensions, start, end,
+                                              period or (end - start), statistics, extended)
 
     def instances(self, **tags):
         """The instances (JSON views), those with all the given tags."""
@@ -2362,14 +2516,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             except OSError:
                 pass
             return
-        self.send_response(reply.status)
-        self.send_header("Content-Type", reply.content_type)
-        self.send_header("Content-Length", str(len(reply.body)))
-        for name, value in reply.headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(reply.body)
+        try:
+            self.send_response(reply.status)
+            self.send_header("Content-Type", reply.content_type)
+            self.send_header("Content-Length", str(len(reply.body)))
+            for name, value in reply.headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(reply.body)
+        except (BrokenPipeError, ConnectionResetError):
+            # the client gave up (a delayed reply it abandoned): nothing to answer
+            self.close_connection = True
 
     do_POST = do_GET = do_PUT = do_DELETE = do_HEAD = do_PATCH = _serve
 

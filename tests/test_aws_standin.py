@@ -54,6 +54,10 @@ def error_code(body):
     return parse_xml(body).find(".//Error/Code").text
 
 
+def iso(t):
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
 class StandInCase(unittest.TestCase):
     """A fresh stand-in per test, an AwsClient for it and curl helpers."""
 
@@ -589,6 +593,95 @@ class CloudWatchTests(StandInCase):
                           root.findtext("Error/Code")),
                          (400, "ErrorResponse", "Sender", "Throttling"))
         self.assertEqual(self.standin.metric_data(), [])
+
+
+    def put(self, *datums, stamp=None):
+        params = {"Namespace": "CustomLB"}
+        for i, d in enumerate(datums):
+            for k, v in d.items():
+                params["MetricData.member.%d.%s" % (i + 1, k)] = v
+            if stamp:
+                params["MetricData.member.%d.Timestamp" % (i + 1)] = stamp
+        return self.client.query("PutMetricData", params, service="monitoring")
+
+    def test_get_metric_statistics_reads_back_sums_counts_and_percentiles(self):
+        lb = {"Dimensions.member.1.Name": "LoadBalancer", "Dimensions.member.1.Value": "app/x"}
+        tg = dict(lb, **{"Dimensions.member.2.Name": "TargetGroup",
+                         "Dimensions.member.2.Value": "targetgroup/c1"})
+        self.assertEqual(self.put(dict(lb, MetricName="RequestCount", Value="3"),
+                                  dict(tg, MetricName="RequestCount", Value="2"))[0], 200)
+        self.assertEqual(self.put(dict(lb, MetricName="RequestCount", Value="4"))[0], 200)
+        self.assertEqual(self.put(dict(tg, **{
+            "MetricName": "TargetResponseTime", "Unit": "Seconds",
+            "Values.member.1": "0.05", "Counts.member.1": "98",
+            "Values.member.2": "1", "Counts.member.2": "2",
+            "StatisticValues.SampleCount": "100", "StatisticValues.Sum": "5.1",
+            "StatisticValues.Minimum": "0.025", "StatisticValues.Maximum": "1"}))[0], 200)
+        now = time.time()
+
+        def query(name, dims, what):
+            q = dict(dims, Namespace="CustomLB", MetricName=name, Period="3600",
+                     StartTime=iso(now - 600), EndTime=iso(now + 600), **what)
+            return self.client.query("GetMetricStatistics", q, service="monitoring")
+
+        def stats(name, dims, extended=()):
+            status, text = query(name, dims, {"Statistics.member.1": "Sum",
+                                              "Statistics.member.2": "SampleCount"})
+            self.assertEqual(status, 200, text)
+            [pt] = parse_xml(text).findall("GetMetricStatisticsResult/Datapoints/member")
+            out = {k: float(pt.findtext(k)) for k in ("Sum", "SampleCount")}
+            if extended:  # not with Statistics: CloudWatch refuses both in one call
+                status, text = query(name, dims, {"ExtendedStatistics.member.%d" % (i + 1): e
+                                                  for i, e in enumerate(extended)})
+                self.assertEqual(status, 200, text)
+                out.update({e.findtext("key"): float(e.findtext("value"))
+                            for e in parse_xml(text).iter("entry")})
+            return out
+
+        # CloudWatch matches the exact set of dimensions
+        self.assertEqual(stats("RequestCount", lb), {"Sum": 7.0, "SampleCount": 2.0})
+        self.assertEqual(stats("RequestCount", tg), {"Sum": 2.0, "SampleCount": 1.0})
+        self.assertEqual(stats("TargetResponseTime", tg, ["p50", "p99"]),
+                         {"Sum": 5.1, "SampleCount": 100.0, "p50": 0.05, "p99": 1.0})
+        self.assertEqual(self.standin.metric_statistics(
+            "CustomLB", "TargetResponseTime", {"LoadBalancer": "app/x",
+                                               "TargetGroup": "targetgroup/c1"},
+            extended=["p98"])[0]["ExtendedStatistics"], {"p98": 0.05})
+        status, text = self.client.query("GetMetricStatistics", {
+            "Namespace": "CustomLB", "MetricName": "RequestCount", "Period": "60",
+            "StartTime": iso(now - 60), "EndTime": iso(now)}, service="monitoring")
+        self.assertEqual((status, error_code(text)), (400, "MissingParameter"))
+        status, text = query("RequestCount", lb, {"Statistics.member.1": "Sum",
+                                                  "ExtendedStatistics.member.1": "p99"})
+        self.assertEqual((status, error_code(text)), (400, "InvalidParameterCombination"))
+
+    def test_another_reply_and_a_refused_second_call(self):
+        page = '<?xml version="1.0"?><html><body>Sign in</body></html>'
+        self.standin.inject("reply", action="DescribeInstances", body=page)
+        status, text = self.client.query("DescribeInstances")
+        self.assertEqual((status, text), (200, page))
+        self.assertEqual(self.last_request()["injected"], "reply")
+        # skip 1 count 1: the first call goes through, the second is refused
+        self.standin.inject("internal", action="PutMetricData", skip=1, count=1)
+        datum = {"MetricName": "X", "Value": "1"}
+        self.assertEqual([self.put(datum)[0] for _ in range(3)], [200, 500, 200])
+        self.assertEqual(len(self.standin.metric_data()), 2)
+        with self.assertRaises(ValueError):
+            self.standin.inject("reply", action="DescribeInstances")
+
+    def test_an_outage_by_stopping_keeps_the_state_and_the_port(self):
+        self.assertEqual(self.put({"MetricName": "X", "Value": "1"})[0], 200)
+        inst = self.standin.add_instance(tags={"Cluster": "c1"})
+        port = self.standin.port
+        self.standin.stop()
+        with self.assertRaises(OSError):
+            self.put({"MetricName": "X", "Value": "2"})
+        self.standin.start()
+        self.assertEqual(self.standin.port, port)
+        self.assertEqual(self.put({"MetricName": "X", "Value": "3"})[0], 200)
+        self.assertEqual([d["value"] for d in self.standin.metric_data()], [1.0, 3.0])
+        self.assertEqual([i["instance_id"] for i in self.standin.instances(Cluster="c1")],
+                         [inst["instance_id"]])
 
 
 ASSUME_EC2 = json.dumps({"Version": "2012-10-17", "Statement": [{

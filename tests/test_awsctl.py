@@ -124,8 +124,9 @@ class AwsctlTest(unittest.TestCase):
             "AWSCTL_SERVICE_MODE": "nohup",
             "AWSCTL_PROXY_ADMIN": "127.0.0.1:%d" % lbtest.free_port(),
             "AWSCTL_CHECKIP_URL": "http://127.0.0.1:%d/" % self.checkip.server_address[1],
-            # The proxy's EC2 discovery asks the stand-in too.
-            "AWSCTL_FORWARD_ENV": "AWS_ENDPOINT_URL,AWS_ENDPOINT_URL_EC2,AWS_ACCESS_KEY_ID,"
+            # The proxy's EC2 discovery and CloudWatch ask the stand-in too.
+            "AWSCTL_FORWARD_ENV": "AWS_ENDPOINT_URL,AWS_ENDPOINT_URL_EC2,"
+                                  "AWS_ENDPOINT_URL_CLOUDWATCH,AWS_ACCESS_KEY_ID,"
                                   "AWS_SECRET_ACCESS_KEY,AWS_REGION,AWS_CONFIG_FILE,"
                                   "AWS_SHARED_CREDENTIALS_FILE",
             "LB_AWS_RETRY_BASE_MS": "20",
@@ -293,6 +294,10 @@ class AwsctlTest(unittest.TestCase):
         discovery = config["clusters"][0]["discovery"]["ec2"]
         self.assertEqual(discovery["tags"], {"Cluster": "cluster1", "Deployment": NAME})
         self.assertEqual(discovery["interval_s"], 15)
+        # every proxy of the deployment publishes as one load balancer
+        self.assertEqual(config["cloudwatch"], {"namespace": "CustomLB",
+                                                "region": discovery["region"],
+                                                "load_balancer": "app/" + NAME})
         for cluster in ("cluster1", "cluster2"):
             members = {i["instance_id"] for i in insts if i["tags"].get("Cluster") == cluster}
             ok = lbtest.wait_until(lambda: http_get(proxy["public_ip"], "/%s/x" % cluster)[0]
@@ -347,6 +352,9 @@ class AwsctlTest(unittest.TestCase):
 
         out, _ = self.awsctl("status", "--name", NAME)
         self.assertIn("healthy: 8/8 backends, 1/1 proxy", out)
+        region = self.state()["region"]
+        self.assertIn("cloudwatch: CustomLB, LoadBalancer=app/%s: https://%s.console.aws.amazon."
+                      "com/cloudwatch/home?region=%s#metricsV2:" % (NAME, region, region), out)
         for i in insts:
             self.assertRegex(out, re.escape(i["instance_id"]) + r" .* ok")
 

@@ -15,7 +15,8 @@
 
 #define MAX_INSTANCES 128
 #define MAX_CIDRS     8
-#define APP_PORT      8000 /* the backends' and the proxy's port */
+#define APP_PORT      8000       /* the backends' and the proxy's port */
+#define CW_NAMESPACE  "CustomLB" /* where the proxies publish to CloudWatch */
 
 struct instance {
     char id[32];
@@ -166,6 +167,9 @@ bool ssh_banner(const char *host, int port, long timeout_ms);
 bool push_all(struct ctl *c);
 bool push_check_files(char *err, size_t errlen);
 int ssh_port(void);
+/* The CloudWatch LoadBalancer name of every proxy of the deployment
+ * ("app/<name>"): the proxies add up as one load balancer. */
+void push_load_balancer(const struct state *st, char *out, size_t len);
 
 /* commands */
 int cmd_up(struct ctl *c, const struct up_opts *o);

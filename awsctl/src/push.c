@@ -133,8 +133,23 @@ static cJSON *cluster_json(const struct state *st, const char *name) {
     return c;
 }
 
-/* The proxy's configuration: the backends known now, and EC2 discovery by
- * tag for what changes later. */
+void push_load_balancer(const struct state *st, char *out, size_t len) {
+    snprintf(out, len, "app/%s", st->name);
+}
+
+/* Every proxy of the deployment the same: one load balancer in CloudWatch. */
+static cJSON *cloudwatch_json(const struct state *st) {
+    cJSON *cw = cJSON_CreateObject();
+    char lb[160];
+    push_load_balancer(st, lb, sizeof(lb));
+    cJSON_AddStringToObject(cw, "namespace", CW_NAMESPACE);
+    cJSON_AddStringToObject(cw, "region", st->region);
+    cJSON_AddStringToObject(cw, "load_balancer", lb);
+    return cw;
+}
+
+/* The proxy's configuration: the backends known now, EC2 discovery by tag
+ * for what changes later, CloudWatch under the deployment's name. */
 static char *proxy_config(const struct state *st, const struct instance *proxy) {
     cJSON *root = cJSON_CreateObject();
     char listen[80];
@@ -144,6 +159,7 @@ static char *proxy_config(const struct state *st, const struct instance *proxy) 
     cJSON *clusters = cJSON_AddArrayToObject(root, "clusters");
     cJSON_AddItemToArray(clusters, cluster_json(st, "cluster1"));
     cJSON_AddItemToArray(clusters, cluster_json(st, "cluster2"));
+    cJSON_AddItemToObject(root, "cloudwatch", cloudwatch_json(st));
     char *text = cJSON_Print(root);
     cJSON_Delete(root);
     return text;

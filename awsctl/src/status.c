@@ -37,6 +37,23 @@ static bool health(const struct instance *in, char *out, size_t len) {
     return ok1 && ok2;
 }
 
+/* The CloudWatch console's page of the proxies' metrics, under the
+ * deployment's load balancer name. */
+static void console_link(const struct state *st, char *out, size_t len) {
+    char lb[160], host[96];
+    push_load_balancer(st, lb, sizeof(lb));
+    if (!strncmp(st->region, "cn-", 3))
+        copy_str(host, sizeof(host), "console.amazonaws.cn");
+    else if (!strncmp(st->region, "us-gov-", 7))
+        copy_str(host, sizeof(host), "console.amazonaws-us-gov.com");
+    else
+        snprintf(host, sizeof(host), "%s.console.aws.amazon.com", st->region);
+    snprintf(out, len,
+             "https://%s/cloudwatch/home?region=%s#metricsV2:graph=~();search=%s;namespace=%s;"
+             "dimensions=LoadBalancer",
+             host, st->region, lb, CW_NAMESPACE);
+}
+
 int cmd_status(struct ctl *c) {
     struct state *st = c->st;
     struct instance *live = calloc(MAX_INSTANCES, sizeof(*live));
@@ -69,6 +86,10 @@ int cmd_status(struct ctl *c) {
         if (!strcmp(live[i].role, "proxy") && live[i].public_ip[0])
             say("http://%s:%d/cluster1 http://%s:%d/cluster2", live[i].public_ip, APP_PORT,
                 live[i].public_ip, APP_PORT);
+    char lb[160], link[512];
+    push_load_balancer(st, lb, sizeof(lb));
+    console_link(st, link, sizeof(link));
+    say("cloudwatch: %s, LoadBalancer=%s: %s", CW_NAMESPACE, lb, link);
     free(live);
     return n && healthy == backends && proxies_ok == proxies ? 0 : 1;
 }

@@ -338,7 +338,8 @@ static int same_backend(const struct backend_addr *a, const struct backend_addr 
 
 int cluster_weight(const struct cluster_config *c, const char *backend, const char *name) {
     for (size_t i = 0; i < c->nweights; i++)
-        if (!strcmp(c->weights[i].backend, backend) || (name && !strcmp(c->weights[i].backend, name)))
+        if (!strcmp(c->weights[i].backend, backend) ||
+            (name && !strcmp(c->weights[i].backend, name)))
             return c->weights[i].weight;
     return 1;
 }
@@ -370,6 +371,14 @@ static int region_ok(const char *r) {
 }
 
 /* ---- defaults and freeing ------------------------------------------------ */
+
+/* app/<short hostname>, as an ALB's name reads (app/NAME/ID). */
+static void default_load_balancer(char *out, size_t len) {
+    char host[256] = "";
+    if (gethostname(host, sizeof(host) - 1) < 0 || !host[0]) snprintf(host, sizeof(host), "proxy");
+    host[strcspn(host, ".")] = '\0';
+    snprintf(out, len, "app/%s", host);
+}
 
 static void cluster_defaults(struct cluster_config *c) {
     memset(c, 0, sizeof(*c));
@@ -421,6 +430,7 @@ void config_defaults(struct proxy_config *cfg) {
     cfg->default_response.body_len = cfg->default_response.body ? 9 : 0;
     snprintf(cfg->cloudwatch.namespace_, sizeof(cfg->cloudwatch.namespace_), "CustomLB");
     cfg->cloudwatch.interval_s = 60;
+    default_load_balancer(cfg->cloudwatch.load_balancer, sizeof(cfg->cloudwatch.load_balancer));
 }
 
 static void free_clusters(struct cluster_config *c, size_t n) {
@@ -579,8 +589,8 @@ static int parse_outlier(const cJSON *o, const char *path, struct outlier_config
         int lo, hi;
     } ints[] = {
         {"consecutive_5xx", offsetof(struct outlier_config, consecutive_5xx), 0, 1000000},
-        {"consecutive_gateway_failure", offsetof(struct outlier_config, consecutive_gateway_failure),
-         0, 1000000},
+        {"consecutive_gateway_failure",
+         offsetof(struct outlier_config, consecutive_gateway_failure), 0, 1000000},
         {"interval_ms", offsetof(struct outlier_config, interval_ms), 1, 3600000},
         {"base_ejection_ms", offsetof(struct outlier_config, base_ejection_ms), 1, 3600000},
         {"max_ejection_percent", offsetof(struct outlier_config, max_ejection_percent), 0, 100},
@@ -616,8 +626,9 @@ static int parse_stickiness(const cJSON *o, const char *path, struct stickiness_
         if (get_string(it, p, s->cookie, sizeof(s->cookie), e)) return -1;
         for (const char *c = s->cookie; *c; c++)
             if (!name_char_ok(*c))
-                return errf(e, "%s: expected a cookie name of letters, digits, '-', '_' or '.', got %s",
-                            p, describe(it, g, sizeof(g)));
+                return errf(
+                    e, "%s: expected a cookie name of letters, digits, '-', '_' or '.', got %s", p,
+                    describe(it, g, sizeof(g)));
         if (!s->cookie[0]) return errf(e, "%s: must not be empty", p);
     }
     if ((it = field(o, "duration_s"))) {
@@ -660,10 +671,11 @@ static int parse_weights(const cJSON *o, const char *path, struct cluster_config
 
 static int parse_cluster(const cJSON *o, const char *path, struct cluster_config *c,
                          struct errbuf *e) {
-    static const char *const keys[] = {
-        "name",         "path_prefix",       "strip_prefix",  "strategy",   "backends",
-        "discovery",    "health_check",      "retries",       "outlier_detection",
-        "slow_start_ms", "stickiness",       "weights",       "dns_refresh_s", NULL};
+    static const char *const keys[] = {"name",          "path_prefix", "strip_prefix",
+                                       "strategy",      "backends",    "discovery",
+                                       "health_check",  "retries",     "outlier_detection",
+                                       "slow_start_ms", "stickiness",  "weights",
+                                       "dns_refresh_s", NULL};
     static const char *const discovery_keys[] = {"ec2", NULL};
     char p[PATH_BUF], g[64];
     const cJSON *it;
@@ -813,7 +825,8 @@ static int parse_json(struct proxy_config *cfg, const char *json, int final, str
     static const char *const timeout_keys[] = {"connect",          "client_header", "idle",
                                                "backend_response", "drain",         NULL};
     static const char *const response_keys[] = {"status", "content_type", "body", NULL};
-    static const char *const cloudwatch_keys[] = {"namespace", "region", "interval_s", NULL};
+    static const char *const cloudwatch_keys[] = {"namespace", "region", "interval_s",
+                                                  "load_balancer", NULL};
     char p[PATH_BUF], g[64];
     const cJSON *it;
     struct proxy_config t = *cfg;
@@ -968,6 +981,18 @@ static int parse_json(struct proxy_config *cfg, const char *json, int final, str
         if ((it = field(o, "interval_s")) &&
             get_int(it, "cloudwatch.interval_s", 1, INT_MAX, &t.cloudwatch.interval_s, e))
             goto fail;
+        if ((it = field(o, "load_balancer"))) {
+            if (get_string(it, "cloudwatch.load_balancer", t.cloudwatch.load_balancer,
+                           sizeof(t.cloudwatch.load_balancer), e))
+                goto fail;
+            if (!t.cloudwatch.load_balancer[0] || has_ctl(t.cloudwatch.load_balancer)) {
+                errf(e,
+                     "cloudwatch.load_balancer: expected a non-empty name such as "
+                     "\"app/lb-demo\", got %s",
+                     describe(it, g, sizeof(g)));
+                goto fail;
+            }
+        }
         t.cloudwatch.enabled = 1;
     }
     if (final && check_final(&t, e)) goto fail;
@@ -1505,8 +1530,8 @@ void config_print(const struct proxy_config *cfg, FILE *out) {
                 c->health.expect_hi);
     }
     if (cfg->cloudwatch.enabled)
-        fprintf(out, "cloudwatch namespace=%s region=%s interval_s=%d\n",
+        fprintf(out, "cloudwatch namespace=%s region=%s interval_s=%d load_balancer=%s\n",
                 cfg->cloudwatch.namespace_,
                 cfg->cloudwatch.region[0] ? cfg->cloudwatch.region : "(from environment)",
-                cfg->cloudwatch.interval_s);
+                cfg->cloudwatch.interval_s, cfg->cloudwatch.load_balancer);
 }

@@ -52,8 +52,8 @@ struct backend_addr {
 struct outlier_config {
     int enabled;
     int consecutive_5xx, consecutive_gateway_failure; /* 0: that detector off */
-    int interval_ms;      /* how often an ejection multiplier decays */
-    int base_ejection_ms; /* × times ejected */
+    int interval_ms;                                  /* how often an ejection multiplier decays */
+    int base_ejection_ms;                             /* × times ejected */
     int max_ejection_percent;
 };
 
@@ -97,6 +97,8 @@ struct cloudwatch_config {
     char namespace_[128];
     char region[64];
     int interval_s;
+    /* the LoadBalancer dimension: the proxies of a fleet share one */
+    char load_balancer[256];
 };
 
 struct proxy_config {

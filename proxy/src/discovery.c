@@ -2,11 +2,14 @@
  * filtered by its tags and instance-state-name=running every interval_s, on
  * a thread of its own. What it finds joins the latency table (unhealthy
  * until its first successful checks); what is gone is drained. A failed call
- * keeps the last known set. */
+ * (an error, a timeout, a body that is not XML or not a
+ * DescribeInstancesResponse) keeps the last known set: a captive portal's
+ * page must not read as "no instances". */
 #define _GNU_SOURCE
 #include "discovery.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -22,7 +25,7 @@ struct job {
     char cluster[64];
     struct ec2_discovery ec2;
     uint64_t due_ms;
-    int failing; /* the last call failed: log recovery once */
+    struct outage outage;
 };
 
 struct discovery {
@@ -31,6 +34,7 @@ struct discovery {
     size_t njobs;
     struct backend_addr *buf; /* MAX_FOUND addresses, for each call's answer */
     struct periodic thread;
+    atomic_int stopping; /* a call in flight is abandoned: a stop waits for none */
 };
 
 static struct job *job_for(struct discovery *d, const char *cluster) {
@@ -76,6 +80,23 @@ static struct aws_form *describe_form(const struct ec2_discovery *e, const char 
     return f;
 }
 
+/* Whether doc is EC2's answer: the root element, a request id and the
+ * reservation set (empty when nothing matches, but there); else why not. */
+static int is_describe_reply(xmlDocPtr doc, char *why, size_t whylen) {
+    xmlNodePtr root = xmlDocGetRootElement(doc);
+    const char *id = aws_xml_text(root, "requestId");
+    if (!root || strcmp((const char *)root->name, "DescribeInstancesResponse"))
+        snprintf(why, whylen, "the reply is not a DescribeInstancesResponse but a <%.64s> document",
+                 root ? (const char *)root->name : "");
+    else if (!id || !id[0])
+        snprintf(why, whylen, "the DescribeInstancesResponse has no requestId");
+    else if (!aws_xml_find(root, "reservationSet"))
+        snprintf(why, whylen, "the DescribeInstancesResponse has no reservationSet");
+    else
+        return 1;
+    return 0;
+}
+
 /* Appends the running instances of one reply page; the page's NextToken
  * (copied into next, "" when none). */
 static void collect(xmlDocPtr doc, int port, struct backend_addr *out, size_t *n, char *next,
@@ -100,15 +121,21 @@ static int cmp_addr(const void *a, const void *b) {
     return strcmp(((const struct backend_addr *)a)->text, ((const struct backend_addr *)b)->text);
 }
 
+static bool stopping(void *arg) {
+    struct discovery *d = arg;
+    return atomic_load(&d->stopping);
+}
+
 /* DescribeInstances, every page: 0 with the addresses sorted, or -1 with
  * err filled. */
-static int describe(const struct ec2_discovery *e, struct backend_addr *out, size_t *n, char *err,
-                    size_t errlen) {
+static int describe(struct discovery *d, const struct ec2_discovery *e, struct backend_addr *out,
+                    size_t *n, char *err, size_t errlen) {
     struct aws_client *c = aws_client_new(e->region, err, errlen);
     if (!c) return -1;
-    /* short: a stop (SIGTERM) waits for a call in flight */
     aws_client_set_timeouts(c, 2000, 5000);
     aws_client_set_retry(c, 2, 200, 1000);
+    aws_client_set_quiet_retries(c, true); /* run_job logs, rate-limited */
+    aws_client_set_abort(c, stopping, d);
     char token[1024] = "";
     int rc = 0;
     *n = 0;
@@ -122,6 +149,11 @@ static int describe(const struct ec2_discovery *e, struct backend_addr *out, siz
             rc = -1;
             break;
         }
+        if (!is_describe_reply(doc, err, errlen)) {
+            xmlFreeDoc(doc);
+            rc = -1;
+            break;
+        }
         collect(doc, e->port, out, n, token, sizeof(token));
         xmlFreeDoc(doc);
     } while (token[0]);
@@ -130,17 +162,32 @@ static int describe(const struct ec2_discovery *e, struct backend_addr *out, siz
     return rc;
 }
 
+static void log_failure(struct job *j, const char *err) {
+    unsigned calls;
+    switch (outage_failed(&j->outage, ev_clock_ms(), &calls)) {
+    case OUTAGE_STARTS:
+        log_warn("discovery %s: DescribeInstances failed, keeping the last known backends: %s",
+                 j->cluster, err);
+        break;
+    case OUTAGE_GOES_ON:
+        log_warn("discovery %s: DescribeInstances still failing (%u failed calls since the last "
+                 "line), keeping the last known backends: %s",
+                 j->cluster, calls, err);
+        break;
+    case OUTAGE_QUIET: break;
+    }
+}
+
 static void run_job(struct discovery *d, struct job *j, struct backend_addr *buf) {
     char err[1200], why[96];
     size_t n;
-    if (describe(&j->ec2, buf, &n, err, sizeof(err)) < 0) {
-        log_warn("discovery %s: DescribeInstances failed, keeping the last known backends: %s",
-                 j->cluster, err);
-        j->failing = 1;
+    if (describe(d, &j->ec2, buf, &n, err, sizeof(err)) < 0) {
+        if (!atomic_load(&d->stopping)) log_failure(j, err);
         return;
     }
-    if (j->failing) log_info("discovery %s: DescribeInstances works again", j->cluster);
-    j->failing = 0;
+    if (outage_over(&j->outage))
+        log_info("discovery %s: DescribeInstances works again (%u failed calls)", j->cluster,
+                 j->outage.total);
     snprintf(why, sizeof(why), "discovery %s", j->cluster);
     if (balancer_set_found(d->bal, j->cluster, FOUND_BY_DISCOVERY, buf, n, why) < 0)
         log_error("discovery %s: out of memory", j->cluster);
@@ -175,6 +222,7 @@ struct discovery *discovery_start(struct balancer *b) {
 
 void discovery_stop(struct discovery *d) {
     if (!d) return;
+    atomic_store(&d->stopping, 1);
     periodic_stop(&d->thread);
     free(d->buf);
     free(d->jobs);

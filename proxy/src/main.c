@@ -18,6 +18,7 @@
 #include "cloudwatch.h"
 #include "config.h"
 #include "discovery.h"
+#include "dns.h" /* dns: backends given as names */
 #include "ev.h"
 #include "log.h"
 #include "net.h"
@@ -154,7 +155,8 @@ static void serve_signals(const sigset_t *sigs, struct reloader *rl, struct alog
     }
 }
 
-static int run(const struct proxy_config *cfg, struct balancer *bal, int argc, char **argv) {
+static int run(const struct proxy_config *cfg, struct balancer *bal, struct dns *dns, int argc,
+               char **argv) {
     int n = cfg->threads, started = 0, rc = 0;
     struct proxy_status st = {.started_ms = ev_wall_us() / 1000};
     pthread_mutex_init(&st.lock, NULL);
@@ -206,15 +208,26 @@ static int run(const struct proxy_config *cfg, struct balancer *bal, int argc, c
         log_error("cannot start the worker, health-check, discovery and CloudWatch threads");
         rc = 1;
     }
+    /* dns: the names' refresher, once the readers run */
+    if (!rc && dns_start(dns) < 0) {
+        log_error("cannot start the DNS thread");
+        rc = 1;
+    }
+    /* dns: end */
     if (!rc) {
         if (admin) log_info("admin listener on %s: /metrics /status /healthz", cfg->admin_text);
         if (cw)
             log_info("cloudwatch: PutMetricData to %s every %d s", cfg->cloudwatch.namespace_,
                      cfg->cloudwatch.interval_s);
         serve_signals(&sigs, &rl, alog);
+        uint64_t drain_until = ev_clock_ms() + (uint64_t)cfg->timeouts_ms.drain; /* cloudwatch */
+        /* dns: its table changes wait for the workers, as discovery's */
+        dns_stop(dns);
         discovery_stop(disc); /* its table changes wait for the workers: stop it first */
         disc = NULL;
         wait_drain(w, started, cfg->timeouts_ms.drain);
+        cloudwatch_stop_flush(cw, drain_until); /* the last publication, within the drain */
+        cw = NULL;
     } else {
         atomic_store(&g_stop_now, 1);
         for (int i = 0; i < started; i++)
@@ -245,8 +258,9 @@ int main(int argc, char **argv) {
     log_init("proxy", (enum log_level)cfg.log_level);
     if (cfg.check_only) {
         config_print(&cfg, stdout);
+        int unresolved = dns_check(&cfg, argc, argv, stdout); /* dns: each name's addresses */
         config_free(&cfg);
-        return 0;
+        return unresolved ? 1 : 0;
     }
     atomic_store(&g_max_connections, nofile_setup(cfg.limits.max_connections));
     if (sticky_init() < 0) {
@@ -258,7 +272,18 @@ int main(int argc, char **argv) {
         log_error("out of memory");
         return 1;
     }
-    int rc = run(&cfg, &bal, argc, argv);
+    /* dns: names resolved at start, before the readers (a name that does not resolve: exit 2) */
+    struct dns *dns = NULL;
+    int dr = dns_open(&bal, argc, argv, &dns);
+    if (dr) {
+        if (dr == 1) log_error("out of memory");
+        balancer_free(&bal);
+        config_free(&cfg);
+        return dr;
+    }
+    /* dns: end */
+    int rc = run(&cfg, &bal, dns, argc, argv);
+    dns_free(dns); /* dns */
     balancer_free(&bal);
     config_free(&cfg);
     return rc;

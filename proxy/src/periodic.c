@@ -47,3 +47,24 @@ void periodic_stop(struct periodic *p) {
     pthread_mutex_destroy(&p->lock);
     pthread_cond_destroy(&p->wake);
 }
+
+enum outage_say outage_failed(struct outage *o, uint64_t now_ms, unsigned *calls) {
+    *calls = 1;
+    if (!o->failing) {
+        *o = (struct outage){.failing = 1, .logged_ms = now_ms, .total = 1};
+        return OUTAGE_STARTS;
+    }
+    o->total++;
+    o->since++;
+    if (now_ms - o->logged_ms < OUTAGE_LOG_MS) return OUTAGE_QUIET;
+    *calls = o->since;
+    o->since = 0;
+    o->logged_ms = now_ms;
+    return OUTAGE_GOES_ON;
+}
+
+int outage_over(struct outage *o) {
+    int was = o->failing;
+    o->failing = 0;
+    return was;
+}

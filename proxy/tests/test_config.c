@@ -46,7 +46,8 @@ static const char *design_example =
     "    \"retries\": 1\n"
     "  }],\n"
     "  \"cloudwatch\": {\"namespace\": \"CustomLB\", \"region\": \"us-east-1\", \"interval_s\": "
-    "60}\n"
+    "60,\n"
+    "                 \"load_balancer\": \"app/lb-demo\"}\n"
     "}\n";
 
 /* A config that differs from every default, to see each field read back. */
@@ -175,6 +176,7 @@ static void test_design_example(void) {
     CHECK_STR(c.cloudwatch.namespace_, "CustomLB");
     CHECK_STR(c.cloudwatch.region, "us-east-1");
     CHECK(c.cloudwatch.interval_s == 60);
+    CHECK_STR(c.cloudwatch.load_balancer, "app/lb-demo");
 
     /* The summary names what would run. */
     char *text = NULL;
@@ -192,6 +194,7 @@ static void test_design_example(void) {
     CHECK(strstr(text, "backend 10.0.1.6:8000\n") != NULL);
     CHECK(strstr(text, "health_check path=/health") != NULL);
     CHECK(strstr(text, "retries 1") != NULL);
+    CHECK(strstr(text, "load_balancer=app/lb-demo\n") != NULL);
     CHECK(strstr(text, "default_response 404") != NULL);
     CHECK(strstr(text, "admin 127.0.0.1:9000") != NULL);
     CHECK(strstr(text, "access_log -") != NULL);
@@ -204,18 +207,19 @@ static void test_faults_fields(void) {
     struct proxy_config c;
     char err[256] = "";
     config_defaults(&c);
-    CHECK(config_parse_json(&c,
-                            "{\"clusters\": [{\"path_prefix\": \"/a\", \"backends\": "
-                            "[\"10.0.0.1:80\", \"app-1.internal:8000\"]},"
-                            "{\"path_prefix\": \"/b\", \"backends\": [\"10.0.0.2:80\"],"
-                            " \"outlier_detection\": {\"consecutive_5xx\": 0, \"base_ejection_ms\": 500},"
-                            " \"slow_start_ms\": 2000, \"dns_refresh_s\": 5,"
-                            " \"stickiness\": {\"cookie\": \"S\", \"duration_s\": 60,"
-                            " \"secret\": \"0123456789abcdef\"},"
-                            " \"weights\": {\"10.0.0.2:80\": 3, \"10.0.0.9:80\": 0}},"
-                            "{\"path_prefix\": \"/c\", \"backends\": [\"10.0.0.3:80\"],"
-                            " \"outlier_detection\": false, \"stickiness\": {}}]}",
-                            err, sizeof(err)) == 0);
+    CHECK(config_parse_json(
+              &c,
+              "{\"clusters\": [{\"path_prefix\": \"/a\", \"backends\": "
+              "[\"10.0.0.1:80\", \"app-1.internal:8000\"]},"
+              "{\"path_prefix\": \"/b\", \"backends\": [\"10.0.0.2:80\"],"
+              " \"outlier_detection\": {\"consecutive_5xx\": 0, \"base_ejection_ms\": 500},"
+              " \"slow_start_ms\": 2000, \"dns_refresh_s\": 5,"
+              " \"stickiness\": {\"cookie\": \"S\", \"duration_s\": 60,"
+              " \"secret\": \"0123456789abcdef\"},"
+              " \"weights\": {\"10.0.0.2:80\": 3, \"10.0.0.9:80\": 0}},"
+              "{\"path_prefix\": \"/c\", \"backends\": [\"10.0.0.3:80\"],"
+              " \"outlier_detection\": false, \"stickiness\": {}}]}",
+              err, sizeof(err)) == 0);
     if (err[0]) fprintf(stderr, "unexpected error: %s\n", err);
     CHECK(c.nclusters == 3);
     if (c.nclusters == 3) {
@@ -300,6 +304,9 @@ static void test_non_default(void) {
     CHECK_STR(c.cloudwatch.namespace_, "CustomLB");
     CHECK_STR(c.cloudwatch.region, "eu-west-3");
     CHECK(c.cloudwatch.interval_s == 60);
+    /* app/<short hostname> unless set */
+    CHECK(!strncmp(c.cloudwatch.load_balancer, "app/", 4) && c.cloudwatch.load_balancer[4] &&
+          !strchr(c.cloudwatch.load_balancer, '.'));
     config_free(&c);
 }
 
