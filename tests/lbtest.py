@@ -245,6 +245,27 @@ def admin_get(port, path, method="GET"):
         c.close()
 
 
+def admin_metrics(port):
+    """The admin listener's /metrics, parsed (promtext families)."""
+    import promtext  # the parser the metrics tests check the format with
+    st, _, body = admin_get(port, "/metrics")
+    if st != 200:
+        raise AssertionError("/metrics answered %d" % st)
+    return promtext.parse(body.decode())
+
+
+def wait_admin(port, timeout=10.0):
+    """Waits until the admin listener answers (it starts just after the
+    public one)."""
+    def up():
+        try:
+            return admin_get(port, "/healthz")[0] == 200
+        except OSError:
+            return False
+    if not wait_until(up, timeout):
+        raise AssertionError("admin listener :%d not answering" % port)
+
+
 def admin_status(port):
     """The admin listener's /status, parsed."""
     return json.loads(admin_get(port, "/status")[2])

@@ -24,8 +24,8 @@ import unittest
 from unittest import mock
 
 import promtext
-from lbtest import (SANITIZE, LBTestCase, admin_get, admin_status, free_port, wait_status,
-                    wait_until)
+from lbtest import (SANITIZE, LBTestCase, admin_metrics, admin_status, wait_admin, free_port,
+                    wait_status, wait_until)
 
 TS = r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})Z"
 SECRET = "test-secret-0123456789abcdef"
@@ -53,29 +53,14 @@ def write_config(path, cfg):
     os.replace(tmp, path)  # the proxy never reads a half-written file
 
 
-def wait_admin(admin, timeout=10.0):
-    """Waits until the admin listener answers (it starts just after the
-    public one)."""
-    def up():
-        try:
-            return admin_get(admin, "/healthz")[0] == 200
-        except OSError:
-            return False
-    if not wait_until(up, timeout):
-        raise AssertionError("admin listener :%d not answering" % admin)
 
 
-def metrics(admin):
-    st, _, body = admin_get(admin, "/metrics")
-    if st != 200:
-        raise AssertionError("/metrics answered %d" % st)
-    return promtext.parse(body.decode())
 
 
 def requests_by_backend(admin, cluster="cluster1"):
     """{backend: lb_backend_requests_total} of the cluster."""
     return {s.labels["backend"]: s.value
-            for s in promtext.samples(metrics(admin), "lb_backend_requests_total",
+            for s in promtext.samples(admin_metrics(admin), "lb_backend_requests_total",
                                       cluster=cluster)}
 
 
@@ -572,11 +557,11 @@ class Stickiness(LBTestCase):
         [dead] = [b for b in bs if b.instance_id == inst]
         counts, _ = self.spread(p.port, "/cluster1/x", value, n=10)
         self.assertEqual(counts, {inst: 10})
-        retries0 = promtext.sum_values(metrics(admin), "lb_retries_total")
+        retries0 = promtext.sum_values(admin_metrics(admin), "lb_retries_total")
         dead.stop()
         counts, fresh = self.spread(p.port, "/cluster1/x", value, n=20)
         self.assertNotIn(inst, counts)
-        self.assertGreaterEqual(promtext.sum_values(metrics(admin), "lb_retries_total"),
+        self.assertGreaterEqual(promtext.sum_values(admin_metrics(admin), "lb_retries_total"),
                                 retries0 + 1, "the first request after the kill was not retried")
         # the new cookie names a live backend, and sticks to it
         counts2, _ = self.spread(p.port, "/cluster1/x", fresh[0], n=20)

@@ -26,7 +26,7 @@ import unittest
 import faultrelay
 import promtext
 from faultrelay import FaultRelay
-from lbtest import (SANITIZE, LBTestCase, admin_get, admin_status, free_port, pattern,
+from lbtest import (SANITIZE, LBTestCase, admin_metrics, admin_status, free_port, pattern,
                     request_log, wait_routable, wait_until)
 
 SKIP = ("/health", "/cluster1/health")
@@ -69,11 +69,6 @@ def readmission_lines(proxy, addr=None):
     return out
 
 
-def scrape(admin_port):
-    st, _, body = admin_get(admin_port, "/metrics")
-    if st != 200:
-        raise AssertionError("/metrics answered %d" % st)
-    return promtext.parse(body.decode())
 
 
 def backend_status(admin_port, addr):
@@ -185,7 +180,7 @@ class SporadicResets(FaultCase):
             seed = sparse_seed(1000 * (i + 1), self.REQUESTS, 0.01, window)
             relays.append(self.relay(b, reset_share=0.01, seed=seed))
         p = self.start_proxy(relays, strategy=None)  # default strategy, default outlier detection
-        base = scrape(p.admin)
+        base = admin_metrics(p.admin)
 
         lock = threading.Lock()
         results = []  # (status or None, error text or None)
@@ -230,7 +225,7 @@ class SporadicResets(FaultCase):
         after_head = sum(s["resets_after_head"] for s in stats)
         in_head = sum(s["resets_in_head"] for s in stats)
         self.assertEqual(sum(s["resets_before_head"] for s in stats), 0)
-        fams = scrape(p.admin)
+        fams = admin_metrics(p.admin)
         sent_again = retries(fams) - retries(base)
         errors = [r for r in results if r[0] != 200]
         by_kind = {}
@@ -272,7 +267,7 @@ class ResetsBeforeHead(FaultCase):
         bad = self.relay(backends[0], reset_before_head_share=1.0, skip_paths=("/health",))
         good = [self.relay(b) for b in backends[1:]]
         p = self.start_proxy([bad] + good, outlier=False)
-        base = scrape(p.admin)
+        base = admin_metrics(p.admin)
         resets0 = bad.stats()["resets_before_head"]
         holder = [None]
         seen = {}
@@ -290,7 +285,7 @@ class ResetsBeforeHead(FaultCase):
         resets = bad.stats()["resets_before_head"] - resets0
         self.assertGreaterEqual(resets, 10, "round-robin sent the resetting backend only %d of "
                                 "60 requests" % resets)
-        fams = scrape(p.admin)
+        fams = admin_metrics(p.admin)
         got = {k: retries(fams, k) - retries(base, k)
                for k in ("reset_before_response", "stale_connection", "connect")}
         self.assertEqual(got, {"reset_before_response": resets, "stale_connection": 0,
@@ -319,7 +314,7 @@ class ResetsBeforeHead(FaultCase):
         b = self.backend("post-1", "cluster1")
         bad = self.relay(b, reset_before_head_share=1.0)
         p = self.start_proxy([bad])
-        base = scrape(p.admin)
+        base = admin_metrics(p.admin)
         for n, path in enumerate(("/cluster1/echo", "/cluster1/submit"), 1):
             st, body = self.post(p.port, path, BIG[:1000])
             self.assertEqual(st, 502, "POST %s: %d %r" % (path, st, body[:200]))
@@ -329,7 +324,7 @@ class ResetsBeforeHead(FaultCase):
         wait_until(posts, 3)
         time.sleep(0.3)
         self.assertEqual(len(posts()), 1, b.log()[-2000:])
-        self.assertEqual(retries(scrape(p.admin)) - retries(base), 0)
+        self.assertEqual(retries(admin_metrics(p.admin)) - retries(base), 0)
 
     def test_post_not_sent_to_another_backend(self):
         # Two backends, one resetting before the head: a POST routed to it
@@ -409,7 +404,7 @@ class Ejection(FaultCase):
         b = backend_status(p.admin, addr)
         self.assertTrue(b["ejected"], b)
         self.assertEqual(b["ejections"], 1, b)
-        fams = scrape(p.admin)
+        fams = admin_metrics(p.admin)
         self.assertEqual(promtext.value(fams, "lb_backend_ejected", cluster="cluster1",
                                         backend=addr), 1)
         self.assertEqual(promtext.value(fams, "lb_backend_ejections_total", cluster="cluster1",
@@ -452,7 +447,7 @@ class Ejection(FaultCase):
         t_eject2, ms2 = lines[1][0], lines[1][3]
         self.assertEqual(ms2, 4000, "the second ejection: %r" % (lines,))
         self.assertEqual(backend_status(p.admin, addr)["ejections"], 2)
-        self.assertEqual(promtext.value(scrape(p.admin), "lb_backend_ejections_total",
+        self.assertEqual(promtext.value(admin_metrics(p.admin), "lb_backend_ejections_total",
                                         cluster="cluster1", backend=addr), 2)
         # ... and that long.
         before = faultable(bad)
@@ -489,7 +484,7 @@ class EjectionCap(FaultCase):
         self.assertNotIn(200, statuses, statuses)
         self.assertIn(502, statuses, statuses)
         self.assertTrue(set(statuses) <= {502, "error"}, statuses)
-        fams = scrape(p.admin)
+        fams = admin_metrics(p.admin)
         out = [r for r in relays if promtext.value(fams, "lb_backend_ejected", cluster="cluster1",
                                                    backend=r.addr) == 1]
         self.assertEqual(len(out), max_out, "ejected: %r\n%s" % ([r.addr for r in out],

@@ -19,8 +19,8 @@ import time
 import unittest
 
 import promtext
-from lbtest import (SANITIZE, LBTestCase, admin_get, admin_status, free_port, wait_status,
-                    wait_until)
+from lbtest import (SANITIZE, LBTestCase, admin_metrics, admin_status, wait_admin, free_port,
+                    wait_status, wait_until)
 
 TS = r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})Z"
 EJECTED = re.compile(TS + r" \S+ \w+: backend (\S+) \(([^)\s]+)\): ejected for (\d+) ms "
@@ -62,23 +62,8 @@ def cluster_config(backends, admin, strategy="round-robin", outlier=None, name="
     return {"admin": "127.0.0.1:%d" % admin, "clusters": [c]}
 
 
-def wait_admin(admin, timeout=10.0):
-    """Waits until the admin listener answers (it starts just after the
-    public one)."""
-    def up():
-        try:
-            return admin_get(admin, "/healthz")[0] == 200
-        except OSError:
-            return False
-    if not wait_until(up, timeout):
-        raise AssertionError("admin listener :%d not answering" % admin)
 
 
-def metrics(admin):
-    st, _, body = admin_get(admin, "/metrics")
-    if st != 200:
-        raise AssertionError("/metrics answered %d" % st)
-    return promtext.parse(body.decode())
 
 
 def backend_rows(admin, cluster="cluster1"):
@@ -241,7 +226,7 @@ class EjectionTimings(LBTestCase):
         self.assertLessEqual(row["ejected_for_ms"], self.BASE_MS, row)
         self.assertGreater(row["ejected_for_ms"], self.BASE_MS - 300, row)
         self.assertEqual(row["ejections"], 1, row)
-        self.assertEqual(promtext.value(metrics(admin), "lb_backend_ejected", cluster="cluster1",
+        self.assertEqual(promtext.value(admin_metrics(admin), "lb_backend_ejected", cluster="cluster1",
                                         backend=bad.addr), 1)
 
         # Phase 2: requests until the second ejection.
@@ -312,7 +297,7 @@ class EjectionTimings(LBTestCase):
         self.assertTrue(row["ejected"], row)
         self.assertGreater(row["ejected_for_ms"], 2 * self.BASE_MS - 500, row)
         self.assertEqual(row["ejections"], 2, row)
-        fams = metrics(admin)
+        fams = admin_metrics(admin)
         self.assertEqual(promtext.value(fams, "lb_backend_ejections_total", cluster="cluster1",
                                         backend=bad.addr), 2)
         for b in r["good"]:
@@ -352,7 +337,7 @@ class EjectionCap(LBTestCase):
         addrs = [b.addr for b in bs]
 
         def ejected_now():
-            fams = metrics(admin)
+            fams = admin_metrics(admin)
             return sum(promtext.value(fams, "lb_backend_ejected", cluster="cluster1", backend=a)
                        for a in addrs)
 
@@ -372,7 +357,7 @@ class EjectionCap(LBTestCase):
             statuses[st] = statuses.get(st, 0) + 1
         self.assertEqual(set(statuses), {500}, statuses)
         # ejections came and went: more than the cap over the run
-        fams = metrics(admin)
+        fams = admin_metrics(admin)
         total = sum(promtext.value(fams, "lb_backend_ejections_total", cluster="cluster1",
                                    backend=a) for a in addrs)
         self.assertGreater(total, 2, p.log()[-3000:])
@@ -417,7 +402,7 @@ class FailurePenalty(LBTestCase):
         other = [r for r in results if r[1] not in (200, 500)]
         self.assertFalse(other, other[:5])
         self.assertTrue(all(inst == "fail-1" for _, st, inst in results if st == 500))
-        fams = metrics(admin)
+        fams = admin_metrics(admin)
         sent = {b.addr: promtext.value(fams, "lb_backend_requests_total", cluster="cluster1",
                                        backend=b.addr) for b in self.backends}
         ejections = promtext.sum_values(fams, "lb_backend_ejections_total", cluster="cluster1")
