@@ -23,11 +23,14 @@
 /* b must score this much lower than a to win over it */
 #define SCORE_TOLERANCE 1.25
 
-/* Latencies under this are all "fast": differences below it are noise (a
- * LAN round trip, a scheduling hiccup that the peak keeps for seconds), and
- * ranking on them would send most requests to one of equal backends and
- * override the weights. In-flight counts still tell fast backends apart. */
-#define EWMA_FLOOR_US 5000.0
+/* Latencies under this are all "fast": differences below a LAN round trip
+ * are measurement noise (a fresh probe connection versus a warm pooled one),
+ * and ranking on them would send every request to one of equal backends. */
+#define EWMA_FLOOR_US 1000.0
+/* Nor does a score win by less than this: one answer a scheduling hiccup
+ * delayed by a millisecond is kept by the peak for seconds, and would
+ * override the weights at low load. */
+#define SCORE_NOISE_US 2000.0
 
 /* 1/φ: steps of it mod 1 spread evenly over [0, 1) (weighted round-robin). */
 #define GOLDEN 0.6180339887498949
@@ -179,7 +182,8 @@ static struct backend *peak_ewma(struct choice *ch, struct backend *const *rows,
     /* Scores within the noise of a latency measurement count as equal, and
      * then the random first choice stands: equal backends share the load
      * even one request at a time. */
-    return peak_ewma_score(ch, b) * SCORE_TOLERANCE < peak_ewma_score(ch, a) ? b : a;
+    double sa = peak_ewma_score(ch, a), sb = peak_ewma_score(ch, b);
+    return sb * SCORE_TOLERANCE < sa && sa - sb > SCORE_NOISE_US ? b : a;
 }
 
 static struct backend *round_robin(struct choice *ch, struct backend *const *rows, size_t n,
