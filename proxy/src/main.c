@@ -18,7 +18,7 @@
 #include "cloudwatch.h"
 #include "config.h"
 #include "discovery.h"
-#include "dns.h" /* dns: backends given as names */
+#include "dns.h"
 #include "ev.h"
 #include "log.h"
 #include "net.h"
@@ -208,21 +208,18 @@ static int run(const struct proxy_config *cfg, struct balancer *bal, struct dns 
         log_error("cannot start the worker, health-check, discovery and CloudWatch threads");
         rc = 1;
     }
-    /* dns: the names' refresher, once the readers run */
-    if (!rc && dns_start(dns) < 0) {
+    if (!rc && dns_start(dns) < 0) { /* the names' refresher, once the readers run */
         log_error("cannot start the DNS thread");
         rc = 1;
     }
-    /* dns: end */
     if (!rc) {
         if (admin) log_info("admin listener on %s: /metrics /status /healthz", cfg->admin_text);
         if (cw)
             log_info("cloudwatch: PutMetricData to %s every %d s", cfg->cloudwatch.namespace_,
                      cfg->cloudwatch.interval_s);
         serve_signals(&sigs, &rl, alog);
-        uint64_t drain_until = ev_clock_ms() + (uint64_t)cfg->timeouts_ms.drain; /* cloudwatch */
-        /* dns: its table changes wait for the workers, as discovery's */
-        dns_stop(dns);
+        uint64_t drain_until = ev_clock_ms() + (uint64_t)cfg->timeouts_ms.drain;
+        dns_stop(dns);        /* its table changes wait for the workers, as discovery's */
         discovery_stop(disc); /* its table changes wait for the workers: stop it first */
         disc = NULL;
         wait_drain(w, started, cfg->timeouts_ms.drain);
@@ -258,7 +255,7 @@ int main(int argc, char **argv) {
     log_init("proxy", (enum log_level)cfg.log_level);
     if (cfg.check_only) {
         config_print(&cfg, stdout);
-        int unresolved = dns_check(&cfg, argc, argv, stdout); /* dns: each name's addresses */
+        int unresolved = dns_check(&cfg, argc, argv, stdout); /* each name's addresses */
         config_free(&cfg);
         return unresolved ? 1 : 0;
     }
@@ -272,7 +269,7 @@ int main(int argc, char **argv) {
         log_error("out of memory");
         return 1;
     }
-    /* dns: names resolved at start, before the readers (a name that does not resolve: exit 2) */
+    /* names resolved at start, before the readers (one that does not resolve: exit 2) */
     struct dns *dns = NULL;
     int dr = dns_open(&bal, argc, argv, &dns);
     if (dr) {
@@ -281,9 +278,8 @@ int main(int argc, char **argv) {
         config_free(&cfg);
         return dr;
     }
-    /* dns: end */
     int rc = run(&cfg, &bal, dns, argc, argv);
-    dns_free(dns); /* dns */
+    dns_free(dns);
     balancer_free(&bal);
     config_free(&cfg);
     return rc;
