@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import unittest
 
@@ -746,3 +747,124 @@ def read_access_log(path):
             except ValueError:
                 out.append({"unparsable": line.decode("latin-1")})
     return out
+
+
+def instance_of(body):
+    """The backend's instance_id in a JSON reply, or None."""
+    try:
+        return json.loads(body).get("instance_id")
+    except ValueError:
+        return None
+
+
+class KeepAliveClient:
+    """One keep-alive connection, reopened after an error. get() returns
+    (status, instance_id, [Set-Cookie values]); (None, "Error: why", []) when
+    the exchange failed."""
+
+    def __init__(self, port, timeout=10):
+        self.port, self.timeout = port, timeout
+        self.conn = None
+
+    def get(self, path, cookie=None):
+        if self.conn is None:
+            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
+        headers = {"Cookie": cookie} if cookie else {}
+        try:
+            self.conn.request("GET", path, headers=headers)
+            r = self.conn.getresponse()
+            body = r.read()
+            cookies = [v for k, v in r.getheaders() if k.lower() == "set-cookie"]
+            if r.will_close:
+                self.close()
+        except (OSError, http.client.HTTPException) as e:
+            self.close()
+            return None, "%s: %s" % (type(e).__name__, e), []
+        return r.status, instance_of(body), cookies
+
+    def close(self):
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+class ClientLoad:
+    """`threads` closed-loop KeepAliveClients for at most `seconds` (or until
+    stop()): results [(time.monotonic() at the answer, status, instance)]."""
+
+    def __init__(self, port, path, threads, seconds):
+        self.port, self.path, self.seconds = port, path, seconds
+        self.results = []
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def start(self):
+        self.deadline = time.monotonic() + self.seconds
+        for t in self.threads:
+            t.start()
+        return self
+
+    def join(self):
+        for t in self.threads:
+            t.join(self.seconds + 30)
+        return self.results
+
+    def stop(self):
+        self.stopping.set()
+        return self.join()
+
+    def _run(self):
+        c = KeepAliveClient(self.port)
+        mine = []
+        try:
+            while not self.stopping.is_set() and time.monotonic() < self.deadline:
+                st, inst, _ = c.get(self.path)
+                mine.append((time.monotonic(), st, inst))
+        finally:
+            c.close()
+            with self.lock:
+                self.results.extend(mine)
+
+
+def tally(results):
+    """ClientLoad results as counts of (status, instance or "error")."""
+    counts = {}
+    for _, st, inst in results:
+        key = (st, inst if st is not None else "error")
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+class Sampler:
+    """Calls fn() every `every` s on a thread until stop(): [(clock(), value)]."""
+
+    def __init__(self, fn, every=0.05, clock=time.monotonic):
+        self.fn, self.every, self.clock = fn, every, clock
+        self.samples = []
+        self.errors = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def stop(self):
+        self.stopping.set()
+        self.thread.join(10)
+        return self.samples
+
+    def wait_past(self, t, timeout=5.0):
+        """Until a sample taken after clock() t exists (a slow build may lag)."""
+        wait_until(lambda: self.samples and self.samples[-1][0] > t, timeout)
+
+    def _run(self):
+        while not self.stopping.is_set():
+            t = time.monotonic()
+            try:
+                v = self.fn()
+                self.samples.append((self.clock(), v))
+            except Exception as e:  # noqa: BLE001 - reported by the test
+                self.errors.append(repr(e))
+            self.stopping.wait(max(0.0, self.every - (time.monotonic() - t)))

@@ -12,20 +12,18 @@ The proxy logs (stderr, wall-clock timestamps to the millisecond):
     <ts> proxy[PID] warn: backend ADDR (CLUSTER): unhealthy -> healthy (...)"""
 
 import calendar
-import http.client
 import json
 import os
 import re
 import signal
 import tempfile
-import threading
 import time
 import unittest
 from unittest import mock
 
 import promtext
-from lbtest import (SANITIZE, LBTestCase, admin_metrics, admin_status, wait_admin, free_port,
-                    wait_status, wait_until)
+from lbtest import (SANITIZE, admin_metrics, admin_status, ClientLoad, free_port, KeepAliveClient,
+                    LBTestCase, Sampler, tally, wait_admin, wait_status, wait_until)
 
 TS = r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})Z"
 SECRET = "test-secret-0123456789abcdef"
@@ -76,112 +74,6 @@ def health(interval_ms=200, healthy=2, unhealthy=5):
             "healthy_threshold": healthy, "unhealthy_threshold": unhealthy}
 
 
-class Client:
-    """One keep-alive connection, reopened after an error. get() returns
-    (status, instance_id or None, [Set-Cookie values])."""
-
-    def __init__(self, port, timeout=10):
-        self.port, self.timeout = port, timeout
-        self.conn = None
-
-    def get(self, path, cookie=None):
-        if self.conn is None:
-            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
-        headers = {"Cookie": cookie} if cookie else {}
-        try:
-            self.conn.request("GET", path, headers=headers)
-            r = self.conn.getresponse()
-            body = r.read()
-            cookies = [v for k, v in r.getheaders() if k.lower() == "set-cookie"]
-            if r.will_close:
-                self.close()
-        except (OSError, http.client.HTTPException) as e:
-            self.close()
-            return None, "%s: %s" % (type(e).__name__, e), []
-        try:
-            inst = json.loads(body).get("instance_id")
-        except ValueError:
-            inst = None
-        return r.status, inst, cookies
-
-    def close(self):
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
-
-
-class Load:
-    """`threads` closed-loop clients on keep-alive connections until stop()
-    (or max_s): counts of (status, instance)."""
-
-    def __init__(self, port, path, threads, max_s=30.0):
-        self.port, self.path, self.max_s = port, path, max_s
-        self.counts = {}
-        self.lock = threading.Lock()
-        self.stopping = threading.Event()
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-
-    def start(self):
-        self.deadline = time.monotonic() + self.max_s
-        for t in self.threads:
-            t.start()
-        return self
-
-    def stop(self):
-        self.stopping.set()
-        for t in self.threads:
-            t.join(30)
-        return self.counts
-
-    def _run(self):
-        c = Client(self.port)
-        mine = {}
-        try:
-            while not self.stopping.is_set() and time.monotonic() < self.deadline:
-                st, inst, _ = c.get(self.path)
-                key = (st, inst if st is not None else "error")
-                mine[key] = mine.get(key, 0) + 1
-        finally:
-            c.close()
-            with self.lock:
-                for k, v in mine.items():
-                    self.counts[k] = self.counts.get(k, 0) + v
-
-
-class Sampler:
-    """Samples fn() every `every` s on a thread: [(time.time(), value)]."""
-
-    def __init__(self, fn, every=0.05):
-        self.fn, self.every = fn, every
-        self.samples = []
-        self.errors = []
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def start(self):
-        self.thread.start()
-        return self
-
-    def stop(self):
-        self.stopping.set()
-        self.thread.join(10)
-        return self.samples
-
-    def wait_past(self, t, timeout=5.0):
-        """Until a sample taken after time.time() t exists (a slow build may lag)."""
-        wait_until(lambda: self.samples and self.samples[-1][0] > t, timeout)
-
-    def _run(self):
-        while not self.stopping.is_set():
-            t = time.monotonic()
-            try:
-                v = self.fn()
-                self.samples.append((time.time(), v))
-            except Exception as e:  # noqa: BLE001 - reported by the test
-                self.errors.append(repr(e))
-            self.stopping.wait(max(0.0, self.every - (time.monotonic() - t)))
-
-
 def window_share(samples, addr, t_from, t_to):
     """addr's share of the requests counted between the last sample at or
     before t_from and the first at or after t_to (a window a little wider
@@ -218,7 +110,7 @@ class Weights(LBTestCase):
         wait_admin(admin)
         self.assertEqual(wait_status(p.port, "/cluster1/health", 200, timeout=5), 200)
         before = requests_by_backend(admin)
-        c = Client(p.port)
+        c = KeepAliveClient(p.port)
         self.addCleanup(c.close)
         counts = {}
         for _ in range(self.N):
@@ -280,8 +172,8 @@ class SlowStartAfterReload(LBTestCase):
         rows = backend_rows(self.admin)
         self.assertEqual({a: r["slow_start"] for a, r in rows.items()}, {b1.addr: 1, b2.addr: 1})
 
-        sampler = Sampler(lambda: requests_by_backend(self.admin)).start()
-        load = Load(p.port, "/cluster1/x", 4).start()
+        sampler = Sampler(lambda: requests_by_backend(self.admin), clock=time.time).start()
+        load = ClientLoad(p.port, "/cluster1/x", 4, 30.0).start()
         try:
             time.sleep(1.0)
             write_config(path, self.config([b1, b2, b3], strategy))
@@ -296,7 +188,7 @@ class SlowStartAfterReload(LBTestCase):
             ramp.append(backend_rows(self.admin)[b3.addr]["slow_start"])
             sampler.wait_past(t_join + self.SLOW_MS / 1000 + 1.6)
         finally:
-            counts = load.stop()
+            counts = tally(load.stop())
             samples = sampler.stop()
         self.assertFalse(sampler.errors, sampler.errors[:3])
         self.assertEqual({st for st, _ in counts}, {200}, counts)
@@ -379,10 +271,10 @@ class SlowStartAfterDiscovery(LBTestCase):
         wait_until(lambda: all(r["slow_start"] == 1 for r in backend_rows(self.admin).values()),
                    self.SLOW_MS / 1000 + 2)
 
-        sampler = Sampler(lambda: requests_by_backend(self.admin)).start()
+        sampler = Sampler(lambda: requests_by_backend(self.admin), clock=time.time).start()
         ramp = Sampler(lambda: backend_rows(self.admin).get("127.0.0.23:%d" % self.port),
-                       every=0.05).start()
-        load = Load(p.port, "/cluster1/x", 4).start()
+                       every=0.05, clock=time.time).start()
+        load = ClientLoad(p.port, "/cluster1/x", 4, 30.0).start()
         try:
             time.sleep(0.5)
             b3 = self.instance("127.0.0.23", "s3")
@@ -393,7 +285,7 @@ class SlowStartAfterDiscovery(LBTestCase):
             sampler.wait_past(t_up + self.SLOW_MS / 1000 + 1.6)
             ramp.wait_past(t_up + self.SLOW_MS / 1000 + 1.6)
         finally:
-            counts = load.stop()
+            counts = tally(load.stop())
             samples = sampler.stop()
             rows = ramp.stop()
         self.assertFalse(sampler.errors + ramp.errors, (sampler.errors + ramp.errors)[:3])
@@ -462,7 +354,7 @@ class Stickiness(LBTestCase):
 
     def first_cookie(self, port, url="/cluster1/x", **kw):
         """(cookie value, the backend that served it) from a request with none."""
-        c = Client(port)
+        c = KeepAliveClient(port)
         try:
             st, inst, sc = c.get(url)
         finally:
@@ -473,7 +365,7 @@ class Stickiness(LBTestCase):
     def spread(self, port, url, cookie, n=30, name="LBSTICKY", **kw):
         """n requests with the cookie on one connection: {instance: count}, and
         the cookie values the responses set (each checked)."""
-        c = Client(port)
+        c = KeepAliveClient(port)
         counts, fresh = {}, []
         try:
             for _ in range(n):
@@ -502,7 +394,7 @@ class Stickiness(LBTestCase):
         counts, _ = self.spread(p.port, "/cluster1/x", fresh[-1], n=20)
         self.assertEqual(counts, {inst: 20})
         # among other cookies of the request, and on a new connection each time
-        c = Client(p.port)
+        c = KeepAliveClient(p.port)
         for i in range(10):
             st, got, _ = c.get("/cluster1/y", "a=1; LBSTICKY=%s; b=2" % value)
             c.close()
@@ -591,7 +483,7 @@ class Stickiness(LBTestCase):
         # its backend answers 500 from now: the cookie holds until it is ejected
         b.signal(signal.SIGUSR1)
         self.assertTrue(wait_until(lambda: "fail mode on" in b.log(), 5))
-        c = Client(p.port)
+        c = KeepAliveClient(p.port)
         self.addCleanup(c.close)
         seen = [c.get("/cluster1/x", "LBSTICKY=" + value)[:2] for _ in range(12)]
         self.assertEqual(seen[:5], [(500, inst)] * 5, seen)

@@ -11,16 +11,14 @@ The proxy logs (stderr, wall-clock timestamps to the millisecond):
     <ts> proxy[PID] info: backend ADDR (CLUSTER): readmitted (ejection M over)"""
 
 import calendar
-import http.client
 import json
 import re
-import threading
 import time
 import unittest
 
 import promtext
-from lbtest import (SANITIZE, LBTestCase, admin_metrics, admin_status, wait_admin, free_port,
-                    wait_status, wait_until)
+from lbtest import (SANITIZE, admin_metrics, admin_status, ClientLoad, free_port, KeepAliveClient,
+                    LBTestCase, Sampler, wait_admin, wait_status, wait_until)
 
 TS = r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})Z"
 EJECTED = re.compile(TS + r" \S+ \w+: backend (\S+) \(([^)\s]+)\): ejected for (\d+) ms "
@@ -74,108 +72,6 @@ def backend_rows(admin, cluster="cluster1"):
     raise AssertionError("no cluster %s in /status" % cluster)
 
 
-def instance_of(body):
-    try:
-        return json.loads(body).get("instance_id")
-    except ValueError:
-        return None
-
-
-class Client:
-    """One keep-alive connection, reopened after an error: (status, instance)."""
-
-    def __init__(self, port, timeout=10):
-        self.port, self.timeout = port, timeout
-        self.conn = None
-
-    def get(self, path):
-        if self.conn is None:
-            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
-        try:
-            self.conn.request("GET", path)
-            r = self.conn.getresponse()
-            body = r.read()
-            if r.will_close:
-                self.close()
-            return r.status, instance_of(body)
-        except (OSError, http.client.HTTPException) as e:
-            self.close()
-            return None, "%s: %s" % (type(e).__name__, e)
-
-    def close(self):
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
-
-
-class Load:
-    """`threads` closed-loop clients, each on its own keep-alive connection,
-    for `seconds`: results [(t_done, status, instance)]."""
-
-    def __init__(self, port, path, threads, seconds):
-        self.port, self.path, self.seconds = port, path, seconds
-        self.results = []
-        self.lock = threading.Lock()
-        self.stopping = threading.Event()
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-
-    def start(self):
-        self.deadline = time.monotonic() + self.seconds
-        for t in self.threads:
-            t.start()
-        return self
-
-    def join(self):
-        for t in self.threads:
-            t.join(self.seconds + 30)
-        return self.results
-
-    def stop(self):
-        self.stopping.set()
-        return self.join()
-
-    def _run(self):
-        c = Client(self.port)
-        mine = []
-        try:
-            while not self.stopping.is_set() and time.monotonic() < self.deadline:
-                st, inst = c.get(self.path)
-                mine.append((time.monotonic(), st, inst))
-        finally:
-            c.close()
-            with self.lock:
-                self.results.extend(mine)
-
-
-class Poller:
-    """Calls fn() every `every` s on a thread until stop(): [(t, value)]."""
-
-    def __init__(self, fn, every=0.02):
-        self.fn, self.every = fn, every
-        self.samples = []
-        self.errors = []
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def start(self):
-        self.thread.start()
-        return self
-
-    def stop(self):
-        self.stopping.set()
-        self.thread.join(10)
-        return self.samples
-
-    def _run(self):
-        while not self.stopping.is_set():
-            t = time.monotonic()
-            try:
-                self.samples.append((t, self.fn()))
-            except Exception as e:  # noqa: BLE001 - reported by the test
-                self.errors.append(repr(e))
-            self.stopping.wait(max(0.0, self.every - (time.monotonic() - t)))
-
-
 class EjectionTimings(LBTestCase):
     """One of three backends answers 500 to everything (its /health stays
     200): with round-robin and sequential requests, exactly 5 500s reach the
@@ -201,12 +97,12 @@ class EjectionTimings(LBTestCase):
         wait_admin(admin)
         self.assertEqual(wait_status(p.port, "/cluster1/health", 200, timeout=5), 200,
                          p.log()[-3000:])
-        c = Client(p.port)
+        c = KeepAliveClient(p.port)
         self.addCleanup(c.close)
         seen = []  # (t, status, instance)
 
         def one():
-            st, inst = c.get("/cluster1/x")
+            st, inst, _ = c.get("/cluster1/x")
             seen.append((time.monotonic(), st, inst))
             self.assertIn(st, (200, 500), "%s %s\n%s" % (st, inst, p.log()[-3000:]))
 
@@ -230,7 +126,7 @@ class EjectionTimings(LBTestCase):
                                         backend=bad.addr), 1)
 
         # Phase 2: requests until the second ejection.
-        poll = Poller(lambda: backend_rows(admin)[bad.addr]["ejected"]).start()
+        poll = Sampler(lambda: backend_rows(admin)[bad.addr]["ejected"]).start()
         n_phase1 = len(seen)
         try:
             deadline = time.monotonic() + self.BASE_MS / 1000 * 3 + 2
@@ -341,9 +237,9 @@ class EjectionCap(LBTestCase):
             return sum(promtext.value(fams, "lb_backend_ejected", cluster="cluster1", backend=a)
                        for a in addrs)
 
-        poll = Poller(ejected_now, every=0.02).start()
+        poll = Sampler(ejected_now, every=0.02).start()
         try:
-            results = Load(p.port, "/cluster1/x", 4, 1.5 if SANITIZE else 2.5).start().join()
+            results = ClientLoad(p.port, "/cluster1/x", 4, 1.5 if SANITIZE else 2.5).start().join()
         finally:
             samples = poll.stop()
         self.assertFalse(poll.errors, poll.errors[:3])
@@ -396,7 +292,7 @@ class FailurePenalty(LBTestCase):
         self.assertTrue(wait_until(lambda: all(r["last_probe_ms"] for r in
                                                backend_rows(admin).values()), 3),
                         backend_rows(admin))
-        results = Load(p.port, "/cluster1/x", 8, self.SECONDS).start().join()
+        results = ClientLoad(p.port, "/cluster1/x", 8, self.SECONDS).start().join()
         self.assertGreater(len(results), 300, "only %d requests" % len(results))
         bad = sum(1 for _, st, _ in results if st == 500)
         other = [r for r in results if r[1] not in (200, 500)]
