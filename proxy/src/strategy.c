@@ -28,9 +28,9 @@
  * and ranking on them would send every request to one of equal backends. */
 #define EWMA_FLOOR_US 1000.0
 /* Nor does a score win by less than this: one answer a scheduling hiccup
- * delayed by a millisecond is kept by the peak for seconds, and would
- * override the weights at low load. */
-#define SCORE_NOISE_US 2000.0
+ * delayed by a few milliseconds is kept by the peak for seconds, and would
+ * override the weights at low load (2 ms still let 3:1 drift to 0.71). */
+#define SCORE_NOISE_US 5000.0
 
 /* 1/φ: steps of it mod 1 spread evenly over [0, 1) (weighted round-robin). */
 #define GOLDEN 0.6180339887498949
