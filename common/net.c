@@ -88,6 +88,18 @@ int net_addr_port(const struct net_addr *a) {
     return ntohs(((const struct sockaddr_in *)&a->ss)->sin_port);
 }
 
+int net_addr_equal(const struct net_addr *a, const struct net_addr *b) {
+    if (a->ss.ss_family != b->ss.ss_family) return 0;
+    if (a->ss.ss_family == AF_INET) {
+        const struct sockaddr_in *x = (const void *)&a->ss, *y = (const void *)&b->ss;
+        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    if (a->ss.ss_family != AF_INET6) return a->len == b->len && !memcmp(&a->ss, &b->ss, a->len);
+    const struct sockaddr_in6 *x = (const void *)&a->ss, *y = (const void *)&b->ss;
+    return x->sin6_port == y->sin6_port && x->sin6_scope_id == y->sin6_scope_id &&
+           !memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr));
+}
+
 const char *net_addr_str(const struct net_addr *a, char *buf, size_t len) {
     char ip[INET6_ADDRSTRLEN] = "?";
     if (a->ss.ss_family == AF_INET6) {

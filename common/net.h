@@ -18,6 +18,8 @@ int net_parse_addr(const char *s, const char *default_host, struct net_addr *out
 /* "HOST:PORT" of an address, into buf. */
 const char *net_addr_str(const struct net_addr *a, char *buf, size_t len);
 int net_addr_port(const struct net_addr *a);
+/* Same family, address and port (padding and IPv6 flow labels aside). */
+int net_addr_equal(const struct net_addr *a, const struct net_addr *b);
 /* A non-blocking listening socket with SO_REUSEADDR (and SO_REUSEPORT when
  * reuseport); -errno on failure. */
 int net_listen(const struct net_addr *a, int reuseport, int backlog);

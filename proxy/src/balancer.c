@@ -27,17 +27,19 @@ static void note(struct backend *be, int64_t *at, char *dst, const char *fmt, ..
 
 /* ---- rows ---- */
 
-static struct backend *row_new(struct lb_cluster *lc, const struct backend_addr *ba, int nworkers,
+static struct backend *row_new(struct cluster *lc, const struct backend_addr *ba, int nworkers,
                                int healthy, int ramp) {
     struct backend *be = calloc(1, sizeof(*be));
     if (!be) return NULL;
     size_t bytes = sizeof(*be->slots) * (size_t)nworkers;
     be->slots = aligned_alloc(64, bytes ? bytes : sizeof(*be->slots));
-    if (be->slots) memset(be->slots, 0, bytes);
     if (!be->slots) {
         free(be);
         return NULL;
     }
+    memset(be->slots, 0, bytes);
+    for (int i = 0; i < nworkers; i++)
+        list_init(&be->slots[i].idle);
     be->addr = ba->addr;
     snprintf(be->name, sizeof(be->name), "%s", ba->text);
     snprintf(be->origin, sizeof(be->origin), "%s", ba->origin);
@@ -65,8 +67,8 @@ void backend_unref(struct backend *be) {
 
 /* ---- clusters ---- */
 
-static struct lb_cluster *cluster_new(const char *name, int nworkers) {
-    struct lb_cluster *lc = calloc(1, sizeof(*lc));
+static struct cluster *cluster_new(const char *name, int nworkers) {
+    struct cluster *lc = calloc(1, sizeof(*lc));
     if (!lc) return NULL;
     lc->per_worker = aligned_alloc(64, sizeof(*lc->per_worker) * (size_t)nworkers);
     if (!lc->per_worker) {
@@ -81,18 +83,18 @@ static struct lb_cluster *cluster_new(const char *name, int nworkers) {
 
 /* The registry's cluster of that name, created on first use. Writers only;
  * readers walk the list without a lock (it only grows, at its head). */
-static struct lb_cluster *cluster_get(struct balancer *b, const char *name) {
-    struct lb_cluster *head = atomic_load_explicit(&b->clusters, memory_order_acquire);
-    for (struct lb_cluster *lc = head; lc; lc = lc->next)
+static struct cluster *cluster_get(struct balancer *b, const char *name) {
+    struct cluster *head = atomic_load_explicit(&b->clusters, memory_order_acquire);
+    for (struct cluster *lc = head; lc; lc = lc->next)
         if (!strcmp(lc->name, name)) return lc;
-    struct lb_cluster *lc = cluster_new(name, b->nworkers);
+    struct cluster *lc = cluster_new(name, b->nworkers);
     if (!lc) return NULL;
     lc->next = head;
     atomic_store_explicit(&b->clusters, lc, memory_order_release);
     return lc;
 }
 
-static void cluster_set(struct lb_cluster *lc, const struct cluster_config *cc) {
+static void cluster_set(struct cluster *lc, const struct cluster_config *cc) {
     atomic_store(&lc->healthy_threshold, cc->health.healthy_threshold);
     atomic_store(&lc->unhealthy_threshold, cc->health.unhealthy_threshold);
 }
@@ -135,19 +137,15 @@ static size_t found_count(const struct found_set *fs) {
     return fs ? fs->n : 0;
 }
 
-static int same_addr(const struct net_addr *a, const struct net_addr *b) {
-    return a->len == b->len && !memcmp(&a->ss, &b->ss, a->len);
-}
-
-static int has_addr(const struct cluster_rt *c, const struct net_addr *a) {
+static int has_addr(const struct table_cluster *c, const struct net_addr *a) {
     for (size_t j = 0; j < c->n; j++)
-        if (same_addr(&c->rows[j]->addr, a)) return 1;
+        if (net_addr_equal(&c->rows[j]->addr, a)) return 1;
     return 0;
 }
 
 /* Appends the row for ba (reused from `reuse` or new) unless c has its
  * address already; its weight is the configuration's now. */
-static int add_row(struct balancer *b, struct cluster_rt *c, const struct lb_table *reuse,
+static int add_row(struct balancer *b, struct table_cluster *c, const struct lb_table *reuse,
                    const struct backend_addr *ba, int healthy) {
     if (ba->is_name || has_addr(c, &ba->addr)) return 0;
     struct backend *be = find_row(reuse, c->id->name, ba->text);
@@ -159,7 +157,7 @@ static int add_row(struct balancer *b, struct cluster_rt *c, const struct lb_tab
     return 0;
 }
 
-static int add_found(struct balancer *b, struct cluster_rt *c, const struct lb_table *reuse,
+static int add_found(struct balancer *b, struct table_cluster *c, const struct lb_table *reuse,
                      const struct found_set *fs, int healthy) {
     for (size_t j = 0; fs && j < fs->n; j++)
         if (add_row(b, c, reuse, &fs->addrs[j], healthy) < 0) return -1;
@@ -178,7 +176,7 @@ struct lb_table *lb_table_build(struct balancer *b, const struct proxy_config *c
     }
     for (size_t i = 0; i < cfg->nclusters; i++) {
         const struct cluster_config *cc = &cfg->clusters[i];
-        struct cluster_rt *c = &t->clusters[i];
+        struct table_cluster *c = &t->clusters[i];
         c->cfg = cc;
         c->id = cluster_get(b, cc->name);
         const struct found_set *dns = found_for(b, cc, FOUND_BY_DNS);
@@ -221,9 +219,9 @@ void balancer_ready(struct balancer *b) {
 void balancer_free(struct balancer *b) {
     table_free(atomic_load(&b->table));
     atomic_store(&b->table, NULL);
-    struct lb_cluster *lc = atomic_load(&b->clusters);
+    struct cluster *lc = atomic_load(&b->clusters);
     while (lc) {
-        struct lb_cluster *next = lc->next;
+        struct cluster *next = lc->next;
         free(lc->per_worker);
         pthread_mutex_destroy(&lc->eject_lock);
         free(lc);
@@ -238,15 +236,15 @@ void balancer_free(struct balancer *b) {
     pthread_mutex_destroy(&b->write_lock);
 }
 
-size_t balancer_clusters(struct balancer *b, struct lb_cluster ***out) {
+size_t balancer_clusters(struct balancer *b, struct cluster ***out) {
     size_t n = 0;
-    struct lb_cluster *head = atomic_load_explicit(&b->clusters, memory_order_acquire);
-    for (struct lb_cluster *lc = head; lc; lc = lc->next)
+    struct cluster *head = atomic_load_explicit(&b->clusters, memory_order_acquire);
+    for (struct cluster *lc = head; lc; lc = lc->next)
         n++;
     *out = calloc(n ? n : 1, sizeof(**out));
     if (!*out) return 0;
     size_t i = n;
-    for (struct lb_cluster *lc = head; lc; lc = lc->next)
+    for (struct cluster *lc = head; lc; lc = lc->next)
         (*out)[--i] = lc;
     return n;
 }
@@ -294,7 +292,7 @@ static int in_table(const struct lb_table *t, const struct backend *be) {
 }
 
 /* The table's cluster with that identity, or NULL. */
-static struct cluster_rt *cluster_in(const struct lb_table *t, const struct lb_cluster *id) {
+static struct table_cluster *cluster_in(const struct lb_table *t, const struct cluster *id) {
     for (size_t i = 0; i < t->nclusters; i++)
         if (t->clusters[i].id == id) return &t->clusters[i];
     return NULL;
@@ -303,7 +301,7 @@ static struct cluster_rt *cluster_in(const struct lb_table *t, const struct lb_c
 static void log_cluster_changes(const struct lb_table *old, const struct lb_table *next,
                                 const char *why) {
     for (size_t i = 0; i < next->nclusters; i++) {
-        const struct cluster_rt *c = &next->clusters[i], *was = cluster_in(old, c->id);
+        const struct table_cluster *c = &next->clusters[i], *was = cluster_in(old, c->id);
         if (!was)
             log_info("%s: cluster %s added (%s)", why, c->id->name, c->cfg->path_prefix);
         else if (was->cfg->strategy != c->cfg->strategy)
@@ -344,7 +342,7 @@ static void log_changes(const struct lb_table *old, const struct lb_table *next,
  * cluster's only instance costs one probe. */
 static void fast_admit(const struct lb_table *old, const struct lb_table *next) {
     for (size_t i = 0; i < next->nclusters; i++) {
-        const struct cluster_rt *c = &next->clusters[i];
+        const struct table_cluster *c = &next->clusters[i];
         int healthy = 0;
         for (size_t j = 0; j < c->n; j++)
             healthy |= atomic_load(&c->rows[j]->healthy);
@@ -420,8 +418,8 @@ int balancer_set_found(struct balancer *b, const char *cluster, enum found_by by
 
 /* ---- choosing ---- */
 
-struct lb_cluster *balancer_route(struct balancer *b, const char *target, size_t len,
-                                  const struct cluster_config **cc) {
+struct cluster *balancer_route(struct balancer *b, const char *target, size_t len,
+                               const struct cluster_config **cc) {
     struct lb_table *t = balancer_table(b);
     int i = route_match(t->cfg, target, len);
     if (i < 0) return NULL;
@@ -430,23 +428,23 @@ struct lb_cluster *balancer_route(struct balancer *b, const char *target, size_t
 }
 
 const struct cluster_config *balancer_cluster_config(struct balancer *b,
-                                                     const struct lb_cluster *cluster) {
-    const struct cluster_rt *c = cluster ? cluster_in(balancer_table(b), cluster) : NULL;
+                                                     const struct cluster *cluster) {
+    const struct table_cluster *c = cluster ? cluster_in(balancer_table(b), cluster) : NULL;
     return c ? c->cfg : NULL;
 }
 
 /* The row of the cluster named `name`, when it is available. */
-static struct backend *named_row(const struct cluster_rt *c, const char *name, int64_t now) {
+static struct backend *named_row(const struct table_cluster *c, const char *name, int64_t now) {
     for (size_t i = 0; i < c->n; i++)
         if (!strcmp(c->rows[i]->name, name))
             return backend_available(c->rows[i], now) ? c->rows[i] : NULL;
     return NULL;
 }
 
-struct backend *balancer_pick(struct balancer *b, const struct lb_cluster *cluster,
+struct backend *balancer_pick(struct balancer *b, const struct cluster *cluster,
                               const struct backend *avoid, const char *prefer, uint64_t rnd,
                               int worker) {
-    struct cluster_rt *c = cluster_in(balancer_table(b), cluster);
+    struct table_cluster *c = cluster_in(balancer_table(b), cluster);
     if (!c) return NULL; /* removed by a reload since the request was routed */
     int64_t now = ev_clock_ms();
     struct backend *be = prefer ? named_row(c, prefer, now) : NULL;
@@ -475,7 +473,7 @@ static int ejection_ms(const struct outlier_config *od, int times) {
 
 /* Whether ejecting be keeps the cluster within its cap: at most
  * max_ejection_percent of its rows out at once, and another available. */
-static int may_eject(const struct cluster_rt *c, const struct backend *be, int64_t now) {
+static int may_eject(const struct table_cluster *c, const struct backend *be, int64_t now) {
     size_t out = 0, others = 0;
     for (size_t i = 0; i < c->n; i++) {
         out += backend_ejected(c->rows[i], now);
@@ -499,8 +497,8 @@ static void readmit(struct backend *be) {
 
 static void eject(struct balancer *b, struct backend *be, const char *what, int count,
                   const char *why) {
-    struct lb_cluster *lc = be->cluster;
-    const struct cluster_rt *c = cluster_in(balancer_table(b), lc);
+    struct cluster *lc = be->cluster;
+    const struct table_cluster *c = cluster_in(balancer_table(b), lc);
     if (!c) return;
     const struct outlier_config *od = &c->cfg->outlier;
     int64_t now = ev_clock_ms();
@@ -544,7 +542,7 @@ static void count_outcome(struct balancer *b, struct backend *be, int fivexx, in
     int n5 = atomic_fetch_add(&be->consec_5xx, 1) + 1;
     int ng = gateway ? atomic_fetch_add(&be->consec_gw, 1) + 1 : 0;
     if (!gateway) atomic_store(&be->consec_gw, 0);
-    const struct cluster_rt *c = cluster_in(balancer_table(b), be->cluster);
+    const struct table_cluster *c = cluster_in(balancer_table(b), be->cluster);
     if (!c || !c->cfg->outlier.enabled) return;
     const struct outlier_config *od = &c->cfg->outlier;
     if (od->consecutive_gateway_failure && ng >= od->consecutive_gateway_failure)
@@ -580,7 +578,7 @@ void balancer_done(struct balancer *b, struct backend *be, enum outcome o, int s
 /* Readmits rows whose ejection is over (picks took them back at that
  * instant; this logs it), and decays the
  * multiplier of rows that stayed in and failed nothing for an interval. */
-static void tick_cluster(const struct cluster_rt *c, int64_t now) {
+static void tick_cluster(const struct table_cluster *c, int64_t now) {
     const struct outlier_config *od = &c->cfg->outlier;
     int decay = now - c->id->decayed_ms >= od->interval_ms;
     if (decay) c->id->decayed_ms = now;
@@ -658,7 +656,7 @@ static void transition(struct backend *be, int to, int count, const char *why) {
 }
 
 void backend_observe(struct backend *be, int ok, const char *why) {
-    const struct lb_cluster *lc = be->cluster;
+    const struct cluster *lc = be->cluster;
     if (ok) {
         atomic_store_explicit(&be->consec_fail, 0, memory_order_relaxed);
         int k = atomic_fetch_add_explicit(&be->consec_ok, 1, memory_order_relaxed) + 1;

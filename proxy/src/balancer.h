@@ -18,7 +18,9 @@
 #include <pthread.h>
 
 #include "config.h"
+#include "list.h"
 #include "stats.h"
+#include "strategy.h"
 
 struct upconn;
 
@@ -26,9 +28,9 @@ struct upconn;
  * reload and added again continues its counters): the identity a request
  * keeps across table swaps, its per-worker counters, and the thresholds its
  * rows judge health by (updated by a reload). */
-struct lb_cluster {
+struct cluster {
     char name[64];
-    struct lb_cluster *next; /* the balancer's registry */
+    struct cluster *next; /* the balancer's registry */
     atomic_int healthy_threshold, unhealthy_threshold;
     struct cluster_counters *per_worker; /* one per worker */
     pthread_mutex_t eject_lock;          /* one ejection decision at a time (the cap) */
@@ -39,7 +41,7 @@ struct lb_cluster {
  * backend and its counts. Only that worker writes it (the admin thread reads
  * the counts); each on its own cache line. */
 struct row_slot {
-    struct upconn *head; /* idle connections */
+    struct list idle; /* idle connections (upconn.in_slot), newest first */
     int n;
     atomic_ullong requests, failures;
 } __attribute__((aligned(64)));
@@ -47,7 +49,7 @@ struct row_slot {
 struct backend {
     struct net_addr addr;
     char name[80]; /* "10.0.1.5:8000" */
-    struct lb_cluster *cluster;
+    struct cluster *cluster;
     atomic_int refs;    /* the tables holding it, requests in flight, pooled connections */
     atomic_int removed; /* no longer in the current table */
     atomic_int healthy; /* by the active checks */
@@ -77,8 +79,8 @@ static inline int backend_ejected(const struct backend *be, int64_t now_ms) {
     return atomic_load_explicit(&be->ejected_until, memory_order_relaxed) > now_ms;
 }
 
-struct cluster_rt {
-    struct lb_cluster *id;
+struct table_cluster {
+    struct cluster *id;
     const struct cluster_config *cfg;
     struct backend **rows;
     size_t n;
@@ -87,7 +89,7 @@ struct cluster_rt {
 
 struct lb_table {
     const struct proxy_config *cfg; /* the configuration it was built from */
-    struct cluster_rt *clusters;    /* in cfg's order */
+    struct table_cluster *clusters; /* in cfg's order */
     size_t nclusters;
 };
 
@@ -114,9 +116,9 @@ struct balancer {
     const struct proxy_config *cfg;
     struct found_set *found;
     size_t nfound;
-    _Atomic(struct lb_cluster *) clusters; /* every cluster ever built, newest first */
-    struct lb_cluster *unrouted;           /* "none": requests no route matched */
-    pthread_mutex_t write_lock;            /* one table writer at a time */
+    _Atomic(struct cluster *) clusters; /* every cluster ever built, newest first */
+    struct cluster *unrouted;           /* "none": requests no route matched */
+    pthread_mutex_t write_lock;         /* one table writer at a time */
     int nreaders; /* the workers, then the probe thread, then the admin thread */
     int started;  /* the readers may run: rows added from now on ramp up (slow start) */
     atomic_ullong epoch;
@@ -139,7 +141,7 @@ void balancer_reader_offline(struct balancer *b, int id);
 void balancer_free(struct balancer *b);
 /* Every cluster ever built, oldest first ("none" first of all), in an array
  * the caller frees; their count (0 when out of memory). Any thread. */
-size_t balancer_clusters(struct balancer *b, struct lb_cluster ***out);
+size_t balancer_clusters(struct balancer *b, struct cluster ***out);
 static inline struct lb_table *balancer_table(struct balancer *b) {
     return atomic_load_explicit(&b->table, memory_order_acquire);
 }
@@ -167,16 +169,21 @@ int balancer_set_config(struct balancer *b, const struct proxy_config *cfg, cons
 int balancer_set_found(struct balancer *b, const char *cluster, enum found_by by,
                        const struct backend_addr *addrs, size_t n, const char *why);
 
+/* The cluster unrouted requests are counted in ("none"). Any thread. */
+static inline struct cluster *balancer_unrouted(const struct balancer *b) {
+    return b->unrouted;
+}
+
 /* The cluster whose path_prefix matches target in the current table, or
  * NULL; *cc (when given) gets its configuration, valid until the caller's
  * next quiescent point. */
-struct lb_cluster *balancer_route(struct balancer *b, const char *target, size_t len,
-                                  const struct cluster_config **cc);
+struct cluster *balancer_route(struct balancer *b, const char *target, size_t len,
+                               const struct cluster_config **cc);
 
 /* The configuration of that cluster in the current table, or NULL; valid
  * until the caller's next quiescent point. */
 const struct cluster_config *balancer_cluster_config(struct balancer *b,
-                                                     const struct lb_cluster *cluster);
+                                                     const struct cluster *cluster);
 
 void backend_ref(struct backend *be);
 void backend_unref(struct backend *be);
@@ -186,7 +193,7 @@ void backend_unref(struct backend *be);
  * strategy's choice, other than avoid when another available one exists;
  * NULL when none is. Counts it in flight and takes a reference: pair with
  * balancer_done(). */
-struct backend *balancer_pick(struct balancer *b, const struct lb_cluster *cluster,
+struct backend *balancer_pick(struct balancer *b, const struct cluster *cluster,
                               const struct backend *avoid, const char *prefer, uint64_t rnd,
                               int worker);
 
@@ -221,18 +228,5 @@ double backend_ewma_us(const struct backend *be);
 double backend_error_share(const struct backend *be, int64_t now_ms);
 /* The row's weight now: its configured weight, scaled by its slow start. */
 double backend_weight(const struct backend *be, int slow_start_ms, int64_t now_ms);
-
-/* strategy.c: the choice itself, over one cluster's rows. */
-struct pick {
-    const struct backend *avoid; /* not this one, unless it is the only one available */
-    atomic_uint *next;           /* round-robin position */
-    uint64_t rnd;
-    int64_t now_ms;
-    int slow_start_ms;
-};
-/* Available: healthy, not ejected, weight above 0. */
-int backend_available(const struct backend *be, int64_t now_ms);
-struct backend *strategy_pick(enum strategy s, struct backend *const *rows, size_t n,
-                              const struct pick *pk);
 
 #endif

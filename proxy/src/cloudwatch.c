@@ -47,7 +47,7 @@ struct batch {
 
 /* The counters of one cluster, summed over the workers. */
 struct cluster_totals {
-    const struct lb_cluster *lc;
+    const struct cluster *lc;
     struct cluster_sums s;
 };
 
@@ -148,7 +148,7 @@ static void add_latency(struct builder *bl, const char *group, const struct clus
     d->max = bucket_s(hi);
 }
 
-static const struct cluster_sums *sums_in(const struct snapshot *s, const struct lb_cluster *lc) {
+static const struct cluster_sums *sums_in(const struct snapshot *s, const struct cluster *lc) {
     static const struct cluster_sums zero;
     for (size_t i = 0; i < s->n; i++)
         if (s->c[i].lc == lc) return &s->c[i].s;
@@ -157,7 +157,7 @@ static const struct cluster_sums *sums_in(const struct snapshot *s, const struct
 
 /* The cluster's healthy and unhealthy rows; 0 when it is not in the table
  * (a reload removed it). */
-static int host_counts(struct balancer *bal, const struct lb_cluster *lc, int *up, int *down) {
+static int host_counts(struct balancer *bal, const struct cluster *lc, int *up, int *down) {
     int found = 0;
     *up = *down = 0;
     /* a table cannot be swapped, so not freed, while the write lock is held */
@@ -220,7 +220,7 @@ static void add_load_balancer(struct builder *bl, const struct snapshot *now) {
 }
 
 static int take_snapshot(const struct cloudwatch *cw, struct snapshot *s) {
-    struct lb_cluster **lcs;
+    struct cluster **lcs;
     s->n = balancer_clusters(cw->bal, &lcs);
     s->c = lcs ? calloc(s->n ? s->n : 1, sizeof(*s->c)) : NULL;
     for (size_t i = 0; s->c && i < s->n; i++) {

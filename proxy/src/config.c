@@ -192,17 +192,6 @@ static const cJSON *field(const cJSON *obj, const char *key) {
     return cJSON_GetObjectItemCaseSensitive(obj, key);
 }
 
-static int same_addr(const struct net_addr *a, const struct net_addr *b) {
-    if (a->ss.ss_family != b->ss.ss_family) return 0;
-    if (a->ss.ss_family == AF_INET) {
-        const struct sockaddr_in *x = (const void *)&a->ss, *y = (const void *)&b->ss;
-        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
-    }
-    const struct sockaddr_in6 *x = (const void *)&a->ss, *y = (const void *)&b->ss;
-    return x->sin6_port == y->sin6_port &&
-           !memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr));
-}
-
 static int addr_is_wildcard(const struct net_addr *a) {
     if (a->ss.ss_family == AF_INET)
         return ((const struct sockaddr_in *)&a->ss)->sin_addr.s_addr == htonl(INADDR_ANY);
@@ -216,28 +205,6 @@ static int addr_is_loopback(const struct net_addr *a) {
 }
 
 /* ---- names, prefixes, backends ------------------------------------------ */
-
-static const char *const strategy_names[] = {
-    [STRATEGY_PEAK_EWMA] = "peak-ewma",
-    [STRATEGY_FASTEST] = "fastest",
-    [STRATEGY_LEAST_OUTSTANDING] = "least-outstanding",
-    [STRATEGY_ROUND_ROBIN] = "round-robin",
-    [STRATEGY_RANDOM] = "random",
-};
-#define NSTRATEGIES   (sizeof(strategy_names) / sizeof(strategy_names[0]))
-#define STRATEGY_LIST "fastest, peak-ewma, least-outstanding, round-robin or random"
-
-const char *strategy_name(enum strategy s) {
-    if ((size_t)s < NSTRATEGIES) return strategy_names[s];
-    return "unknown";
-}
-
-int strategy_parse(const char *s) {
-    if (!s) return -1;
-    for (size_t i = 0; i < NSTRATEGIES; i++)
-        if (!strcmp(s, strategy_names[i])) return (int)i;
-    return -1;
-}
 
 static const char *const log_level_names[] = {"error", "warn", "info", "debug"};
 
@@ -333,7 +300,7 @@ static int parse_backend(const char *s, struct backend_addr *b, const char **why
 
 static int same_backend(const struct backend_addr *a, const struct backend_addr *b) {
     if (a->is_name || b->is_name) return !strcasecmp(a->text, b->text);
-    return same_addr(&a->addr, &b->addr);
+    return net_addr_equal(&a->addr, &b->addr);
 }
 
 int cluster_weight(const struct cluster_config *c, const char *backend, const char *name) {
@@ -710,7 +677,7 @@ static int parse_cluster(const cJSON *o, const char *path, struct cluster_config
     if ((it = field(o, "strategy"))) {
         join(p, sizeof(p), path, "strategy");
         int s = 0;
-        if (get_choice(it, p, strategy_parse, STRATEGY_LIST, &s, e)) return -1;
+        if (get_choice(it, p, strategy_parse, STRATEGY_NAMES, &s, e)) return -1;
         c->strategy = (enum strategy)s;
         c->strategy_set = 1;
     }
@@ -794,7 +761,7 @@ fail:
 /* Checks that span fields and flags, on the configuration as it will run. */
 static int check_final(const struct proxy_config *cfg, struct errbuf *e) {
     if (cfg->admin_set && net_addr_port(&cfg->admin) == net_addr_port(&cfg->listen) &&
-        (same_addr(&cfg->admin, &cfg->listen) || addr_is_wildcard(&cfg->admin) ||
+        (net_addr_equal(&cfg->admin, &cfg->listen) || addr_is_wildcard(&cfg->admin) ||
          addr_is_wildcard(&cfg->listen)))
         return errf(e, "admin: %s would share the public listener's port (listen %s)",
                     cfg->admin_text, cfg->listen_text);
@@ -803,7 +770,7 @@ static int check_final(const struct proxy_config *cfg, struct errbuf *e) {
         for (size_t j = 0; j < c->nbackends; j++) {
             const struct net_addr *b = &c->backends[j].addr;
             if (net_addr_port(b) != net_addr_port(&cfg->listen)) continue;
-            if (same_addr(b, &cfg->listen) ||
+            if (net_addr_equal(b, &cfg->listen) ||
                 (addr_is_wildcard(&cfg->listen) && (addr_is_loopback(b) || addr_is_wildcard(b))))
                 return errf(e,
                             "clusters[%zu].backends[%zu]: \"%s\" is the proxy's own listen "
@@ -1358,7 +1325,7 @@ int config_load(struct proxy_config *cfg, int argc, char **argv, FILE *errors) {
             break;
         case O_STRATEGY:
             if ((f.strategy = strategy_parse(v)) < 0) {
-                fprintf(errout, "proxy: --strategy: expected " STRATEGY_LIST ", got \"%s\"\n", v);
+                fprintf(errout, "proxy: --strategy: expected " STRATEGY_NAMES ", got \"%s\"\n", v);
                 goto out;
             }
             break;

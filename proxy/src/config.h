@@ -8,14 +8,7 @@
 #include <stdio.h>
 
 #include "net.h"
-
-enum strategy {
-    STRATEGY_PEAK_EWMA, /* the default */
-    STRATEGY_FASTEST,
-    STRATEGY_LEAST_OUTSTANDING,
-    STRATEGY_ROUND_ROBIN,
-    STRATEGY_RANDOM,
-};
+#include "strategy.h"
 
 /* The ALB's desync mitigation modes: what a request's class (http.h) gets. */
 enum desync_mode {
@@ -146,7 +139,5 @@ void config_defaults(struct proxy_config *cfg);
 void config_free(struct proxy_config *cfg);
 /* Writes a human-readable summary of what would run (for --check). */
 void config_print(const struct proxy_config *cfg, FILE *out);
-const char *strategy_name(enum strategy s);
-int strategy_parse(const char *s); /* -1 when unknown */
 
 #endif

@@ -51,11 +51,11 @@ struct client {
     int closing;
     char ip[48];
     /* the request in flight */
-    int in_request;        /* counted and logged by request_end() */
-    struct lb_cluster *lc; /* its route; NULL: none */
-    int retries;           /* the cluster's, when it was routed */
-    int status;            /* the response's, once its head is on its way */
-    int own_reply;         /* the proxy made the response, not a backend */
+    int in_request;     /* counted and logged by request_end() */
+    struct cluster *lc; /* its route; NULL: none */
+    int retries;        /* the cluster's, when it was routed */
+    int status;         /* the response's, once its head is on its way */
+    int own_reply;      /* the proxy made the response, not a backend */
     int error_counted;
     int classified;     /* req.klass counts and is logged: the head was complete, or refused */
     int isolate;        /* ambiguous (defensive): neither connection is reused after it */
@@ -134,7 +134,7 @@ static void request_end(struct client *c) {
     if (!c->in_request) return;
     c->in_request = 0;
     struct worker *w = c->w;
-    struct lb_cluster *lc = c->lc ? c->lc : w->bal->unrouted;
+    struct cluster *lc = c->lc ? c->lc : balancer_unrouted(w->bal);
     struct cluster_counters *cc = &lc->per_worker[w->id];
     uint64_t duration = ev_clock_us() - c->t_start_us;
     ctr_add(&cc->requests, 1);

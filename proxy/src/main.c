@@ -111,7 +111,7 @@ static void log_exit(struct worker *w, int n, struct balancer *bal) {
     struct worker_sums sum;
     workers_sum(w, n, &sum);
     unsigned long long requests = 0;
-    for (struct lb_cluster *lc = atomic_load(&bal->clusters); lc; lc = lc->next) {
+    for (struct cluster *lc = atomic_load(&bal->clusters); lc; lc = lc->next) {
         struct cluster_sums cs;
         cluster_counters_sum(lc->per_worker, n, &cs);
         requests += cs.requests;

@@ -75,7 +75,7 @@ static void hist_series(struct sbuf *out, const char *name, const char *cluster,
 }
 
 static void cluster_families(const struct admin_view *v, struct sbuf *out) {
-    struct lb_cluster **lcs;
+    struct cluster **lcs;
     size_t n = balancer_clusters(v->bal, &lcs);
     struct cluster_sums *sums = calloc(n ? n : 1, sizeof(*sums));
     if (!sums) n = 0;

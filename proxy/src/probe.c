@@ -196,7 +196,7 @@ static int build_probes(struct prober *pr, struct lb_table *t) {
     if (!pr->probes) return -1;
     pr->table = t;
     for (size_t i = 0; i < t->nclusters; i++) {
-        const struct cluster_rt *c = &t->clusters[i];
+        const struct table_cluster *c = &t->clusters[i];
         for (size_t j = 0; j < c->n; j++) {
             struct probe *p = &pr->probes[pr->n++];
             p->pr = pr;

@@ -82,7 +82,7 @@ static cJSON *backend_json(struct backend *be, const struct cluster_config *cc, 
     return b;
 }
 
-static void add_counts(const struct admin_view *v, cJSON *o, const struct lb_cluster *lc) {
+static void add_counts(const struct admin_view *v, cJSON *o, const struct cluster *lc) {
     struct cluster_sums sum;
     cluster_counters_sum(lc->per_worker, v->nworkers, &sum);
     cJSON_AddNumberToObject(o, "requests", (double)sum.requests);
@@ -91,7 +91,7 @@ static void add_counts(const struct admin_view *v, cJSON *o, const struct lb_clu
         cJSON_AddNumberToObject(r, lb_status_classes[k], (double)sum.responses[k]);
 }
 
-static cJSON *cluster_json(const struct admin_view *v, const struct cluster_rt *c) {
+static cJSON *cluster_json(const struct admin_view *v, const struct table_cluster *c) {
     cJSON *o = cJSON_CreateObject();
     int healthy = 0;
     cJSON_AddStringToObject(o, "name", c->id->name);

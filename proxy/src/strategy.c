@@ -10,7 +10,10 @@
  * backend's sporadic failures cost it nothing; one that fails most of its
  * answers loses nearly all of its traffic before outlier detection ejects
  * it. */
+#include "strategy.h"
+
 #include <float.h>
+#include <string.h>
 
 #include "balancer.h"
 
@@ -207,4 +210,25 @@ struct backend *strategy_pick(enum strategy s, struct backend *const *rows, size
     case STRATEGY_PEAK_EWMA:
     default: return peak_ewma(&ch, rows, n, &c);
     }
+}
+
+static const char *const strategy_names[] = {
+    [STRATEGY_PEAK_EWMA] = "peak-ewma",
+    [STRATEGY_FASTEST] = "fastest",
+    [STRATEGY_LEAST_OUTSTANDING] = "least-outstanding",
+    [STRATEGY_ROUND_ROBIN] = "round-robin",
+    [STRATEGY_RANDOM] = "random",
+};
+#define NSTRATEGIES (sizeof(strategy_names) / sizeof(strategy_names[0]))
+
+const char *strategy_name(enum strategy s) {
+    if ((size_t)s < NSTRATEGIES) return strategy_names[s];
+    return "unknown";
+}
+
+int strategy_parse(const char *s) {
+    if (!s) return -1;
+    for (size_t i = 0; i < NSTRATEGIES; i++)
+        if (!strcmp(s, strategy_names[i])) return (int)i;
+    return -1;
 }

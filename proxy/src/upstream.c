@@ -36,6 +36,8 @@ struct upconn *upconn_open(struct worker *w, struct backend *be) {
         return NULL;
     }
     u->be = be;
+    list_init(&u->in_slot);
+    list_init(&u->in_lru);
     backend_ref(be);
     return u;
 }
@@ -58,29 +60,16 @@ static int still_open(int fd) {
 }
 
 static void unlink_idle(struct worker *w, struct upconn *u) {
-    struct row_slot *p = &u->be->slots[w->id];
-    if (u->prev_idle)
-        u->prev_idle->next_idle = u->next_idle;
-    else
-        p->head = u->next_idle;
-    if (u->next_idle) u->next_idle->prev_idle = u->prev_idle;
-    p->n--;
-    if (u->prev_lru)
-        u->prev_lru->next_lru = u->next_lru;
-    else
-        w->lru_head = u->next_lru;
-    if (u->next_lru)
-        u->next_lru->prev_lru = u->prev_lru;
-    else
-        w->lru_tail = u->prev_lru;
-    u->prev_idle = u->next_idle = u->prev_lru = u->next_lru = NULL;
+    u->be->slots[w->id].n--;
+    list_remove(&u->in_slot);
+    list_remove(&u->in_lru);
 }
 
 struct upconn *pool_take(struct worker *w, struct backend *be) {
     struct row_slot *p = &be->slots[w->id];
     uint64_t now = ev_now_ms(w->loop);
-    while (p->head) {
-        struct upconn *u = p->head;
+    while (!list_empty(&p->idle)) {
+        struct upconn *u = list_first(&p->idle, struct upconn, in_slot);
         unlink_idle(w, u);
         if (now - u->idle_since_ms < POOL_MAX_AGE_MS && still_open(u->fd)) {
             u->reused = 1;
@@ -100,36 +89,26 @@ void pool_put(struct worker *w, struct upconn *u) {
     u->in.pos = u->in.len = 0;
     http_msg_reset(&u->resp);
     u->idle_since_ms = ev_now_ms(w->loop);
-    u->prev_idle = NULL;
-    u->next_idle = p->head;
-    if (p->head) p->head->prev_idle = u;
-    p->head = u;
+    list_push(&p->idle, &u->in_slot);
     p->n++;
-    u->next_lru = NULL;
-    u->prev_lru = w->lru_tail;
-    if (w->lru_tail)
-        w->lru_tail->next_lru = u;
-    else
-        w->lru_head = u;
-    w->lru_tail = u;
+    list_append(&w->idle_lru, &u->in_lru);
 }
 
 void pool_sweep(struct worker *w) {
     uint64_t now = ev_now_ms(w->loop);
-    struct upconn *u = w->lru_head;
-    while (u) {
-        struct upconn *next = u->next_lru;
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &w->idle_lru) {
+        struct upconn *u = list_entry(pos, struct upconn, in_lru);
         if (now - u->idle_since_ms >= POOL_MAX_AGE_MS || atomic_load(&u->be->removed)) {
             unlink_idle(w, u);
             upconn_free(w, u);
         }
-        u = next;
     }
 }
 
 void pool_close_all(struct worker *w) {
-    while (w->lru_head) {
-        struct upconn *u = w->lru_head;
+    while (!list_empty(&w->idle_lru)) {
+        struct upconn *u = list_first(&w->idle_lru, struct upconn, in_lru);
         unlink_idle(w, u);
         upconn_free(w, u);
     }

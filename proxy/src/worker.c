@@ -46,6 +46,7 @@ void workers_sum(const struct worker *w, int n, struct worker_sums *out) {
 
 int worker_init(struct worker *w, int id, const struct proxy_config *cfg, struct balancer *bal) {
     memset(w, 0, sizeof(*w));
+    list_init(&w->idle_lru);
     w->id = id;
     w->cfg = cfg;
     w->bal = bal;

@@ -26,8 +26,8 @@ struct upconn {
     struct http_msg resp;
     int reused;
     uint64_t idle_since_ms;
-    struct upconn *prev_idle, *next_idle; /* in its backend's pool slot */
-    struct upconn *prev_lru, *next_lru;   /* in its worker's idle list, oldest first */
+    struct list in_slot; /* in its backend's pool slot, while idle */
+    struct list in_lru;  /* in its worker's idle list, oldest first, while idle */
 };
 
 struct client;
@@ -44,7 +44,7 @@ struct worker {
     uint32_t accept_delay_ms;           /* the next pause; 0: accepts succeed */
     uint64_t accept_refusals;           /* failed accepts not yet logged */
     uint64_t accept_logged_ms;          /* when the last refusal line was logged; 0: never */
-    struct upconn *lru_head, *lru_tail; /* every idle backend connection, oldest first */
+    struct list idle_lru;               /* every idle backend connection, oldest first */
     ev_timer sweep;                     /* closes idle connections too old to trust */
     struct client *clients;             /* every open client connection */
     size_t nclients;

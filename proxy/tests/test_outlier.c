@@ -18,7 +18,7 @@
 struct fixture {
     struct proxy_config cfg;
     struct balancer b;
-    struct lb_cluster *lc;
+    struct cluster *lc;
     struct backend **rows;
     size_t n;
 };
@@ -63,7 +63,7 @@ static void setup(struct fixture *f, size_t n, struct outlier_config od, int slo
     balancer_reader_offline(&f->b, BALANCER_PROBE(&f->b));
     balancer_reader_offline(&f->b, BALANCER_ADMIN(&f->b));
     balancer_ready(&f->b);
-    struct cluster_rt *c = &balancer_table(&f->b)->clusters[0];
+    struct table_cluster *c = &balancer_table(&f->b)->clusters[0];
     f->lc = c->id;
     f->rows = c->rows;
     f->n = c->n;

@@ -16,7 +16,7 @@
 
 static struct backend rows_mem[N];
 static struct backend *rows[N];
-static struct lb_cluster cluster = {.name = "c", .healthy_threshold = 2, .unhealthy_threshold = 2};
+static struct cluster cluster = {.name = "c", .healthy_threshold = 2, .unhealthy_threshold = 2};
 
 static void reset(void) {
     memset(rows_mem, 0, sizeof(rows_mem));
@@ -474,7 +474,7 @@ static void add_backend(struct cluster_config *cc, const char *text) {
 }
 
 /* One cluster of N backends, outlier detection off: only the penalty acts. */
-static struct cluster_rt *bal_setup(void) {
+static struct table_cluster *bal_setup(void) {
     memset(&pcfg, 0, sizeof(pcfg));
     pcfg.nclusters = 1;
     pcfg.clusters = calloc(1, sizeof(*pcfg.clusters));
@@ -494,7 +494,7 @@ static struct cluster_rt *bal_setup(void) {
     return &balancer_table(&bal)->clusters[0];
 }
 
-static void bal_teardown(struct cluster_rt *c) {
+static void bal_teardown(struct table_cluster *c) {
     for (size_t i = 0; i < c->n; i++)
         CHECK(atomic_load(&c->rows[i]->inflight) == 0);
     balancer_free(&bal);
@@ -512,7 +512,7 @@ static void answer(struct backend *be, enum outcome o, int status, uint64_t late
 static void test_failure_penalty(void) {
     int counts[N + 1];
     enum strategy ranked[] = {STRATEGY_PEAK_EWMA, STRATEGY_FASTEST, STRATEGY_LEAST_OUTSTANDING};
-    struct cluster_rt *c = bal_setup();
+    struct table_cluster *c = bal_setup();
     CHECK(c->n == N && !c->cfg->outlier.enabled);
     struct backend **r = c->rows;
     /* row 0 answers in 100 µs where the others take 20 ms; probes alike */
@@ -615,7 +615,7 @@ static void test_failure_penalty(void) {
  * reads or updates that row. An age "below 0" must count as 0, not as 49
  * days. */
 static void test_stamp_ahead(void) {
-    struct cluster_rt *c = bal_setup();
+    struct table_cluster *c = bal_setup();
     struct backend **r = c->rows;
     for (int k = 0; k < 40; k++)
         answer(r[0], OUTCOME_FAILED, 0, 0);

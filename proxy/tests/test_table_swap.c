@@ -18,7 +18,7 @@
 static struct balancer bal;
 static atomic_int stop;
 static atomic_long picks, bad_rows;
-static struct lb_cluster *cluster; /* the one cluster, the same across swaps */
+static struct cluster *cluster; /* the one cluster, the same across swaps */
 
 static void add_backend(struct cluster_config *cc, const char *text) {
     const char *err;
