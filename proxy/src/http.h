@@ -104,6 +104,14 @@ void sbuf_adds(struct sbuf *b, const char *s);
 void sbuf_addf(struct sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void sbuf_free(struct sbuf *b);
 
+/* A fixed buffer that reads land in: a connection's input. */
+struct iobuf {
+    char *data;
+    size_t cap, pos, len; /* unread bytes are data[pos..len) */
+};
+/* Moves the unread bytes to the front, making room for the next read. */
+void iobuf_compact(struct iobuf *b);
+
 struct forward_info {
     const char *client_ip;
     int listen_port;
