@@ -563,13 +563,6 @@ void sbuf_free(struct sbuf *b) {
     *b = (struct sbuf){0};
 }
 
-void iobuf_compact(struct iobuf *b) {
-    if (!b->pos) return;
-    memmove(b->data, b->data + b->pos, b->len - b->pos);
-    b->len -= b->pos;
-    b->pos = 0;
-}
-
 static const char *const hop_by_hop[] = {"connection", "keep-alive", "proxy-connection",
                                          "te",         "trailer",    "upgrade"};
 /* The framing is the proxy's to write, from what it decided. */

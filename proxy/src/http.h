@@ -9,6 +9,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include <llhttp.h>
 
@@ -110,7 +111,12 @@ struct iobuf {
     size_t cap, pos, len; /* unread bytes are data[pos..len) */
 };
 /* Moves the unread bytes to the front, making room for the next read. */
-void iobuf_compact(struct iobuf *b);
+static inline void iobuf_compact(struct iobuf *b) {
+    if (!b->pos) return;
+    memmove(b->data, b->data + b->pos, b->len - b->pos);
+    b->len -= b->pos;
+    b->pos = 0;
+}
 
 struct forward_info {
     const char *client_ip;

@@ -296,12 +296,6 @@ uint64_t pump_left(const struct pump *p) {
     return p->left;
 }
 
-void pump_take_counts(struct pump *p, uint64_t *moved, uint64_t *copied) {
-    *moved = p->moved;
-    *copied = p->copied;
-    p->moved = p->copied = 0;
-}
-
 void pump_free(struct pump *p) {
     sbuf_free(&p->enc);
 }

@@ -87,7 +87,11 @@ int pump_source_done(const struct pump *p);
 uint64_t pump_left(const struct pump *p);
 /* The bytes delivered since the last call, and of those how many passed
  * through user space; the counts start again from zero. */
-void pump_take_counts(struct pump *p, uint64_t *moved, uint64_t *copied);
+static inline void pump_take_counts(struct pump *p, uint64_t *moved, uint64_t *copied) {
+    *moved = p->moved;
+    *copied = p->copied;
+    p->moved = p->copied = 0;
+}
 /* Frees what a finished pump still holds (its encoding buffer). */
 void pump_free(struct pump *p);
 /* Closes the thread's cached pipes, at thread exit. */
