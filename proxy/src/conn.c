@@ -9,9 +9,13 @@
  *   C_DRAIN  after a response, reading and dropping what is left of a
  *            request body that nobody took, so it is never read as requests
  *
- * Every callback first checks that the connection is still in the state
- * that issued the op: ops cancelled on the way out land in settle(), which
- * frees what is no longer in use once no op of it is pending. */
+ * Besides the state, a word of CF_* flags (state_str() prints both). Each op
+ * is issued through op_to(), which names the callback that gets it, or held
+ * by a pump between pump_start and its done (pump.h). Every callback first
+ * checks that the connection is still in the state that issued the op: ops
+ * cancelled on the way out land in settle(), which frees what is no longer
+ * in use once no op of it is pending. A failed attempt on a backend goes one
+ * way, upstream_failed(), which also decides whether the request goes again. */
 #define _GNU_SOURCE
 #include "conn.h"
 
@@ -64,9 +68,12 @@ static const char *const cflag_names[] = {
     "closing",   "keep",       "in-request",        "own-reply", "err-counted",  "classified",
     "isolate",   "body-read",  "framing-lost",      "relayed",   "resp-started", "req-done",
     "resp-done", "connecting", "connect-timed-out", "up-discard"};
+_Static_assert(sizeof(cflag_names) / sizeof(cflag_names[0]) == 16, "a name for every flag");
+/* cleared when a request begins */
 #define CF_REQUEST                                                                                 \
     (CF_IN_REQUEST | CF_OWN_REPLY | CF_ERR_COUNTED | CF_CLASSIFIED | CF_ISOLATE | CF_BODY_READ |   \
      CF_FRAMING_LOST)
+/* cleared when it goes to a backend */
 #define CF_ATTEMPT (CF_RELAYED | CF_RESP_STARTED | CF_REQ_DONE | CF_RESP_DONE)
 
 /* A request body left unread after its response is drained up to this much
