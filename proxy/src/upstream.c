@@ -13,9 +13,7 @@
 #include "net.h"
 #include "worker.h"
 
-#define UPCONN_BUF      16384
-#define POOL_MAX_IDLE   256
-#define POOL_MAX_AGE_MS 10000 /* below common backend keep-alive timeouts */
+#define UPCONN_BUF 16384
 
 struct upconn *upconn_open(struct worker *w, struct backend *be) {
     int fd = net_socket_for(&be->addr);

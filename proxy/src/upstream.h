@@ -10,6 +10,11 @@
 #include "http.h"
 #include "list.h"
 
+/* Idle connections kept per backend and worker, and for how long: below
+ * common backend keep-alive timeouts. */
+#define POOL_MAX_IDLE   256
+#define POOL_MAX_AGE_MS 10000
+
 struct backend;
 struct worker;
 

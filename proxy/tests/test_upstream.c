@@ -20,9 +20,7 @@
 #include "upstream.h"
 #include "worker.h"
 
-#define NBACKENDS   2
-#define POOL_CAP    256   /* upstream.c's POOL_MAX_IDLE */
-#define POOL_AGE_MS 10000 /* upstream.c's POOL_MAX_AGE_MS */
+#define NBACKENDS 2
 
 struct fixture {
     struct proxy_config cfg;
@@ -178,15 +176,15 @@ static void test_age(void) {
     int old_peer, young_peer, swept_peer;
     struct upconn *old = open_to(&f, 0, &old_peer);
     pool_put(&f.w, old);
-    old->idle_since_ms = ev_now_ms(f.w.loop) - POOL_AGE_MS;
+    old->idle_since_ms = ev_now_ms(f.w.loop) - POOL_MAX_AGE_MS;
     CHECK(pool_take(&f.w, f.be[0]) == NULL);
     CHECK(closed_at_backend(old_peer));
     struct upconn *swept = open_to(&f, 0, &swept_peer);
     struct upconn *young = open_to(&f, 1, &young_peer);
     pool_put(&f.w, swept);
     pool_put(&f.w, young);
-    swept->idle_since_ms = ev_now_ms(f.w.loop) - POOL_AGE_MS;
-    young->idle_since_ms = ev_now_ms(f.w.loop) - POOL_AGE_MS + 1000;
+    swept->idle_since_ms = ev_now_ms(f.w.loop) - POOL_MAX_AGE_MS;
+    young->idle_since_ms = ev_now_ms(f.w.loop) - POOL_MAX_AGE_MS + 1000;
     pool_sweep(&f.w);
     CHECK(closed_at_backend(swept_peer) && still_open_at_backend(young_peer));
     CHECK(f.be[0]->slots[0].n == 0 && f.be[1]->slots[0].n == 1 && idle_count(&f) == 1);
@@ -198,26 +196,26 @@ static void test_age(void) {
     teardown(&f);
 }
 
-/* A slot keeps POOL_CAP connections; one more is closed at once. */
+/* A slot keeps POOL_MAX_IDLE connections; one more is closed at once. */
 static void test_cap(void) {
     struct fixture f;
     setup(&f);
-    int peers[POOL_CAP + 1];
-    struct upconn *u[POOL_CAP + 1];
-    for (size_t i = 0; i <= POOL_CAP; i++)
+    int peers[POOL_MAX_IDLE + 1];
+    struct upconn *u[POOL_MAX_IDLE + 1];
+    for (size_t i = 0; i <= POOL_MAX_IDLE; i++)
         u[i] = open_to(&f, 0, &peers[i]);
-    for (size_t i = 0; i <= POOL_CAP; i++)
+    for (size_t i = 0; i <= POOL_MAX_IDLE; i++)
         pool_put(&f.w, u[i]);
-    CHECK(f.be[0]->slots[0].n == POOL_CAP && idle_count(&f) == POOL_CAP);
-    CHECK(closed_at_backend(peers[POOL_CAP]));
-    CHECK(still_open_at_backend(peers[0]) && still_open_at_backend(peers[POOL_CAP - 1]));
+    CHECK(f.be[0]->slots[0].n == POOL_MAX_IDLE && idle_count(&f) == POOL_MAX_IDLE);
+    CHECK(closed_at_backend(peers[POOL_MAX_IDLE]));
+    CHECK(still_open_at_backend(peers[0]) && still_open_at_backend(peers[POOL_MAX_IDLE - 1]));
     /* the other backend's slot is its own */
     int other_peer;
     pool_put(&f.w, open_to(&f, 1, &other_peer));
     CHECK(f.be[1]->slots[0].n == 1);
     pool_close_all(&f.w);
     CHECK(closed_at_backend(peers[0]) && closed_at_backend(other_peer));
-    for (size_t i = 0; i <= POOL_CAP; i++)
+    for (size_t i = 0; i <= POOL_MAX_IDLE; i++)
         close(peers[i]);
     close(other_peer);
     teardown(&f);
