@@ -9,12 +9,17 @@
  *   C_DRAIN  after a response, reading and dropping what is left of a
  *            request body that nobody took, so it is never read as requests
  *
- * Every callback first checks that the connection is still in the state
- * that issued the op: ops cancelled on the way out land in settle(), which
- * frees what is no longer in use once no op of it is pending. */
+ * Besides the state, a word of CF_* flags (state_str() prints both). Each op
+ * is issued through op_to(), which names the callback that gets it, or held
+ * by a pump between pump_start and its done (pump.h). Every callback first
+ * checks that the connection is still in the state that issued the op: ops
+ * cancelled on the way out land in settle(), which frees what is no longer
+ * in use once no op of it is pending. A failed attempt on a backend goes one
+ * way, upstream_failed(), which also decides whether the request goes again. */
 #define _GNU_SOURCE
-#include "worker.h"
+#include "conn.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,9 +30,51 @@
 #include "accesslog.h"
 #include "log.h"
 #include "net.h"
+#include "pump.h"
 #include "sticky.h"
+#include "upstream.h"
+#include "worker.h"
 
 enum cstate { C_HEAD, C_TXN, C_TUNNEL, C_REPLY, C_DRAIN };
+static const char *const cstate_names[] = {"HEAD", "TXN", "TUNNEL", "REPLY", "DRAIN"};
+
+/* What follows when c->out has been sent: the sub-state of the client's
+ * write side while it sends what the proxy wrote itself. */
+enum out_next { OUT_INTERIM, OUT_RESP_HEAD, OUT_TUNNEL_HEAD, OUT_REPLY };
+static const char *const out_next_names[] = {"interim", "resp-head", "tunnel-head", "reply"};
+
+/* Everything else that is true of a connection, one bit each in c->flags
+ * (HAProxy's CF_* shape), rendered by state_str() for debug lines. The
+ * request's bits are cleared when the next request begins. */
+enum {
+    CF_CLOSING = 1u << 0,     /* on its way out: ops cancelled, freed by settle() */
+    CF_KEEP = 1u << 1,        /* the client connection may stay open after this request */
+    CF_IN_REQUEST = 1u << 2,  /* counted and logged by request_end() */
+    CF_OWN_REPLY = 1u << 3,   /* the proxy made the response, not a backend */
+    CF_ERR_COUNTED = 1u << 4, /* lb_errors_total has it: client_close() adds no abort */
+    CF_CLASSIFIED = 1u << 5, /* req.klass counts and is logged: the head was complete, or refused */
+    CF_ISOLATE = 1u << 6,    /* ambiguous (defensive): neither connection is reused after it */
+    CF_BODY_READ = 1u << 7,  /* the request body came in whole from the client */
+    CF_FRAMING_LOST = 1u << 8, /* where the next request starts is unknown: close after the reply */
+    CF_RELAYED = 1u << 9, /* a byte of an answer (a 1xx included) went to the client: no retry */
+    CF_RESP_STARTED = 1u << 10,      /* the final response head is on its way to the client */
+    CF_REQ_DONE = 1u << 11,          /* the request went to the backend (or failed to) */
+    CF_RESP_DONE = 1u << 12,         /* the response came back whole (or failed to) */
+    CF_CONNECTING = 1u << 13,        /* a connect to the backend is in flight */
+    CF_CONNECT_TIMED_OUT = 1u << 14, /* and the connect timeout cancelled it */
+    CF_UP_DISCARD = 1u << 15,        /* close the backend connection once its ops are idle */
+};
+static const char *const cflag_names[] = {
+    "closing",   "keep",       "in-request",        "own-reply", "err-counted",  "classified",
+    "isolate",   "body-read",  "framing-lost",      "relayed",   "resp-started", "req-done",
+    "resp-done", "connecting", "connect-timed-out", "up-discard"};
+_Static_assert(sizeof(cflag_names) / sizeof(cflag_names[0]) == 16, "a name for every flag");
+/* cleared when a request begins */
+#define CF_REQUEST                                                                                 \
+    (CF_IN_REQUEST | CF_OWN_REPLY | CF_ERR_COUNTED | CF_CLASSIFIED | CF_ISOLATE | CF_BODY_READ |   \
+     CF_FRAMING_LOST)
+/* cleared when it goes to a backend */
+#define CF_ATTEMPT (CF_RELAYED | CF_RESP_STARTED | CF_REQ_DONE | CF_RESP_DONE)
 
 /* A request body left unread after its response is drained up to this much
  * (and this long) with the connection kept; beyond, the connection closes. */
@@ -37,30 +84,23 @@ enum cstate { C_HEAD, C_TXN, C_TUNNEL, C_REPLY, C_DRAIN };
 #define BODY_RATE_WINDOW_MS 10000
 
 _Static_assert(DESYNC_CLASSES == LB_DESYNC_CLASSES, "one counter per desync class");
-enum after_out { AFTER_INTERIM, AFTER_RESP_HEAD, AFTER_TUNNEL_HEAD, AFTER_REPLY };
 
 struct client {
     struct worker *w;
-    struct client *prev, *next;
+    struct list in_worker; /* in w->clients */
     int fd;
-    ev_op rd, wr;
+    ev_op rd, wr; /* issued through op_to(), or held by a pump */
     ev_timer timer;
     struct iobuf in;
     struct http_msg req;
     enum cstate state;
-    int closing;
+    enum out_next after;
+    unsigned flags; /* CF_* */
     char ip[48];
     /* the request in flight */
-    int in_request;     /* counted and logged by request_end() */
     struct cluster *lc; /* its route; NULL: none */
     int retries;        /* the cluster's, when it was routed */
     int status;         /* the response's, once its head is on its way */
-    int own_reply;      /* the proxy made the response, not a backend */
-    int error_counted;
-    int classified;     /* req.klass counts and is logged: the head was complete, or refused */
-    int isolate;        /* ambiguous (defensive): neither connection is reused after it */
-    int body_read;      /* the request body came in whole from the client */
-    int framing_lost;   /* where the next request starts is unknown: close after the reply */
     struct sbuf path;   /* the target, kept for the access log (the buffer is reused) */
     uint64_t bytes_out; /* sent by the proxy from its buffers */
     char be_name[sizeof(((struct backend *)0)->name)]; /* for the access log */
@@ -68,21 +108,16 @@ struct client {
     struct backend *be; /* picked: counted in flight until release_be() */
     const struct backend *failed_be;
     int attempts; /* sends of the request after the first, bounded by retries */
-    int relayed;  /* a byte of an answer (a 1xx included) went to the client: no retry */
-    int connecting, connect_timed_out;
     struct upconn *up;
-    int up_discard; /* close it once its ops are idle */
     struct sbuf reqhead;
     size_t reqhead_off, reqhead_body;
+    uint64_t body_left; /* length: request body bytes not yet moved (the pump's while it runs) */
     struct sbuf out;
     size_t out_off;
-    enum after_out after;
-    int keep; /* the client connection may stay open after this request */
     struct pump reqp, respp;
     ev_timer body_timer; /* the request body's rate check */
     uint64_t rate_mark;  /* reqp.received at the last check */
-    int req_done, resp_done, req_err, resp_err;
-    int resp_started;
+    int req_err, resp_err;
     uint64_t t_start_us, t_sent_us, ttfb_us;
 };
 
@@ -99,15 +134,48 @@ static ev_loop *loop_of(struct client *c) {
     return c->w->loop;
 }
 
+static const struct proxy_config *cfg_of(struct client *c) {
+    return c->w->cfg;
+}
+
+static void on_out_sent(ev_op *op, int res);
+
+/* The state and the flags as text, for debug lines: "TXN/resp-head
+ * keep|in-request" (after the slash: what follows the proxy's own write in
+ * flight). */
+static const char *state_str(const struct client *c, char *buf, size_t len) {
+    size_t n = (size_t)snprintf(buf, len, "%s", cstate_names[c->state]);
+    if (ev_op_busy(&c->wr) && c->wr.cb == on_out_sent && n < len)
+        n += (size_t)snprintf(buf + n, len - n, "/%s", out_next_names[c->after]);
+    const char *sep = " ";
+    for (size_t i = 0; i < sizeof(cflag_names) / sizeof(cflag_names[0]); i++) {
+        if (!(c->flags & (1u << i)) || n >= len) continue;
+        n += (size_t)snprintf(buf + n, len - n, "%s%s", sep, cflag_names[i]);
+        sep = "|";
+    }
+    return buf;
+}
+
+/* Every op of a connection is issued with the callback that takes its
+ * completion named here, at the call; a pump takes the op for a while and
+ * gives it back (pump.h). */
+static ev_op *op_to(ev_op *op, ev_cb cb, void *ctx) {
+    assert(!ev_op_busy(op));
+    op->cb = cb;
+    op->ctx = ctx;
+    return op;
+}
+
 static void count_error(struct client *c, enum lb_error kind) {
     ctr_add(&c->w->counters.errors[kind], 1);
-    c->error_counted = 1;
+    c->flags |= CF_ERR_COUNTED;
 }
 
 static void log_request(struct client *c, uint64_t duration_us, uint64_t bytes_in,
                         uint64_t bytes_out) {
     int64_t now = ev_wall_us();
     const char *method = c->req.head_done ? llhttp_method_name(c->req.method) : NULL;
+    int classified = (c->flags & CF_CLASSIFIED) != 0;
     struct alog_entry e = {
         .time_us = now - (int64_t)duration_us,
         .client = c->ip,
@@ -122,8 +190,8 @@ static void log_request(struct client *c, uint64_t duration_us, uint64_t bytes_i
         .duration_us = duration_us,
         .backend_us = c->ttfb_us ? (int64_t)c->ttfb_us : -1,
         .request_id = c->request_id[0] ? c->request_id : NULL,
-        .desync_class = c->classified ? desync_class_names[c->req.klass] : NULL,
-        .desync_reason = c->classified && c->req.klass != DESYNC_COMPLIANT ? c->req.why : NULL,
+        .desync_class = classified ? desync_class_names[c->req.klass] : NULL,
+        .desync_reason = classified && c->req.klass != DESYNC_COMPLIANT ? c->req.why : NULL,
     };
     alog_write(c->w->alog, &e);
 }
@@ -131,8 +199,8 @@ static void log_request(struct client *c, uint64_t duration_us, uint64_t bytes_i
 /* A request is over (answered, failed or abandoned): count it once, in the
  * worker's own counters, and log it. */
 static void request_end(struct client *c) {
-    if (!c->in_request) return;
-    c->in_request = 0;
+    if (!(c->flags & CF_IN_REQUEST)) return;
+    c->flags &= ~CF_IN_REQUEST;
     struct worker *w = c->w;
     struct cluster *lc = c->lc ? c->lc : balancer_unrouted(w->bal);
     struct cluster_counters *cc = &lc->per_worker[w->id];
@@ -140,18 +208,20 @@ static void request_end(struct client *c) {
     ctr_add(&cc->requests, 1);
     if (c->status >= 100 && c->status <= 599) {
         ctr_add(&cc->responses[c->status / 100 - 1], 1);
-        if (c->own_reply) ctr_add(&cc->own_responses[c->status / 100 - 1], 1);
+        if (c->flags & CF_OWN_REPLY) ctr_add(&cc->own_responses[c->status / 100 - 1], 1);
     }
-    if (c->classified) ctr_add(&w->counters.desync[c->req.klass], 1);
+    if (c->flags & CF_CLASSIFIED) ctr_add(&w->counters.desync[c->req.klass], 1);
     hist_observe(&cc->duration, duration);
     if (c->ttfb_us) hist_observe(&cc->backend, c->ttfb_us);
-    uint64_t in = c->req.head_done ? c->req.head_len + c->reqhead_body + c->reqp.moved : 0;
-    uint64_t out = c->bytes_out + c->respp.moved;
+    uint64_t req_moved, req_copied, resp_moved, resp_copied;
+    pump_take_counts(&c->reqp, &req_moved, &req_copied);
+    pump_take_counts(&c->respp, &resp_moved, &resp_copied);
+    uint64_t in = c->req.head_done ? c->req.head_len + c->reqhead_body + req_moved : 0;
+    uint64_t out = c->bytes_out + resp_moved;
     ctr_add(&w->counters.bytes_in, in);
     ctr_add(&w->counters.bytes_out, out);
-    ctr_add(&w->counters.copied_bytes, c->reqp.copied + c->respp.copied);
+    ctr_add(&w->counters.copied_bytes, req_copied + resp_copied);
     if (w->alog) log_request(c, duration, in, out);
-    c->reqp.moved = c->reqp.copied = c->respp.moved = c->respp.copied = 0;
     c->reqhead_body = 0;
     c->bytes_out = 0;
     c->path.len = 0;
@@ -159,20 +229,12 @@ static void request_end(struct client *c) {
 
 /* The first bytes of a request arrived. */
 static void request_begin(struct client *c) {
-    c->in_request = 1;
+    c->flags = (c->flags & ~CF_REQUEST) | CF_IN_REQUEST;
     c->t_start_us = ev_clock_us();
     c->lc = NULL;
     c->status = 0;
-    c->own_reply = 0;
-    c->error_counted = 0;
-    c->classified = 0;
-    c->isolate = c->body_read = c->framing_lost = 0;
     c->ttfb_us = 0;
     c->be_name[0] = c->request_id[0] = 0;
-}
-
-static const struct proxy_config *cfg_of(struct client *c) {
-    return c->w->cfg;
 }
 
 /* Ends the request's hold on its backend, telling the table how it went. */
@@ -190,11 +252,7 @@ static void client_free(struct client *c) {
     ev_timer_stop(w->loop, &c->body_timer);
     ev_forget_fd(w->loop, c->fd);
     close(c->fd);
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        w->clients = c->next;
-    if (c->next) c->next->prev = c->prev;
+    list_remove(&c->in_worker);
     w->nclients--;
     atomic_fetch_sub_explicit(&g_connections, 1, memory_order_relaxed);
     http_msg_free(&c->req);
@@ -214,31 +272,36 @@ static int up_busy(const struct upconn *u) {
 /* Frees the backend connection and then the client once nothing of theirs
  * is pending any more. */
 static void settle(struct client *c) {
-    /* (an aborted pump still points at the connection's ops until its
-     * cancelled op has completed) */
-    if (c->up && c->up_discard && !up_busy(c->up) && !c->reqp.active && !c->respp.active) {
+    /* (an aborted pump holds the connection's ops until its cancelled op has
+     * completed) */
+    if (c->up && (c->flags & CF_UP_DISCARD) && !up_busy(c->up) && !c->reqp.active &&
+        !c->respp.active) {
         upconn_free(c->w, c->up);
         c->up = NULL;
-        c->up_discard = 0;
+        c->flags &= ~CF_UP_DISCARD;
     }
-    if (c->closing && !c->up && !ev_op_busy(&c->rd) && !ev_op_busy(&c->wr)) client_free(c);
+    if ((c->flags & CF_CLOSING) && !c->up && !ev_op_busy(&c->rd) && !ev_op_busy(&c->wr))
+        client_free(c);
 }
 
 /* Drops the backend connection: cancels what it has pending. */
 static void discard_up(struct client *c) {
     struct upconn *u = c->up;
     if (!u) return;
-    c->up_discard = 1;
+    c->flags |= CF_UP_DISCARD;
     ev_cancel(loop_of(c), &u->rd);
     ev_cancel(loop_of(c), &u->wr);
     if (u->fd >= 0) shutdown(u->fd, SHUT_RDWR);
 }
 
 static void client_close(struct client *c) {
-    if (c->closing) return;
-    c->closing = 1;
-    if (c->in_request && !c->error_counted && c->state != C_TUNNEL)
-        count_error(c, ERR_CLIENT_ABORT);
+    if (c->flags & CF_CLOSING) return;
+    if ((c->flags & CF_IN_REQUEST) && c->state != C_TUNNEL) {
+        char st[160];
+        log_debug("client %s: closed in %s", c->ip, state_str(c, st, sizeof(st)));
+        if (!(c->flags & CF_ERR_COUNTED)) count_error(c, ERR_CLIENT_ABORT);
+    }
+    c->flags |= CF_CLOSING;
     request_end(c);
     release_be(c, OUTCOME_NEUTRAL, NULL);
     ev_timer_stop(loop_of(c), &c->timer);
@@ -253,18 +316,26 @@ static void client_close(struct client *c) {
 
 /* True when a callback belongs to a state the connection has left. */
 static int stale(struct client *c, enum cstate want) {
-    if (c->closing || c->state != want) {
+    if ((c->flags & CF_CLOSING) || c->state != want) {
         settle(c);
         return 1;
     }
     return 0;
 }
 
+/* A pump made ready for another run: its buffer freed, its callbacks set. */
+static void pump_reset(struct client *c, struct pump *p, pump_fn done, pump_fn progress) {
+    pump_free(p);
+    pump_init(p, loop_of(c), c, done, progress);
+}
+
 /* ---- timers ---- */
+
+static void upstream_failed(struct client *c, enum lb_error kind, const char *why);
 
 static void on_timer(ev_timer *t) {
     struct client *c = t->ctx;
-    if (c->closing) return;
+    if (c->flags & CF_CLOSING) return;
     switch (c->state) {
     case C_HEAD:
         if (c->in.len > c->in.pos) {
@@ -275,13 +346,11 @@ static void on_timer(ev_timer *t) {
         }
         break;
     case C_TXN:
-        if (c->connecting) {
-            c->connect_timed_out = 1;
+        if (c->flags & CF_CONNECTING) {
+            c->flags |= CF_CONNECT_TIMED_OUT;
             ev_cancel(loop_of(c), &c->up->wr); /* on_connect retries or fails */
-        } else if (!c->resp_started) {
-            count_error(c, ERR_BACKEND_TIMEOUT);
-            release_be(c, OUTCOME_FAILED, "response timeout");
-            fail(c, 504);
+        } else if (!(c->flags & CF_RESP_STARTED)) {
+            upstream_failed(c, ERR_BACKEND_TIMEOUT, "response timeout");
         } else {
             client_close(c); /* no progress mid-body */
         }
@@ -299,30 +368,32 @@ static void on_progress(struct pump *p, int err) {
     (void)err;
     struct client *c = p->owner;
     const struct proxy_config *cfg = cfg_of(c);
-    arm(c, c->resp_started ? cfg->timeouts_ms.idle : cfg->timeouts_ms.backend_response);
+    arm(c,
+        (c->flags & CF_RESP_STARTED) ? cfg->timeouts_ms.idle : cfg->timeouts_ms.backend_response);
 }
 
 /* ---- sending what the proxy writes itself ---- */
 
-static void on_out_sent(ev_op *op, int res);
+static void send_out_more(struct client *c) {
+    ev_send(loop_of(c), op_to(&c->wr, on_out_sent, c), c->fd, c->out.data + c->out_off,
+            c->out.len - c->out_off);
+}
 
-static void send_out(struct client *c, enum after_out after) {
+static void send_out(struct client *c, enum out_next after) {
     c->after = after;
     c->out_off = 0;
-    c->wr.cb = on_out_sent;
-    c->wr.ctx = c;
-    ev_send(loop_of(c), &c->wr, c->fd, c->out.data, c->out.len);
+    send_out_more(c);
 }
 
 static void local_reply(struct client *c, int keep_alive) {
-    c->own_reply = 1;
+    c->flags |= CF_OWN_REPLY;
     ev_timer_stop(loop_of(c), &c->timer);
     ev_timer_stop(loop_of(c), &c->body_timer);
     c->state = C_REPLY;
-    c->keep = keep_alive;
+    c->flags = keep_alive ? c->flags | CF_KEEP : c->flags & ~CF_KEEP;
     ev_cancel(loop_of(c), &c->rd);
     arm(c, cfg_of(c)->timeouts_ms.idle);
-    send_out(c, AFTER_REPLY);
+    send_out(c, OUT_REPLY);
 }
 
 static void reply_with(struct client *c, int status, int keep) {
@@ -334,19 +405,24 @@ static void reply_with(struct client *c, int status, int keep) {
 
 /* An error after which the request's framing cannot be trusted: close. */
 static void reply_error(struct client *c, int status) {
-    c->framing_lost = 1;
+    c->flags |= CF_FRAMING_LOST;
     reply_with(c, status, 0);
 }
 
-/* A response of the proxy's own that leaves the connection usable when the
- * request had no body to skip (one that has is drained, then closed). */
+/* Whether the connection stays usable after a response of the proxy's own:
+ * when the request had no body to skip (one that has is drained, then
+ * closed). */
+static int own_reply_keeps(const struct client *c) {
+    return (c->flags & CF_KEEP) && c->req.framing == BODY_NONE;
+}
+
 static void reply_status(struct client *c, int status) {
-    reply_with(c, status, c->keep && c->req.framing == BODY_NONE);
+    reply_with(c, status, own_reply_keeps(c));
 }
 
 static void reply_default(struct client *c) {
     const struct proxy_config *cfg = cfg_of(c);
-    int keep = c->keep && c->req.framing == BODY_NONE;
+    int keep = own_reply_keeps(c);
     c->status = cfg->default_response.status;
     c->out.len = 0;
     http_write_simple(&c->out, cfg->default_response.status, cfg->default_response.content_type,
@@ -354,10 +430,10 @@ static void reply_default(struct client *c) {
     local_reply(c, keep);
 }
 
-/* A request that went wrong on the backend side: an error response if none
- * has started, then close (the request's framing may be lost). */
+/* A request that went wrong: an error response if none has started, then
+ * close (the request's framing may be lost). */
 static void fail(struct client *c, int status) {
-    if (c->resp_started || ev_op_busy(&c->wr)) {
+    if ((c->flags & CF_RESP_STARTED) || ev_op_busy(&c->wr)) {
         client_close(c);
         return;
     }
@@ -382,9 +458,8 @@ static void on_head_read(ev_op *op, int res) {
 }
 
 static void read_head(struct client *c) {
-    c->rd.cb = on_head_read;
-    c->rd.ctx = c;
-    ev_recv(loop_of(c), &c->rd, c->fd, c->in.data + c->in.len, c->in.cap - c->in.len);
+    ev_recv(loop_of(c), op_to(&c->rd, on_head_read, c), c->fd, c->in.data + c->in.len,
+            c->in.cap - c->in.len);
 }
 
 static void start_head(struct client *c) {
@@ -394,11 +469,7 @@ static void start_head(struct client *c) {
         return;
     }
     http_msg_reset(&c->req);
-    if (c->in.pos) {
-        memmove(c->in.data, c->in.data + c->in.pos, c->in.len - c->in.pos);
-        c->in.len -= c->in.pos;
-        c->in.pos = 0;
-    }
+    iobuf_compact(&c->in);
     if (c->in.len) {
         arm(c, cfg_of(c)->timeouts_ms.client_header);
         parse_head(c);
@@ -421,13 +492,13 @@ static void head_error(struct client *c, int status) {
  * severe never reaches here; strictest refuses everything not compliant;
  * defensive forwards an ambiguous one on connections used for it alone. */
 static int admit(struct client *c) {
-    c->classified = 1;
+    c->flags |= CF_CLASSIFIED;
     int mode = cfg_of(c)->desync_mode;
     if (mode == DESYNC_STRICTEST && c->req.klass != DESYNC_COMPLIANT) {
         head_error(c, 400);
         return 0;
     }
-    c->isolate = mode == DESYNC_DEFENSIVE && c->req.klass == DESYNC_AMBIGUOUS;
+    if (mode == DESYNC_DEFENSIVE && c->req.klass == DESYNC_AMBIGUOUS) c->flags |= CF_ISOLATE;
     return 1;
 }
 
@@ -446,7 +517,7 @@ static void parse_head(struct client *c) {
         return;
     }
     if (r < 0) {
-        c->classified = r != -431; /* 400 and 505 refuse a severe head */
+        if (r != -431) c->flags |= CF_CLASSIFIED; /* 400 and 505 refuse a severe head */
         head_error(c, -r);
         return;
     }
@@ -489,17 +560,31 @@ static void build_request_head(struct client *c, const struct cluster_config *cc
         sbuf_add(&c->reqhead, c->in.data + c->in.pos, n);
         c->in.pos += n;
         c->reqhead_body = n;
-        c->reqp.left -= n;
+        c->body_left -= n;
         ctr_add(&c->w->counters.copied_bytes, n);
     }
 }
 
+/* The backend for a routed request: the one its sticky cookie names when
+ * that one can serve, else the strategy's pick; NULL when none is healthy. */
+static struct backend *pick_backend(struct client *c, const struct cluster_config *cc) {
+    char sticky[sizeof(((struct backend *)0)->name)];
+    int has_sticky =
+        cc->sticky.enabled &&
+        sticky_find(&cc->sticky, cc->name, &c->req, ev_wall_us() / 1000000, sticky, sizeof(sticky));
+    return balancer_pick(c->w->bal, c->lc, NULL, has_sticky ? sticky : NULL, worker_random(c->w),
+                         c->w->id);
+}
+
+/* Routes the request and sends it to a backend, or answers it at once. */
 static void start_txn(struct client *c) {
     ev_timer_stop(loop_of(c), &c->timer);
-    c->keep = c->req.keep_alive && !c->w->draining && !c->isolate;
-    c->body_read = c->req.framing == BODY_NONE;
-    /* the body bytes still to come from the client (the pump moves them) */
-    c->reqp.left = c->req.framing == BODY_LENGTH ? c->req.content_length : 0;
+    if (c->req.keep_alive && !c->w->draining && !(c->flags & CF_ISOLATE))
+        c->flags |= CF_KEEP;
+    else
+        c->flags &= ~CF_KEEP;
+    if (c->req.framing == BODY_NONE) c->flags |= CF_BODY_READ;
+    c->body_left = c->req.framing == BODY_LENGTH ? c->req.content_length : 0;
     /* The head's spans point into the buffer a body is read into next:
      * what outlives them is copied now. */
     if (c->w->alog) sbuf_add(&c->path, c->req.path, c->req.path_len);
@@ -524,17 +609,11 @@ static void start_txn(struct client *c) {
     }
     build_request_head(c, cc);
     c->state = C_TXN;
-    c->attempts = c->relayed = 0;
+    c->flags &= ~CF_ATTEMPT;
+    c->attempts = 0;
     c->failed_be = NULL;
-    c->req_done = c->resp_done = 0;
     c->req_err = c->resp_err = 0;
-    c->resp_started = 0;
-    char sticky[sizeof(((struct backend *)0)->name)];
-    int has_sticky =
-        cc->sticky.enabled &&
-        sticky_find(&cc->sticky, cc->name, &c->req, ev_wall_us() / 1000000, sticky, sizeof(sticky));
-    struct backend *be = balancer_pick(c->w->bal, c->lc, NULL, has_sticky ? sticky : NULL,
-                                       worker_random(c->w), c->w->id);
+    struct backend *be = pick_backend(c, cc);
     if (!be) {
         count_error(c, ERR_NO_HEALTHY_BACKEND);
         reply_status(c, 503); /* nothing healthy: no connect attempt */
@@ -543,68 +622,89 @@ static void start_txn(struct client *c) {
     connect_backend(c, be, 0);
 }
 
-/* May the request go out once more? `retries` bounds the attempts in all;
- * never once a byte of an answer reached the client; after bytes of it
- * reached a backend, only when it is safe to repeat. */
-static int may_retry(const struct client *c, int request_sent) {
-    if (c->relayed || c->attempts >= c->retries || up_busy(c->up)) return 0;
-    return !request_sent || (c->req.framing == BODY_NONE && http_method_idempotent(c->req.method));
+/* ---- one failure path for an attempt on a backend ---- */
+
+/* May the request go out once more after a failure of this kind? Only a
+ * connect that failed or a connection that reset or closed before any
+ * response head (a timeout or a bad response is the backend's answer, and
+ * no socket at all is the proxy's own limit); `retries` bounds the attempts
+ * in all; never once a byte of an answer reached the client; after bytes of
+ * it reached a backend, only when it is safe to repeat. */
+static int may_retry(const struct client *c, enum lb_error kind) {
+    if (kind != ERR_BACKEND_CONNECT && kind != ERR_BACKEND_RESET) return 0;
+    if (!c->up || (c->flags & CF_RELAYED) || c->attempts >= c->retries || up_busy(c->up)) return 0;
+    int sent = kind == ERR_BACKEND_RESET && c->reqhead_off > 0;
+    return !sent || (c->req.framing == BODY_NONE && http_method_idempotent(c->req.method));
 }
 
-static void backend_error(struct client *c, enum lb_error kind, const char *why) {
-    log_debug("backend %s: %s", c->be ? c->be->name : "?", why);
+/* Counts the failure and tells the table the backend failed; without a
+ * connection (no socket could be had) it is not the backend's fault, and
+ * fail() releases it as neutral. */
+static void charge_backend(struct client *c, enum lb_error kind, const char *why) {
     count_error(c, kind);
-    release_be(c, OUTCOME_FAILED, why);
+    if (c->up) release_be(c, OUTCOME_FAILED, why);
 }
 
-/* The one way a failed attempt goes: sent again when may_retry() allows,
- * else answered `status`. A reused pooled connection found closed is not
- * held against its backend (an idle timeout, most often; a backend just
- * killed, sometimes): the next attempt goes on a new connection, to another
- * backend when there is one. Any other failure counts against the backend
- * and the next attempt avoids it. */
-static void attempt_failed(struct client *c, enum lb_error kind, const char *why, int status,
-                           int request_sent) {
+/* Sends the request again, to another backend than the one that failed when
+ * there is one: 1, or 0 when the table has none to give. */
+static int retry(struct client *c, enum lb_error kind, int stale_conn) {
+    struct worker *w = c->w;
+    struct backend *be = balancer_pick(w->bal, c->lc, c->failed_be, NULL, worker_random(w), w->id);
+    if (!be) return 0;
+    upconn_free(w, c->up);
+    c->up = NULL;
+    c->attempts++;
+    enum lb_retry reason = kind == ERR_BACKEND_CONNECT ? RETRY_CONNECT
+                           : stale_conn                ? RETRY_STALE_CONNECTION
+                                                       : RETRY_RESET_BEFORE_RESPONSE;
+    ctr_add(&w->counters.errors[ERR_RETRY], 1);
+    ctr_add(&w->counters.retries[reason], 1);
+    connect_backend(c, be, stale_conn);
+    return 1;
+}
+
+/* The one way an attempt on a backend fails: logged, counted as `kind` in
+ * lb_errors_total, the backend released as failed, and then sent again when
+ * may_retry() allows, else answered (504 for a timeout, else 502). A reused
+ * pooled connection found closed is not held against its backend (an idle
+ * timeout, most often; a backend just killed, sometimes): the next attempt
+ * goes on a new connection, to another backend when there is one. */
+static void upstream_failed(struct client *c, enum lb_error kind, const char *why) {
     struct upconn *u = c->up;
-    int dead_pooled = kind == ERR_BACKEND_RESET && u->reused && !u->in.len;
-    if (may_retry(c, request_sent)) {
+    int stale_conn = kind == ERR_BACKEND_RESET && u && u->reused && !u->in.len;
+    int timed_out = kind == ERR_BACKEND_TIMEOUT ||
+                    (kind == ERR_BACKEND_CONNECT && (c->flags & CF_CONNECT_TIMED_OUT));
+    char st[160];
+    if (kind == ERR_BACKEND_MALFORMED && !(c->flags & CF_RESP_STARTED))
+        log_warn("backend %s: response refused: %s", c->be->name, why);
+    log_debug("backend %s: %s (%s)", c->be ? c->be->name : "?", why, state_str(c, st, sizeof(st)));
+    if (may_retry(c, kind)) {
         c->failed_be = c->be;
-        if (dead_pooled)
+        if (stale_conn)
             release_be(c, OUTCOME_NEUTRAL, NULL);
         else
-            backend_error(c, kind, why);
-        struct backend *be =
-            balancer_pick(c->w->bal, c->lc, c->failed_be, NULL, worker_random(c->w), c->w->id);
-        if (be) {
-            upconn_free(c->w, u);
-            c->up = NULL;
-            c->attempts++;
-            ctr_add(&c->w->counters.errors[ERR_RETRY], 1);
-            ctr_add(&c->w->counters.retries[kind == ERR_BACKEND_CONNECT ? RETRY_CONNECT
-                                            : dead_pooled               ? RETRY_STALE_CONNECTION
-                                                          : RETRY_RESET_BEFORE_RESPONSE],
-                    1);
-            connect_backend(c, be, dead_pooled);
-            return;
-        }
-        if (dead_pooled) count_error(c, kind);
+            charge_backend(c, kind, why);
+        if (retry(c, kind, stale_conn)) return;
+        if (stale_conn) count_error(c, kind);
     } else {
-        backend_error(c, kind, why);
+        charge_backend(c, kind, why);
     }
-    fail(c, status);
+    fail(c, timed_out ? 504 : 502);
 }
+
+/* ---- the request on its way to the backend ---- */
 
 static void send_reqhead(struct client *c);
 
 static void on_connect(ev_op *op, int res) {
     struct client *c = op->ctx;
     if (stale(c, C_TXN)) return;
-    c->connecting = 0;
+    c->flags &= ~CF_CONNECTING;
     if (res < 0) {
         char why[96];
         snprintf(why, sizeof(why), "connect: %s",
-                 c->connect_timed_out ? "timed out" : strerror(-res));
-        attempt_failed(c, ERR_BACKEND_CONNECT, why, c->connect_timed_out ? 504 : 502, 0);
+                 (c->flags & CF_CONNECT_TIMED_OUT) ? "timed out" : strerror(-res));
+        upstream_failed(c, ERR_BACKEND_CONNECT, why);
         return;
     }
     send_reqhead(c);
@@ -614,7 +714,7 @@ static void on_connect(ev_op *op, int res) {
  * unless fresh, else on a new one. */
 static void connect_backend(struct client *c, struct backend *be, int fresh) {
     struct worker *w = c->w;
-    c->connect_timed_out = 0;
+    c->flags &= ~CF_CONNECT_TIMED_OUT;
     c->be = be;
     if (w->alog) memcpy(c->be_name, be->name, sizeof(c->be_name));
     c->up = fresh ? NULL : pool_take(w, be);
@@ -624,27 +724,21 @@ static void connect_backend(struct client *c, struct backend *be, int fresh) {
     }
     c->up = upconn_open(w, be);
     if (!c->up) { /* the proxy's own limit (EMFILE): not the backend's fault */
-        count_error(c, ERR_BACKEND_CONNECT);
-        fail(c, 502);
+        upstream_failed(c, ERR_BACKEND_CONNECT, "no socket");
         return;
     }
-    c->connecting = 1;
+    c->flags |= CF_CONNECTING;
     arm(c, cfg_of(c)->timeouts_ms.connect);
-    c->up->wr.cb = on_connect;
-    c->up->wr.ctx = c;
-    ev_connect(loop_of(c), &c->up->wr, c->up->fd, (const struct sockaddr *)&be->addr.ss,
-               be->addr.len);
+    ev_connect(loop_of(c), op_to(&c->up->wr, on_connect, c), c->up->fd,
+               (const struct sockaddr *)&be->addr.ss, be->addr.len);
 }
 
 static void on_reqhead_sent(ev_op *op, int res);
 static void on_resp_read(ev_op *op, int res);
-static void on_reqp_done(struct pump *p, int err);
 
 static void send_reqhead_more(struct client *c) {
-    c->up->wr.cb = on_reqhead_sent;
-    c->up->wr.ctx = c;
-    ev_send(loop_of(c), &c->up->wr, c->up->fd, c->reqhead.data + c->reqhead_off,
-            c->reqhead.len - c->reqhead_off);
+    ev_send(loop_of(c), op_to(&c->up->wr, on_reqhead_sent, c), c->up->fd,
+            c->reqhead.data + c->reqhead_off, c->reqhead.len - c->reqhead_off);
 }
 
 static void send_reqhead(struct client *c) {
@@ -656,16 +750,15 @@ static void send_reqhead(struct client *c) {
 
 static void read_resp(struct client *c) {
     struct upconn *u = c->up;
-    u->rd.cb = on_resp_read;
-    u->rd.ctx = c;
-    ev_recv(loop_of(c), &u->rd, u->fd, u->in.data + u->in.len, u->in.cap - u->in.len);
+    ev_recv(loop_of(c), op_to(&u->rd, on_resp_read, c), u->fd, u->in.data + u->in.len,
+            u->in.cap - u->in.len);
 }
 
 /* The body is cut when the client sends it slower than min_body_rate_bps
  * over a window (time the proxy waits for the backend does not count). */
 static void on_body_timer(ev_timer *t) {
     struct client *c = t->ctx;
-    if (c->closing || c->state != C_TXN || !c->reqp.active) return;
+    if ((c->flags & CF_CLOSING) || c->state != C_TXN || !c->reqp.active) return;
     uint64_t got = c->reqp.received - c->rate_mark;
     uint64_t want = (uint64_t)cfg_of(c)->limits.min_body_rate_bps * BODY_RATE_WINDOW_MS / 1000;
     c->rate_mark = c->reqp.received;
@@ -677,18 +770,16 @@ static void on_body_timer(ev_timer *t) {
              (unsigned long long)got, BODY_RATE_WINDOW_MS / 1000,
              cfg_of(c)->limits.min_body_rate_bps);
     count_error(c, ERR_CLIENT_TIMEOUT);
-    c->framing_lost = 1;
+    c->flags |= CF_FRAMING_LOST;
     fail(c, 408);
 }
 
 static void start_request_body(struct client *c) {
-    struct upconn *u = c->up;
-    c->reqp.wr = &u->wr;
-    c->reqp.dst = u->fd;
+    pump_set_sink(&c->reqp, &c->up->wr, c->up->fd);
     c->rate_mark = 0;
     if (cfg_of(c)->limits.min_body_rate_bps)
         ev_timer_start(loop_of(c), &c->body_timer, BODY_RATE_WINDOW_MS);
-    pump_start(&c->reqp, c->reqp.left);
+    pump_start(&c->reqp, c->body_left);
 }
 
 static void on_reqhead_sent(ev_op *op, int res) {
@@ -697,8 +788,7 @@ static void on_reqhead_sent(ev_op *op, int res) {
     if (res <= 0) {
         /* Nothing of it reached the backend (a connect into a dying listener's
          * backlog), or it is safe to repeat: another backend may get it. */
-        attempt_failed(c, ERR_BACKEND_RESET, "connection reset sending the request", 502,
-                       c->reqhead_off > 0);
+        upstream_failed(c, ERR_BACKEND_RESET, "connection reset sending the request");
         return;
     }
     c->reqhead_off += (size_t)res;
@@ -707,7 +797,7 @@ static void on_reqhead_sent(ev_op *op, int res) {
         return;
     }
     if (c->req.framing == BODY_NONE)
-        c->req_done = 1;
+        c->flags |= CF_REQ_DONE;
     else
         start_request_body(c);
     read_resp(c);
@@ -716,8 +806,8 @@ static void on_reqhead_sent(ev_op *op, int res) {
 /* Whether the backend connection may serve another request: its response
  * ended where it said, nothing came after it, the request went whole. */
 static int up_reusable(const struct client *c, const struct upconn *u) {
-    return !c->req_err && !c->resp_err && u->resp.keep_alive && !c->w->draining && !c->isolate &&
-           u->in.pos == u->in.len;
+    return !c->req_err && !c->resp_err && u->resp.keep_alive && !c->w->draining &&
+           !(c->flags & CF_ISOLATE) && u->in.pos == u->in.len;
 }
 
 static void txn_done(struct client *c) {
@@ -737,12 +827,13 @@ static void on_reqp_done(struct pump *p, int err) {
     struct client *c = p->owner;
     if (stale(c, C_TXN)) return;
     ev_timer_stop(loop_of(c), &c->body_timer);
-    c->req_done = 1;
+    c->flags |= CF_REQ_DONE;
     c->req_err = err;
-    c->body_read = pump_source_done(p);
+    c->body_left = pump_left(p);
+    if (pump_source_done(p)) c->flags |= CF_BODY_READ;
     if (err == -EBADMSG) {
         count_error(c, ERR_BAD_REQUEST); /* http_dechunk made the request severe */
-        c->framing_lost = 1;
+        c->flags |= CF_FRAMING_LOST;
         fail(c, 400); /* bad chunk framing: nothing after the last good chunk went */
         return;
     }
@@ -751,31 +842,32 @@ static void on_reqp_done(struct pump *p, int err) {
         return;
     }
     /* A backend that stopped reading may still answer: wait for it. */
-    if (c->resp_done) txn_done(c);
+    if (c->flags & CF_RESP_DONE) txn_done(c);
 }
+
+/* ---- the response on its way to the client ---- */
 
 static void on_respp_done(struct pump *p, int err) {
     struct client *c = p->owner;
     if (stale(c, C_TXN)) return;
-    c->resp_done = 1;
+    c->flags |= CF_RESP_DONE;
     c->resp_err = err;
-    if (err) {
-        if (err == -EBADMSG)
-            backend_error(c, ERR_BACKEND_MALFORMED, "bad chunk framing in the response");
-        else if (!p->failed_at_dst)
-            backend_error(c, ERR_BACKEND_RESET, "reset mid-response");
-        client_close(c); /* mid-body: nothing else to tell the client */
-        return;
-    }
-    if (c->req_done) txn_done(c);
+    if (err == -EBADMSG)
+        upstream_failed(c, ERR_BACKEND_MALFORMED, "bad chunk framing in the response");
+    else if (err && !p->failed_at_dst)
+        upstream_failed(c, ERR_BACKEND_RESET, "reset mid-response");
+    else if (err)
+        client_close(c); /* the client went away mid-body */
+    else if (c->flags & CF_REQ_DONE)
+        txn_done(c);
 }
 
 static void start_resp_body(struct client *c) {
     struct upconn *u = c->up;
     struct http_msg *r = &u->resp;
     if (r->framing == BODY_NONE) {
-        c->resp_done = 1;
-        if (c->req_done) txn_done(c);
+        c->flags |= CF_RESP_DONE;
+        if (c->flags & CF_REQ_DONE) txn_done(c);
         return;
     }
     arm(c, cfg_of(c)->timeouts_ms.idle);
@@ -794,9 +886,8 @@ static void start_tunnel(struct client *c) {
     c->state = C_TUNNEL;
     release_be(c, OUTCOME_OK, NULL); /* answered; the tunnel is not a request in flight */
     arm(c, cfg_of(c)->timeouts_ms.idle);
-    pump_init(&c->reqp, loop_of(c), c, on_tunnel_done);
-    pump_init(&c->respp, loop_of(c), c, on_tunnel_done);
-    c->reqp.progress = c->respp.progress = on_progress;
+    pump_reset(c, &c->reqp, on_tunnel_done, on_progress);
+    pump_reset(c, &c->respp, on_tunnel_done, on_progress);
     pump_prepare(&c->reqp, &c->rd, c->fd, &c->in, &u->wr, u->fd, NULL, 0);
     pump_prepare(&c->respp, &u->rd, u->fd, &u->in, &c->wr, c->fd, NULL, 0);
     pump_start(&c->reqp, PUMP_UNTIL_EOF);
@@ -810,7 +901,7 @@ static void on_tunnel_done(struct pump *p, int err) {
         client_close(c);
         return;
     }
-    shutdown(p->dst, SHUT_WR); /* pass the half-close on */
+    shutdown(p == &c->reqp ? c->up->fd : c->fd, SHUT_WR); /* pass the half-close on */
     if (!c->reqp.active && !c->respp.active) client_close(c);
 }
 
@@ -819,18 +910,11 @@ static void on_tunnel_done(struct pump *p, int err) {
 static void on_drain_done(struct pump *p, int err) {
     struct client *c = p->owner;
     if (stale(c, C_DRAIN)) return;
-    pump_init(&c->reqp, loop_of(c), c, on_reqp_done);
-    c->reqp.progress = on_progress;
-    if (!err && c->keep)
+    pump_reset(c, &c->reqp, on_reqp_done, on_progress);
+    if (!err && (c->flags & CF_KEEP))
         start_head(c);
     else
         client_close(c);
-}
-
-/* The body bytes still to come from the client, when its framing is known. */
-static uint64_t body_left(const struct client *c) {
-    if (c->req.framing == BODY_CHUNKED) return PUMP_UNTIL_EOF; /* to its last chunk */
-    return c->reqp.left;
 }
 
 /* Reads and drops the rest of a request body nobody took, so that it is
@@ -838,27 +922,26 @@ static uint64_t body_left(const struct client *c) {
  * DRAIN_MAX_BYTES and DRAIN_MS, else closed (after a half-close, so that
  * the client reads the response before it sees the end). */
 static void start_drain(struct client *c) {
-    uint64_t left = body_left(c);
     int chunked = c->req.framing == BODY_CHUNKED;
-    if (!chunked && left > DRAIN_MAX_BYTES) c->keep = 0;
-    if (!c->keep) {
+    uint64_t left = chunked ? PUMP_UNTIL_EOF : c->body_left; /* chunked: to its last chunk */
+    if (!chunked && left > DRAIN_MAX_BYTES) c->flags &= ~CF_KEEP;
+    if (!(c->flags & CF_KEEP)) {
         shutdown(c->fd, SHUT_WR);
         if (!chunked) left = PUMP_UNTIL_EOF;
     }
     c->state = C_DRAIN;
     arm(c, DRAIN_MS);
-    pump_free(&c->reqp);
-    pump_init(&c->reqp, loop_of(c), c, on_drain_done);
+    pump_reset(c, &c->reqp, on_drain_done, NULL);
     pump_prepare(&c->reqp, &c->rd, c->fd, &c->in, NULL, -1, chunked ? &c->req : NULL, 0);
     pump_start_drain(&c->reqp, left, DRAIN_MAX_BYTES);
 }
 
 static void after_response(struct client *c) {
-    if (c->framing_lost)
+    if (c->flags & CF_FRAMING_LOST)
         client_close(c);
-    else if (!c->body_read)
+    else if (!(c->flags & CF_BODY_READ))
         start_drain(c);
-    else if (c->keep)
+    else if (c->flags & CF_KEEP)
         start_head(c);
     else
         client_close(c);
@@ -867,9 +950,7 @@ static void after_response(struct client *c) {
 /* After a 1xx: the final response head follows. */
 static void next_resp_head(struct client *c) {
     struct upconn *u = c->up;
-    memmove(u->in.data, u->in.data + u->in.pos, u->in.len - u->in.pos);
-    u->in.len -= u->in.pos;
-    u->in.pos = 0;
+    iobuf_compact(&u->in);
     http_msg_reset(&u->resp);
     if (u->in.len)
         parse_resp(c);
@@ -879,7 +960,7 @@ static void next_resp_head(struct client *c) {
 
 static void on_out_sent(ev_op *op, int res) {
     struct client *c = op->ctx;
-    if (c->closing) {
+    if (c->flags & CF_CLOSING) {
         settle(c);
         return;
     }
@@ -890,26 +971,26 @@ static void on_out_sent(ev_op *op, int res) {
     c->out_off += (size_t)res;
     c->bytes_out += (size_t)res;
     if (c->out_off < c->out.len) {
-        ev_send(loop_of(c), &c->wr, c->fd, c->out.data + c->out_off, c->out.len - c->out_off);
+        send_out_more(c);
         return;
     }
     switch (c->after) {
-    case AFTER_REPLY:
+    case OUT_REPLY:
         request_end(c);
         if (c->state != C_REPLY)
             client_close(c);
         else
             after_response(c);
         break;
-    case AFTER_INTERIM:
+    case OUT_INTERIM:
         if (stale(c, C_TXN)) return;
         next_resp_head(c);
         break;
-    case AFTER_RESP_HEAD:
+    case OUT_RESP_HEAD:
         if (stale(c, C_TXN)) return;
         start_resp_body(c);
         break;
-    case AFTER_TUNNEL_HEAD:
+    case OUT_TUNNEL_HEAD:
         if (stale(c, C_TXN)) return;
         start_tunnel(c);
         break;
@@ -928,33 +1009,16 @@ static void add_sticky_cookie(struct client *c) {
     sbuf_adds(&c->out, "\r\n");
 }
 
-static void send_resp_head(struct client *c) {
+/* The final response head to the client, with what of its body of known
+ * length came in the same read. */
+static void send_final_head(struct client *c) {
     struct upconn *u = c->up;
     struct http_msg *r = &u->resp;
-    c->out.len = 0;
-    if (r->status == 101) {
-        c->status = 101;
-        http_write_response(&c->out, r, c->req.minor, 1);
-        c->resp_started = c->relayed = 1;
-        ev_timer_stop(loop_of(c), &c->timer);
-        send_out(c, AFTER_TUNNEL_HEAD);
-        return;
-    }
-    if (r->status < 200) { /* interim: only HTTP/1.1 clients understand it */
-        if (c->req.minor == 0) {
-            next_resp_head(c);
-            return;
-        }
-        http_write_response(&c->out, r, c->req.minor, 1);
-        c->relayed = 1;
-        send_out(c, AFTER_INTERIM);
-        return;
-    }
     if (r->framing == BODY_UNTIL_CLOSE || c->w->draining ||
         (r->framing == BODY_CHUNKED && c->req.minor == 0))
-        c->keep = 0;
+        c->flags &= ~CF_KEEP;
     c->status = r->status;
-    http_write_response(&c->out, r, c->req.minor, c->keep);
+    http_write_response(&c->out, r, c->req.minor, (c->flags & CF_KEEP) != 0);
     add_sticky_cookie(c);
     if (r->framing == BODY_LENGTH) {
         size_t avail = u->in.len - u->in.pos;
@@ -963,16 +1027,32 @@ static void send_resp_head(struct client *c) {
         u->in.pos += n;
         ctr_add(&c->w->counters.copied_bytes, n);
     }
-    c->resp_started = c->relayed = 1;
-    send_out(c, AFTER_RESP_HEAD);
+    c->flags |= CF_RESP_STARTED | CF_RELAYED;
+    send_out(c, OUT_RESP_HEAD);
 }
 
-/* A response refused for its framing: a 502, the backend connection closed,
- * counted against the backend, logged with the reason. */
-static void bad_response(struct client *c, const char *why) {
-    log_warn("backend %s: response refused: %s", c->be->name, why);
-    backend_error(c, ERR_BACKEND_MALFORMED, why);
-    fail(c, 502);
+static void send_resp_head(struct client *c) {
+    struct http_msg *r = &c->up->resp;
+    c->out.len = 0;
+    if (r->status == 101) {
+        c->status = 101;
+        http_write_response(&c->out, r, c->req.minor, 1);
+        c->flags |= CF_RESP_STARTED | CF_RELAYED;
+        ev_timer_stop(loop_of(c), &c->timer);
+        send_out(c, OUT_TUNNEL_HEAD);
+        return;
+    }
+    if (r->status < 200) { /* interim: only HTTP/1.1 clients understand it */
+        if (c->req.minor == 0) {
+            next_resp_head(c);
+            return;
+        }
+        http_write_response(&c->out, r, c->req.minor, 1);
+        c->flags |= CF_RELAYED;
+        send_out(c, OUT_INTERIM);
+        return;
+    }
+    send_final_head(c);
 }
 
 static void parse_resp(struct client *c) {
@@ -980,18 +1060,19 @@ static void parse_resp(struct client *c) {
     int r = http_parse_head(&u->resp, u->in.data, u->in.len, c->req.method == HTTP_HEAD);
     if (r == HTTP_NEED_MORE) {
         if (u->in.len == u->in.cap) {
-            bad_response(c, "response head too large");
+            upstream_failed(c, ERR_BACKEND_MALFORMED, "response head too large");
             return;
         }
         read_resp(c);
         return;
     }
-    if (r < 0) {
-        bad_response(c, u->resp.why ? u->resp.why : "malformed response head");
-        return;
-    }
-    if (u->resp.status == 101 && !c->req.upgrade) {
-        bad_response(c, "101 to a request that did not ask to upgrade");
+    const char *refused = NULL;
+    if (r < 0)
+        refused = u->resp.why ? u->resp.why : "malformed response head";
+    else if (u->resp.status == 101 && !c->req.upgrade)
+        refused = "101 to a request that did not ask to upgrade";
+    if (refused) {
+        upstream_failed(c, ERR_BACKEND_MALFORMED, refused);
         return;
     }
     u->in.pos = u->resp.head_len;
@@ -1005,9 +1086,9 @@ static void on_resp_read(ev_op *op, int res) {
     if (res <= 0) {
         /* No answer yet: an idempotent request without a body may go again,
          * as with nginx's proxy_next_upstream. */
-        attempt_failed(c, ERR_BACKEND_RESET,
-                       res ? "connection reset before the response" : "closed before the response",
-                       502, 1);
+        upstream_failed(c, ERR_BACKEND_RESET,
+                        res ? "connection reset before the response"
+                            : "closed before the response");
         return;
     }
     c->up->in.len += (size_t)res;
@@ -1015,6 +1096,13 @@ static void on_resp_read(ev_op *op, int res) {
 }
 
 /* ---- accept and drain ---- */
+
+/* The worker's client list: worker_init() zeroes the worker, the head is
+ * made on first use. */
+static struct list *clients_of(struct worker *w) {
+    if (!w->clients.next) list_init(&w->clients);
+    return &w->clients;
+}
 
 void client_accept(struct worker *w, int fd) {
     const struct proxy_config *cfg = w->cfg;
@@ -1038,22 +1126,18 @@ void client_accept(struct worker *w, int fd) {
     ev_op_init(&c->wr, on_out_sent, c);
     ev_timer_init(&c->timer, on_timer, c);
     ev_timer_init(&c->body_timer, on_body_timer, c);
-    pump_init(&c->reqp, w->loop, c, on_reqp_done);
-    pump_init(&c->respp, w->loop, c, on_respp_done);
-    c->reqp.progress = c->respp.progress = on_progress;
-    c->next = w->clients;
-    if (w->clients) w->clients->prev = c;
-    w->clients = c;
+    pump_init(&c->reqp, w->loop, c, on_reqp_done, on_progress);
+    pump_init(&c->respp, w->loop, c, on_respp_done, on_progress);
+    list_append(clients_of(w), &c->in_worker);
     w->nclients++;
     ctr_add(&w->counters.connections, 1);
     start_head(c);
 }
 
 void clients_close_idle(struct worker *w) {
-    struct client *c = w->clients;
-    while (c) {
-        struct client *next = c->next;
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, clients_of(w)) {
+        struct client *c = list_entry(pos, struct client, in_worker);
         if (c->state == C_HEAD && c->in.len == c->in.pos) client_close(c);
-        c = next;
     }
 }

@@ -9,6 +9,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include <llhttp.h>
 
@@ -103,6 +104,19 @@ void sbuf_add(struct sbuf *b, const void *p, size_t n);
 void sbuf_adds(struct sbuf *b, const char *s);
 void sbuf_addf(struct sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void sbuf_free(struct sbuf *b);
+
+/* A fixed buffer that reads land in: a connection's input. */
+struct iobuf {
+    char *data;
+    size_t cap, pos, len; /* unread bytes are data[pos..len) */
+};
+/* Moves the unread bytes to the front, making room for the next read. */
+static inline void iobuf_compact(struct iobuf *b) {
+    if (!b->pos) return;
+    memmove(b->data, b->data + b->pos, b->len - b->pos);
+    b->len -= b->pos;
+    b->pos = 0;
+}
 
 struct forward_info {
     const char *client_ip;

@@ -52,8 +52,25 @@ void pump_thread_cleanup(void) {
     }
 }
 
+static void on_read(ev_op *op, int res);
+static void on_write(ev_op *op, int res);
+
+static void take(struct pump *p, ev_op *op, struct op_owner *saved, ev_cb cb) {
+    saved->cb = op->cb;
+    saved->ctx = op->ctx;
+    op->cb = cb;
+    op->ctx = p;
+}
+
+static void give_back(ev_op *op, const struct op_owner *saved) {
+    op->cb = saved->cb;
+    op->ctx = saved->ctx;
+}
+
 static void finish(struct pump *p, int err) {
     p->active = 0;
+    give_back(p->rd, &p->rd_owner);
+    if (p->wr) give_back(p->wr, &p->wr_owner);
     pump_release(p);
     sbuf_free(&p->enc);
     p->enc_off = 0;
@@ -71,6 +88,7 @@ static void moved(struct pump *p, size_t n, int from_user) {
 
 static void on_write(ev_op *op, int res) {
     struct pump *p = op->ctx;
+    p->inflight = NULL;
     if (res <= 0) {
         p->failed_at_dst = 1;
         finish(p, res < 0 ? res : -EPIPE);
@@ -92,6 +110,7 @@ static void on_write(ev_op *op, int res) {
 
 static void on_read(ev_op *op, int res) {
     struct pump *p = op->ctx;
+    p->inflight = NULL;
     if (res < 0) {
         finish(p, res);
         return;
@@ -116,8 +135,7 @@ static void on_read(ev_op *op, int res) {
 
 static void send_from(struct pump *p, const char *data, size_t n) {
     p->from_buffer = 1;
-    p->wr->cb = on_write;
-    p->wr->ctx = p;
+    p->inflight = p->wr;
     ev_send(p->loop, p->wr, p->dst, data, n);
 }
 
@@ -126,18 +144,26 @@ static void send_from(struct pump *p, const char *data, size_t n) {
  * fault, so the bytes take the slower way instead of failing). */
 static void read_to_buffer(struct pump *p, size_t max) {
     p->in->pos = p->in->len = 0;
-    p->rd->cb = on_read;
-    p->rd->ctx = p;
+    p->inflight = p->rd;
     ev_recv(p->loop, p->rd, p->src, p->in->data, max < p->in->cap ? max : p->in->cap);
+}
+
+static void splice_out(struct pump *p) {
+    p->from_buffer = 0;
+    p->inflight = p->wr;
+    ev_splice_out(p->loop, p->wr, p->pipe_r, p->dst, p->piped);
+}
+
+static void splice_in(struct pump *p) {
+    p->inflight = p->rd;
+    ev_splice_in(p->loop, p->rd, p->src, p->pipe_w,
+                 p->left < PIPE_SIZE ? (size_t)p->left : PIPE_SIZE);
 }
 
 static void step_length(struct pump *p) {
     for (;;) {
         if (p->piped) {
-            p->from_buffer = 0;
-            p->wr->cb = on_write;
-            p->wr->ctx = p;
-            ev_splice_out(p->loop, p->wr, p->pipe_r, p->dst, p->piped);
+            splice_out(p);
             return;
         }
         size_t avail = p->in->len - p->in->pos;
@@ -155,14 +181,10 @@ static void step_length(struct pump *p) {
             finish(p, 0);
             return;
         }
-        if (p->drain || pipe_get(p) < 0) {
+        if (p->drain || pipe_get(p) < 0)
             read_to_buffer(p, p->left < SIZE_MAX ? (size_t)p->left : SIZE_MAX);
-            return;
-        }
-        p->rd->cb = on_read;
-        p->rd->ctx = p;
-        ev_splice_in(p->loop, p->rd, p->src, p->pipe_w,
-                     p->left < PIPE_SIZE ? (size_t)p->left : PIPE_SIZE);
+        else
+            splice_in(p);
         return;
     }
 }
@@ -216,8 +238,13 @@ static void step(struct pump *p) {
         step_length(p);
 }
 
-void pump_init(struct pump *p, ev_loop *loop, void *owner, pump_fn done) {
-    *p = (struct pump){.loop = loop, .owner = owner, .done = done, .pipe_r = -1, .pipe_w = -1};
+void pump_init(struct pump *p, ev_loop *loop, void *owner, pump_fn done, pump_fn progress) {
+    *p = (struct pump){.loop = loop,
+                       .owner = owner,
+                       .done = done,
+                       .progress = progress,
+                       .pipe_r = -1,
+                       .pipe_w = -1};
 }
 
 void pump_prepare(struct pump *p, ev_op *rd, int src, struct iobuf *in, ev_op *wr, int dst,
@@ -225,8 +252,7 @@ void pump_prepare(struct pump *p, ev_op *rd, int src, struct iobuf *in, ev_op *w
     p->rd = rd;
     p->src = src;
     p->in = in;
-    p->wr = wr;
-    p->dst = dst;
+    pump_set_sink(p, wr, dst);
     p->msg = chunked_msg;
     p->rechunk = rechunk;
     p->enc.len = p->enc_off = 0;
@@ -238,26 +264,36 @@ void pump_prepare(struct pump *p, ev_op *rd, int src, struct iobuf *in, ev_op *w
     p->failed_at_dst = 0;
 }
 
+void pump_set_sink(struct pump *p, ev_op *wr, int dst) {
+    p->wr = wr;
+    p->dst = dst;
+}
+
 void pump_start(struct pump *p, uint64_t length) {
     p->left = p->msg ? PUMP_UNTIL_EOF : length;
     p->active = 1;
+    take(p, p->rd, &p->rd_owner, on_read);
+    if (p->wr) take(p, p->wr, &p->wr_owner, on_write);
     step(p);
 }
 
 void pump_start_drain(struct pump *p, uint64_t length, uint64_t budget) {
     p->drain = 1;
-    p->dst = -1;
-    p->wr = NULL;
+    pump_set_sink(p, NULL, -1);
     p->budget = budget;
     pump_start(p, length);
 }
 
 int pump_waits_for_source(const struct pump *p) {
-    return p->active && ev_op_busy(p->rd) && p->rd->ctx == p;
+    return p->active && p->inflight == p->rd;
 }
 
 int pump_source_done(const struct pump *p) {
     return p->msg ? p->complete : p->left == 0;
+}
+
+uint64_t pump_left(const struct pump *p) {
+    return p->left;
 }
 
 void pump_free(struct pump *p) {
@@ -267,6 +303,5 @@ void pump_free(struct pump *p) {
 void pump_abort(struct pump *p) {
     if (!p->active) return;
     p->aborted = 1;
-    if (ev_op_busy(p->rd) && p->rd->ctx == p) ev_cancel(p->loop, p->rd);
-    if (p->wr && ev_op_busy(p->wr) && p->wr->ctx == p) ev_cancel(p->loop, p->wr);
+    if (p->inflight) ev_cancel(p->loop, p->inflight);
 }

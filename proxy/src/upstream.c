@@ -1,8 +1,6 @@
-/* Backend connections: opening, and per-worker pools of idle keep-alive
- * connections (a slot per backend row, and one list per worker, oldest
- * first, for the sweep), checked before reuse. */
+/* Backend connections and their per-worker pools (upstream.h). */
 #define _GNU_SOURCE
-#include "worker.h"
+#include "upstream.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -10,31 +8,29 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "balancer.h"
 #include "log.h"
 #include "net.h"
+#include "worker.h"
 
-#define UPCONN_BUF      16384
-#define POOL_MAX_IDLE   256
-#define POOL_MAX_AGE_MS 10000 /* below common backend keep-alive timeouts */
+#define UPCONN_BUF 16384
 
 struct upconn *upconn_open(struct worker *w, struct backend *be) {
+    int fd = net_socket_for(&be->addr);
+    if (fd < 0) {
+        log_warn("socket for backend %s: %s", be->name, strerror(-fd));
+        return NULL;
+    }
     struct upconn *u = calloc(1, sizeof(*u));
-    if (!u) return NULL;
-    u->in.data = malloc(UPCONN_BUF);
-    if (!u->in.data || http_msg_init(&u->resp, HTTP_RESPONSE, w->cfg->limits.max_headers) < 0) {
-        free(u->in.data);
+    char *buf = malloc(UPCONN_BUF);
+    if (!u || !buf || http_msg_init(&u->resp, HTTP_RESPONSE, w->cfg->limits.max_headers) < 0) {
+        close(fd);
+        free(buf);
         free(u);
         return NULL;
     }
-    u->in.cap = UPCONN_BUF;
-    u->fd = net_socket_for(&be->addr);
-    if (u->fd < 0) {
-        log_warn("socket for backend %s: %s", be->name, strerror(-u->fd));
-        http_msg_free(&u->resp);
-        free(u->in.data);
-        free(u);
-        return NULL;
-    }
+    u->fd = fd;
+    u->in = (struct iobuf){.data = buf, .cap = UPCONN_BUF};
     u->be = be;
     list_init(&u->in_slot);
     list_init(&u->in_lru);

@@ -11,8 +11,11 @@
 #include <unistd.h>
 
 #include "accesslog.h"
+#include "conn.h"
 #include "log.h"
 #include "net.h"
+#include "pump.h"
+#include "upstream.h"
 
 atomic_int g_draining;
 atomic_int g_stop_now;

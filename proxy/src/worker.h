@@ -10,27 +10,11 @@
 #include "balancer.h"
 #include "config.h"
 #include "ev.h"
-#include "http.h"
-#include "pump.h"
+#include "list.h"
 #include "stats.h"
 
 #define ACCEPTS_IN_FLIGHT 4
 
-/* A connection to a backend, owned by one client while in use, else idle in
- * its worker's pool. */
-struct upconn {
-    int fd;
-    struct backend *be;
-    ev_op rd, wr;
-    struct iobuf in;
-    struct http_msg resp;
-    int reused;
-    uint64_t idle_since_ms;
-    struct list in_slot; /* in its backend's pool slot, while idle */
-    struct list in_lru;  /* in its worker's idle list, oldest first, while idle */
-};
-
-struct client;
 struct alog_buf;
 
 struct worker {
@@ -46,7 +30,7 @@ struct worker {
     uint64_t accept_logged_ms;          /* when the last refusal line was logged; 0: never */
     struct list idle_lru;               /* every idle backend connection, oldest first */
     ev_timer sweep;                     /* closes idle connections too old to trust */
-    struct client *clients;             /* every open client connection */
+    struct list clients;                /* every open client connection (conn.c) */
     size_t nclients;
     int draining;
     uint64_t rng;
@@ -69,21 +53,5 @@ void worker_fini(struct worker *w);
 uint64_t worker_random(struct worker *w);
 /* The counters of n workers added up (any thread). */
 void workers_sum(const struct worker *w, int n, struct worker_sums *out);
-
-/* upstream.c: backend connections and their pools */
-struct upconn *upconn_open(struct worker *w, struct backend *be);
-/* A pooled connection to be that still looks alive, or NULL. */
-struct upconn *pool_take(struct worker *w, struct backend *be);
-void pool_put(struct worker *w, struct upconn *u);
-void pool_close_all(struct worker *w);
-/* Closes idle connections past their age or whose backend was removed. */
-void pool_sweep(struct worker *w);
-/* Closes and frees; its ops must be idle. */
-void upconn_free(struct worker *w, struct upconn *u);
-
-/* conn.c: client connections */
-void client_accept(struct worker *w, int fd);
-/* Closes the connections that wait for a request (drain). */
-void clients_close_idle(struct worker *w);
 
 #endif
