@@ -111,11 +111,14 @@ static void log_exit(struct worker *w, int n, struct balancer *bal) {
     struct worker_sums sum;
     workers_sum(w, n, &sum);
     unsigned long long requests = 0;
-    for (struct cluster *lc = atomic_load(&bal->clusters); lc; lc = lc->next) {
+    struct cluster **lcs;
+    size_t nclusters = balancer_clusters(bal, &lcs);
+    for (size_t i = 0; i < nclusters; i++) {
         struct cluster_sums cs;
-        cluster_counters_sum(lc->per_worker, n, &cs);
+        cluster_counters_sum(lcs[i]->per_worker, n, &cs);
         requests += cs.requests;
     }
+    free(lcs);
     log_info("exit: splice_bytes=%llu splice_ops=%llu copied_bytes=%llu requests=%llu",
              (unsigned long long)total.splice_bytes, (unsigned long long)total.splice_ops,
              (unsigned long long)sum.copied_bytes, requests);
@@ -188,28 +191,38 @@ static int run(const struct proxy_config *cfg, struct balancer *bal, struct dns 
     struct admin *admin = NULL;
     if (cfg->admin_set) {
         struct admin_view view = {cfg, bal, w, n, alog, &st};
-        if (!(admin = admin_start(&view, err, sizeof(err)))) {
+        if (admin_start(&view, &admin, err, sizeof(err)) < 0) {
             log_error("admin listener: %s", err);
             rc = 1;
         }
-    } else {
-        balancer_reader_offline(bal, BALANCER_ADMIN(bal));
     }
     if (!rc) log_start(cfg, &w[0]);
     balancer_ready(bal);
     for (; !rc && started < n; started++)
         if (pthread_create(&w[started].thread, NULL, worker_main, &w[started]) != 0) break;
-    struct prober *prober =
-        !rc && started == n ? prober_start(bal, cfg, BALANCER_PROBE(bal)) : NULL;
-    struct discovery *disc = prober ? discovery_start(bal) : NULL;
-    struct cloudwatch *cw = NULL;
-    if (disc && cfg->cloudwatch.enabled) cw = cloudwatch_start(&cfg->cloudwatch, bal, w, n);
-    if (!rc && (!disc || (cfg->cloudwatch.enabled && !cw))) {
-        log_error("cannot start the worker, health-check, discovery and CloudWatch threads");
+    if (!rc && started < n) {
+        log_error("cannot start worker thread %d of %d", started + 1, n);
         rc = 1;
     }
-    if (!rc && dns_start(dns) < 0) { /* the names' refresher, once the readers run */
-        log_error("cannot start the DNS thread");
+    struct prober *prober = NULL;
+    struct discovery *disc = NULL;
+    struct cloudwatch *cw = NULL;
+    if (!rc && prober_start(bal, cfg, &prober, err, sizeof(err)) < 0) {
+        log_error("health checks: %s", err);
+        rc = 1;
+    }
+    if (!rc && discovery_start(bal, &disc, err, sizeof(err)) < 0) {
+        log_error("discovery: %s", err);
+        rc = 1;
+    }
+    if (!rc && cfg->cloudwatch.enabled &&
+        cloudwatch_start(&cfg->cloudwatch, bal, w, n, &cw, err, sizeof(err)) < 0) {
+        log_error("cloudwatch: %s", err);
+        rc = 1;
+    }
+    /* the names' refresher, once the readers run */
+    if (!rc && dns_start(dns, err, sizeof(err)) < 0) {
+        log_error("dns: %s", err);
         rc = 1;
     }
     if (!rc) {
@@ -264,23 +277,24 @@ int main(int argc, char **argv) {
         log_error("no random bytes for the stickiness key: %s", strerror(errno));
         return 1;
     }
-    struct balancer bal;
-    if (balancer_init(&bal, &cfg, cfg.threads) < 0) {
+    struct balancer *bal = balancer_new(&cfg, cfg.threads);
+    if (!bal) {
         log_error("out of memory");
         return 1;
     }
     /* names resolved at start, before the readers (one that does not resolve: exit 2) */
     struct dns *dns = NULL;
-    int dr = dns_open(&bal, argc, argv, &dns);
-    if (dr) {
-        if (dr == 1) log_error("out of memory");
-        balancer_free(&bal);
+    char err[300];
+    int dr = dns_open(bal, argc, argv, &dns, err, sizeof(err));
+    if (dr < 0) {
+        log_error("dns: %s", err);
+        balancer_free(bal);
         config_free(&cfg);
-        return dr;
+        return dr == -EINVAL ? 2 : 1;
     }
-    int rc = run(&cfg, &bal, dns, argc, argv);
+    int rc = run(&cfg, bal, dns, argc, argv);
     dns_free(dns);
-    balancer_free(&bal);
+    balancer_free(bal);
     config_free(&cfg);
     return rc;
 }

@@ -5,7 +5,7 @@
 #include <string.h>
 
 #include "accesslog.h"
-#include "admin.h"
+#include "metrics.h"
 #include "fmt.h"
 
 static void family(struct sbuf *out, const char *name, const char *type, const char *help) {
@@ -108,18 +108,29 @@ static void cluster_families(const struct admin_view *v, struct sbuf *out) {
     free(lcs);
 }
 
-/* name{cluster="c",backend="b"} value, for every row of the current table. */
+/* One family of backend gauges or counters, as backend_family() writes it. */
+struct backend_series {
+    struct sbuf *out;
+    const char *name;
+    int nworkers;
+    double (*value)(const struct backend *, int nworkers);
+};
+
+static void cluster_backend_series(const struct table_cluster *c, void *arg) {
+    const struct backend_series *bs = arg;
+    for (size_t j = 0; j < c->n; j++) {
+        series(bs->out, bs->name, c->id->name, "backend", c->backends[j]->name);
+        sbuf_addf(bs->out, "%.9g\n", bs->value(c->backends[j], bs->nworkers));
+    }
+}
+
+/* name{cluster="c",backend="b"} value, for every backend of the current table. */
 static void backend_family(const struct admin_view *v, struct sbuf *out, const char *name,
                            const char *type, const char *help,
                            double (*value)(const struct backend *, int nworkers)) {
     family(out, name, type, help);
-    const struct lb_table *t = balancer_table(v->bal);
-    for (size_t i = 0; i < t->nclusters; i++)
-        for (size_t j = 0; j < t->clusters[i].n; j++) {
-            const struct backend *be = t->clusters[i].rows[j];
-            series(out, name, t->clusters[i].id->name, "backend", be->name);
-            sbuf_addf(out, "%.9g\n", value(be, v->nworkers));
-        }
+    struct backend_series bs = {out, name, v->nworkers, value};
+    balancer_each_cluster(v->bal, cluster_backend_series, &bs);
 }
 
 static double be_healthy(const struct backend *be, int nworkers) {

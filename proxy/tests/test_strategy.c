@@ -461,10 +461,10 @@ static void test_panic(void) {
     }
 }
 
-/* ---- the failure penalty (rows of a real balancer: answers go through balancer_done) ---- */
+/* ---- the failure penalty (backends of a real balancer: answers go through balancer_done) ---- */
 
 static struct proxy_config pcfg;
-static struct balancer bal;
+static struct balancer *bal;
 
 static void add_backend(struct cluster_config *cc, const char *text) {
     const char *err;
@@ -473,8 +473,14 @@ static void add_backend(struct cluster_config *cc, const char *text) {
     if (net_parse_addr(text, NULL, &b->addr, &err) < 0) abort();
 }
 
-/* One cluster of N backends, outlier detection off: only the penalty acts. */
-static struct table_cluster *bal_setup(void) {
+static void first_cluster(const struct table_cluster *c, void *arg) {
+    const struct table_cluster **first = arg;
+    if (!*first) *first = c;
+}
+
+/* One cluster of N backends, outlier detection off: only the penalty acts.
+ * The test is worker 0, online from the start; nothing swaps the table. */
+static const struct table_cluster *bal_setup(void) {
     memset(&pcfg, 0, sizeof(pcfg));
     pcfg.nclusters = 1;
     pcfg.clusters = calloc(1, sizeof(*pcfg.clusters));
@@ -487,34 +493,35 @@ static struct table_cluster *bal_setup(void) {
         snprintf(text, sizeof(text), "127.0.0.1:%d", 9101 + i);
         add_backend(cc, text);
     }
-    if (balancer_init(&bal, &pcfg, 1) < 0) abort();
-    balancer_reader_offline(&bal, BALANCER_PROBE(&bal));
-    balancer_reader_offline(&bal, BALANCER_ADMIN(&bal));
-    balancer_ready(&bal);
-    return &balancer_table(&bal)->clusters[0];
+    if (!(bal = balancer_new(&pcfg, 1))) abort();
+    balancer_ready(bal);
+    const struct table_cluster *c = NULL;
+    balancer_each_cluster(bal, first_cluster, &c);
+    if (!c) abort();
+    return c;
 }
 
-static void bal_teardown(struct table_cluster *c) {
+static void bal_teardown(const struct table_cluster *c) {
     for (size_t i = 0; i < c->n; i++)
-        CHECK(atomic_load(&c->rows[i]->inflight) == 0);
-    balancer_free(&bal);
+        CHECK(atomic_load(&c->backends[i]->inflight) == 0);
+    balancer_free(bal);
     free(pcfg.clusters[0].backends);
     free(pcfg.clusters);
 }
 
 /* One request to be (picked by name, as stickiness does) and its answer. */
 static void answer(struct backend *be, enum outcome o, int status, uint64_t latency_us) {
-    struct backend *got = balancer_pick(&bal, be->cluster, NULL, be->name, next_random(), 0);
+    struct backend *got = balancer_pick(bal, be->cluster, NULL, be->name, next_random(), 0);
     CHECK(got == be);
-    if (got) balancer_done(&bal, got, got == be ? o : OUTCOME_NEUTRAL, status, latency_us, "t", 0);
+    if (got) balancer_done(bal, got, got == be ? o : OUTCOME_NEUTRAL, status, latency_us, "t", 0);
 }
 
 static void test_failure_penalty(void) {
     int counts[N + 1];
     enum strategy ranked[] = {STRATEGY_PEAK_EWMA, STRATEGY_FASTEST, STRATEGY_LEAST_OUTSTANDING};
-    struct table_cluster *c = bal_setup();
+    const struct table_cluster *c = bal_setup();
     CHECK(c->n == N && !c->cfg->outlier.enabled);
-    struct backend **r = c->rows;
+    struct backend *const *r = c->backends;
     /* row 0 answers in 100 µs where the others take 20 ms; probes alike */
     for (int i = 0; i < N; i++) {
         for (int k = 0; k < 20; k++)
@@ -575,7 +582,7 @@ static void test_failure_penalty(void) {
     /* a single failure among many successes (1 in 100), followed by more of
      * them, leaves a share within a few % of the others' under peak-ewma */
     c = bal_setup();
-    r = c->rows;
+    r = c->backends;
     for (int i = 0; i < N; i++)
         for (int k = 0; k < 100; k++)
             answer(r[i], OUTCOME_OK, i == 0 && k == 50 ? 502 : 200, 2000);
@@ -597,7 +604,7 @@ static void test_failure_penalty(void) {
      * a penalty of 15.6 ms, and with 2 ms answers it loses every pair for
      * ~10 s (DESIGN: sporadic failures on a busy backend never take it out) */
     c = bal_setup();
-    r = c->rows;
+    r = c->backends;
     for (int i = 0; i < N; i++)
         for (int k = 0; k < 100; k++)
             answer(r[i], OUTCOME_OK, i == 0 && k == 99 ? 502 : 200, 2000);
@@ -615,8 +622,8 @@ static void test_failure_penalty(void) {
  * reads or updates that row. An age "below 0" must count as 0, not as 49
  * days. */
 static void test_stamp_ahead(void) {
-    struct table_cluster *c = bal_setup();
-    struct backend **r = c->rows;
+    const struct table_cluster *c = bal_setup();
+    struct backend *const *r = c->backends;
     for (int k = 0; k < 40; k++)
         answer(r[0], OUTCOME_FAILED, 0, 0);
     uint32_t stamp = (uint32_t)atomic_load(&r[0]->errors);
