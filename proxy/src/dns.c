@@ -3,7 +3,7 @@
  * resolve stops the start) and then every dns_refresh_s on a thread of its
  * own, off the data path. The cluster's found set is the union of its
  * names' addresses, deduplicated and sorted; it joins the latency table
- * like a reload would (an address that stays keeps its row). A name whose
+ * like a reload would (an address that stays keeps its backend). A name whose
  * resolution fails keeps its last addresses. The thread follows the
  * configuration in force across reloads, as discovery.c does. */
 #define _GNU_SOURCE

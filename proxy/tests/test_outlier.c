@@ -78,8 +78,8 @@ static void teardown(struct fixture *f) {
     free(f->cfg.clusters);
 }
 
-/* A request to row i (picked by name, as stickiness does) answered so:
- * whether it went there (an unavailable row's name falls back to the
+/* A request to backend i (picked by name, as stickiness does) answered so:
+ * whether it went there (an unavailable backend's name falls back to the
  * strategy; that request ends neutral). */
 static int answer(struct fixture *f, size_t i, enum outcome o, int status) {
     struct backend *be = f->backends[i];
@@ -110,7 +110,7 @@ static unsigned long long ejections(const struct fixture *f, size_t i) {
     return atomic_load(&f->backends[i]->ejections);
 }
 
-/* Whether the row's last health note says `what`. */
+/* Whether the backend's last health note says `what`. */
 static int noted(const struct fixture *f, size_t i, const char *what) {
     int64_t changed, failed;
     char changed_why[128], failed_why[128];
@@ -118,7 +118,7 @@ static int noted(const struct fixture *f, size_t i, const char *what) {
     return changed > 0 && strstr(changed_why, what) != NULL;
 }
 
-/* The last of `times` answers ejects row i for `ms`: its ejected_until is
+/* The last of `times` answers ejects backend i for `ms`: its ejected_until is
  * that long after the clock just before and just after. */
 static void check_ejects(struct fixture *f, size_t i, enum outcome o, int status, int ms) {
     int64_t before = (int64_t)ev_clock_ms();
@@ -133,7 +133,7 @@ static void sleep_ms(int ms) {
     nanosleep(&(struct timespec){.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L}, NULL);
 }
 
-/* Sleeps until the row's ejection is over (by the clock; tick not called). */
+/* Sleeps until the backend's ejection is over (by the clock; tick not called). */
 static void outlast(const struct fixture *f, size_t i) {
     int64_t until = atomic_load(&f->backends[i]->ejected_until);
     while ((int64_t)ev_clock_ms() <= until)
@@ -285,7 +285,7 @@ static void test_5xx(void) {
 
 /* ---- the cap ---- */
 
-/* Every row fails `times` times in a row (those still available). */
+/* Every backend fails `times` times in a row (those still available). */
 static void fail_all(struct fixture *f, int times) {
     for (size_t i = 0; i < f->n; i++)
         for (int k = 0; k < times && !ejected(f, i); k++)
@@ -407,7 +407,7 @@ static void test_multiplier(void) {
     CHECK(atomic_load(&be->times_ejected) == 3 && ejections(&f, 0) == 3);
     teardown(&f);
 
-    /* the multiplier decays by one every interval in which the row stays in
+    /* the multiplier decays by one every interval in which the backend stays in
      * and its counts are clear */
     od.interval_ms = 20;
     setup(&f, 4, od, 0);
@@ -462,7 +462,7 @@ static void test_observe(void) {
     answer_n(&f, 0, 2, OUTCOME_FAILED, 0);
     check_ejects(&f, 0, OUTCOME_FAILED, 0, 30000);
     int64_t until = atomic_load(&be->ejected_until);
-    /* passing checks of a healthy row do not end its ejection */
+    /* passing checks of a healthy backend do not end its ejection */
     for (int k = 0; k < 5; k++)
         backend_observe(be, 1, "ok");
     CHECK(atomic_load(&be->ejected_until) == until && atomic_load(&be->times_ejected) == 1);
