@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "list.h"
 #include "log.h"
 #include "metrics.h"
 #include "net.h"
@@ -24,7 +25,7 @@ struct admin {
     ev_loop *loop;
     int listen_fd;
     ev_op accept_op;
-    struct admin_conn *conns;
+    struct list conns; /* admin_conn.link */
     int nconns;
     atomic_int stop;
     pthread_t thread;
@@ -32,7 +33,7 @@ struct admin {
 
 struct admin_conn {
     struct admin *a;
-    struct admin_conn *prev, *next;
+    struct list link;
     int fd;
     ev_op rd, wr;
     ev_timer timer;
@@ -58,11 +59,7 @@ static void conn_free(struct admin_conn *c) {
     struct admin *a = c->a;
     ev_timer_stop(a->loop, &c->timer);
     ev_forget_fd(a->loop, c->fd);
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        a->conns = c->next;
-    if (c->next) c->next->prev = c->prev;
+    list_remove(&c->link);
     a->nconns--;
     conn_release(c);
 }
@@ -218,9 +215,7 @@ static void conn_start(struct admin *a, int fd) {
     ev_op_init(&c->rd, on_read, c);
     ev_op_init(&c->wr, on_sent, c);
     ev_timer_init(&c->timer, on_timer, c);
-    c->next = a->conns;
-    if (a->conns) a->conns->prev = c;
-    a->conns = c;
+    list_push(&a->conns, &c->link);
     a->nconns++;
     read_more(c);
 }
@@ -290,6 +285,7 @@ int admin_start(const struct admin_view *v, struct admin **out, char *err, size_
         return -ENOMEM;
     }
     a->v = *v;
+    list_init(&a->conns);
     a->reader_id = balancer_reader_id(v->bal, READER_ADMIN);
     a->listen_fd = -1;
     int rc = admin_listen(a, err, errlen);
@@ -308,11 +304,8 @@ void admin_stop(struct admin *a) {
     atomic_store(&a->stop, 1);
     pthread_join(a->thread, NULL);
     ev_loop_free(a->loop); /* first: no pending op may still reach a buffer */
-    while (a->conns) {
-        struct admin_conn *next = a->conns->next;
-        conn_release(a->conns);
-        a->conns = next;
-    }
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &a->conns) conn_release(list_entry(pos, struct admin_conn, link));
     close(a->listen_fd);
     free(a);
 }
