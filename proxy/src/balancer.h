@@ -44,7 +44,7 @@ struct cluster {
 };
 
 /* A worker's part of a backend: its idle keep-alive connections to it and
- * its counts (the type's name is upstream.c's to follow). Only that worker writes it (the admin
+ * its counts. Only that worker writes it (the admin
  * thread reads the counts); each on its own cache line. */
 struct row_slot {
     struct list idle; /* idle connections (upconn.in_slot), newest first */
