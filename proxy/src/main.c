@@ -158,6 +158,14 @@ static void serve_signals(const sigset_t *sigs, struct reloader *rl, struct alog
     }
 }
 
+/* A start's result (0, or -errno with err filled): 1, logged with its
+ * reason, when it failed. */
+static int start_failed(int rc, const char *what, const char *err) {
+    if (rc >= 0) return 0;
+    log_error("%s: %s", what, err);
+    return 1;
+}
+
 static int run(const struct proxy_config *cfg, struct balancer *bal, struct dns *dns, int argc,
                char **argv) {
     int n = cfg->threads, started = 0, rc = 0;
@@ -191,10 +199,7 @@ static int run(const struct proxy_config *cfg, struct balancer *bal, struct dns 
     struct admin *admin = NULL;
     if (cfg->admin_set) {
         struct admin_view view = {cfg, bal, w, n, alog, &st};
-        if (admin_start(&view, &admin, err, sizeof(err)) < 0) {
-            log_error("admin listener: %s", err);
-            rc = 1;
-        }
+        rc = start_failed(admin_start(&view, &admin, err, sizeof(err)), "admin listener", err);
     }
     if (!rc) log_start(cfg, &w[0]);
     balancer_ready(bal);
@@ -207,24 +212,14 @@ static int run(const struct proxy_config *cfg, struct balancer *bal, struct dns 
     struct prober *prober = NULL;
     struct discovery *disc = NULL;
     struct cloudwatch *cw = NULL;
-    if (!rc && prober_start(bal, cfg, &prober, err, sizeof(err)) < 0) {
-        log_error("health checks: %s", err);
-        rc = 1;
-    }
-    if (!rc && discovery_start(bal, &disc, err, sizeof(err)) < 0) {
-        log_error("discovery: %s", err);
-        rc = 1;
-    }
-    if (!rc && cfg->cloudwatch.enabled &&
-        cloudwatch_start(&cfg->cloudwatch, bal, w, n, &cw, err, sizeof(err)) < 0) {
-        log_error("cloudwatch: %s", err);
-        rc = 1;
-    }
+    if (!rc)
+        rc = start_failed(prober_start(bal, cfg, &prober, err, sizeof(err)), "health checks", err);
+    if (!rc) rc = start_failed(discovery_start(bal, &disc, err, sizeof(err)), "discovery", err);
+    if (!rc && cfg->cloudwatch.enabled)
+        rc = start_failed(cloudwatch_start(&cfg->cloudwatch, bal, w, n, &cw, err, sizeof(err)),
+                          "cloudwatch", err);
     /* the names' refresher, once the readers run */
-    if (!rc && dns_start(dns, err, sizeof(err)) < 0) {
-        log_error("dns: %s", err);
-        rc = 1;
-    }
+    if (!rc) rc = start_failed(dns_start(dns, err, sizeof(err)), "dns", err);
     if (!rc) {
         if (admin) log_info("admin listener on %s: /metrics /status /healthz", cfg->admin_text);
         if (cw)
