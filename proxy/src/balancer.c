@@ -23,18 +23,18 @@
 /* A backend starting its slow start gets this share of its weight at once. */
 #define SLOW_START_FLOOR 0.01
 
-static void note(struct backend *be, int64_t *at, char *dst, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-/* A writer waiting for its readers re-checks them this often, whether or
- * not one signalled: a reader without a waker passes its quiescent points
- * of its own accord, and is seen within this much of the last one. */
+/* A writer waiting for its readers sleeps on the condvar at most this long
+ * before it checks them again: they signal it as they pass, and the bound
+ * keeps a wait that no signal ends short (and lets a slow one be logged). */
 #define GRACE_RECHECK_MS 100
 /* A grace period that lasts this long is logged (a reader that never passes
  * a quiescent point holds up every writer). */
 #define GRACE_SLOW_MS 5000
 /* A reader's `seen` while offline: no grace period waits for it. */
 #define READER_OFFLINE UINT64_MAX
+
+static void note(struct backend *be, int64_t *at, char *dst, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 
 struct lb_table {
     const struct proxy_config *cfg; /* the configuration it was built from */
@@ -51,7 +51,8 @@ struct reader {
     void *wake_arg;
 } __attribute__((aligned(64)));
 
-/* The found sets: the backends found for one cluster, by its name, one way. */
+/* The backends found for one cluster (by its name) one way: its names
+ * resolved, or discovery's instances. */
 struct found_set {
     char cluster[64];
     enum found_by by;
@@ -71,8 +72,9 @@ struct balancer {
     int started;          /* the readers may run: backends added from now on ramp up (slow start) */
     _Atomic(struct cluster *) clusters; /* every cluster ever built, newest first */
     struct cluster *unrouted;           /* "none": requests no route matched */
-    /* the grace period: a swap bumps the epoch and waits until every online
-     * reader's seen reaches it; readers signal `passed` when they do */
+    /* the grace period (quiescent-state-based, as liburcu's QSBR flavour): a
+     * swap bumps the epoch and waits until every online reader's seen
+     * reaches it; readers signal `passed` when they move theirs */
     atomic_ullong epoch;
     pthread_mutex_t grace_lock;
     pthread_cond_t passed; /* on CLOCK_MONOTONIC */
