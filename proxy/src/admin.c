@@ -9,8 +9,11 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "list.h"
 #include "log.h"
+#include "metrics.h"
 #include "net.h"
+#include "status.h"
 
 #define ADMIN_HEAD_MAX  8192
 #define ADMIN_IDLE_MS   30000
@@ -18,10 +21,11 @@
 
 struct admin {
     struct admin_view v;
+    int reader_id;
     ev_loop *loop;
     int listen_fd;
     ev_op accept_op;
-    struct admin_conn *conns;
+    struct list conns; /* admin_conn.link */
     int nconns;
     atomic_int stop;
     pthread_t thread;
@@ -29,7 +33,7 @@ struct admin {
 
 struct admin_conn {
     struct admin *a;
-    struct admin_conn *prev, *next;
+    struct list link;
     int fd;
     ev_op rd, wr;
     ev_timer timer;
@@ -55,11 +59,7 @@ static void conn_free(struct admin_conn *c) {
     struct admin *a = c->a;
     ev_timer_stop(a->loop, &c->timer);
     ev_forget_fd(a->loop, c->fd);
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        a->conns = c->next;
-    if (c->next) c->next->prev = c->prev;
+    list_remove(&c->link);
     a->nconns--;
     conn_release(c);
 }
@@ -131,6 +131,15 @@ static int path_is(const struct http_msg *m, const char *path) {
     return m->url_len >= n && !memcmp(m->url, path, n) && (m->url_len == n || m->url[n] == '?');
 }
 
+/* The admin thread is online only while it renders: idle, it never holds
+ * up a table swap. */
+static void render(struct admin *a, void (*fn)(const struct admin_view *, struct sbuf *),
+                   struct sbuf *body) {
+    balancer_reader_online(a->v.bal, a->reader_id);
+    fn(&a->v, body);
+    balancer_reader_offline(a->v.bal, a->reader_id);
+}
+
 static void route(struct admin_conn *c) {
     const struct http_msg *m = &c->req;
     if (m->framing != BODY_NONE) c->keep = 0; /* bodies are not read: the framing is lost */
@@ -145,10 +154,10 @@ static void route(struct admin_conn *c) {
     }
     struct sbuf body = {0};
     if (path_is(m, "/metrics")) {
-        metrics_render(&c->a->v, &body);
+        render(c->a, metrics_render, &body);
         respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", &body, "");
     } else if (path_is(m, "/status")) {
-        status_render(&c->a->v, &body);
+        render(c->a, status_render, &body);
         respond(c, 200, "application/json", &body, "");
     } else if (atomic_load(&g_draining)) {
         /* load balancers in front stop sending new connections */
@@ -206,9 +215,7 @@ static void conn_start(struct admin *a, int fd) {
     ev_op_init(&c->rd, on_read, c);
     ev_op_init(&c->wr, on_sent, c);
     ev_timer_init(&c->timer, on_timer, c);
-    c->next = a->conns;
-    if (a->conns) a->conns->prev = c;
-    a->conns = c;
+    list_push(&a->conns, &c->link);
     a->nconns++;
     read_more(c);
 }
@@ -228,7 +235,6 @@ static void on_accept(ev_op *op, int res) {
 
 static void tick(ev_loop *loop, void *arg) {
     struct admin *a = arg;
-    balancer_quiescent(a->v.bal, BALANCER_ADMIN(a->v.bal));
     if (atomic_load(&a->stop)) ev_stop(loop);
 }
 
@@ -236,36 +242,61 @@ static void *admin_main(void *arg) {
     struct admin *a = arg;
     ev_accept(a->loop, &a->accept_op, a->listen_fd);
     ev_run(a->loop);
-    balancer_reader_offline(a->v.bal, BALANCER_ADMIN(a->v.bal));
     return NULL;
 }
 
-struct admin *admin_start(const struct admin_view *v, char *err, size_t errlen) {
+/* The listening socket: 0, or -errno with err filled. */
+static int admin_listen(struct admin *a, char *err, size_t errlen) {
+    const struct proxy_config *cfg = a->v.cfg;
+    if (net_port_taken(&cfg->admin)) {
+        snprintf(err, errlen, "cannot listen on %s: address already in use", cfg->admin_text);
+        return -EADDRINUSE;
+    }
+    if ((a->listen_fd = net_listen(&cfg->admin, 0, 128)) < 0) {
+        snprintf(err, errlen, "cannot listen on %s: %s", cfg->admin_text, strerror(-a->listen_fd));
+        return a->listen_fd;
+    }
+    return 0;
+}
+
+/* Its loop and thread: 0, or -errno with err filled. */
+static int admin_run(struct admin *a, char *err, size_t errlen) {
+    char why[256] = "";
+    errno = 0;
+    if (!(a->loop = ev_loop_new(a->v.cfg->engine, why, sizeof(why)))) {
+        int e = errno ? errno : ENOMEM;
+        snprintf(err, errlen, "cannot create its event loop: %s", why[0] ? why : strerror(e));
+        return -e;
+    }
+    ev_op_init(&a->accept_op, on_accept, a);
+    ev_set_tick(a->loop, tick, a);
+    int rc = pthread_create(&a->thread, NULL, admin_main, a);
+    if (!rc) return 0;
+    snprintf(err, errlen, "cannot start its thread: %s", strerror(rc));
+    ev_loop_free(a->loop);
+    return -rc;
+}
+
+int admin_start(const struct admin_view *v, struct admin **out, char *err, size_t errlen) {
     struct admin *a = calloc(1, sizeof(*a));
+    *out = NULL;
     if (!a) {
         snprintf(err, errlen, "out of memory");
-        return NULL;
+        return -ENOMEM;
     }
     a->v = *v;
+    list_init(&a->conns);
+    a->reader_id = balancer_reader_id(v->bal, READER_ADMIN);
     a->listen_fd = -1;
-    char why[256];
-    if (net_port_taken(&v->cfg->admin)) {
-        snprintf(err, errlen, "cannot listen on %s: address already in use", v->cfg->admin_text);
-    } else if ((a->listen_fd = net_listen(&v->cfg->admin, 0, 128)) < 0) {
-        snprintf(err, errlen, "cannot listen on %s: %s", v->cfg->admin_text,
-                 strerror(-a->listen_fd));
-    } else if (!(a->loop = ev_loop_new(v->cfg->engine, why, sizeof(why)))) {
-        snprintf(err, errlen, "cannot start a loop: %s", why);
-    } else {
-        ev_op_init(&a->accept_op, on_accept, a);
-        ev_set_tick(a->loop, tick, a);
-        if (pthread_create(&a->thread, NULL, admin_main, a) == 0) return a;
-        snprintf(err, errlen, "cannot start its thread");
+    int rc = admin_listen(a, err, errlen);
+    if (!rc) rc = admin_run(a, err, errlen);
+    if (rc) {
+        if (a->listen_fd >= 0) close(a->listen_fd);
+        free(a);
+        return rc;
     }
-    if (a->loop) ev_loop_free(a->loop);
-    if (a->listen_fd >= 0) close(a->listen_fd);
-    free(a);
-    return NULL;
+    *out = a;
+    return 0;
 }
 
 void admin_stop(struct admin *a) {
@@ -273,11 +304,8 @@ void admin_stop(struct admin *a) {
     atomic_store(&a->stop, 1);
     pthread_join(a->thread, NULL);
     ev_loop_free(a->loop); /* first: no pending op may still reach a buffer */
-    while (a->conns) {
-        struct admin_conn *next = a->conns->next;
-        conn_release(a->conns);
-        a->conns = next;
-    }
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &a->conns) conn_release(list_entry(pos, struct admin_conn, link));
     close(a->listen_fd);
     free(a);
 }

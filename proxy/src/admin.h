@@ -1,6 +1,8 @@
-/* The admin listener: GET /metrics (Prometheus text), GET /status (JSON),
- * GET /healthz. It runs on a thread and loop of its own, reads the workers'
- * counters and the latency table, and never touches the data path. */
+/* The admin listener: GET /metrics (Prometheus text, metrics.h), GET
+ * /status (JSON, status.h), GET /healthz. It runs on a thread and loop of its
+ * own, reads the workers' counters and the latency table, and never touches
+ * the data path. What the renderers read is declared here, with the
+ * listener's own API. */
 #ifndef LB_ADMIN_H
 #define LB_ADMIN_H
 
@@ -24,7 +26,7 @@ struct proxy_status {
     char reload_msg[256];
 };
 
-/* What the admin thread may read. */
+/* What the admin thread may read (and the renderers render). */
 struct admin_view {
     const struct proxy_config *cfg; /* the start-up configuration */
     struct balancer *bal;
@@ -36,13 +38,9 @@ struct admin_view {
 
 struct admin;
 
-/* Listens on cfg->admin and starts the thread. NULL with err filled. */
-struct admin *admin_start(const struct admin_view *v, char *err, size_t errlen);
+/* Listens on cfg->admin and starts the thread (the table's reader
+ * READER_ADMIN): 0 with *out set, or -errno with err filled. */
+int admin_start(const struct admin_view *v, struct admin **out, char *err, size_t errlen);
 void admin_stop(struct admin *a);
-
-/* The bodies, rendered from the counters as they are now. The caller is a
- * reader of the balancer's table (the admin thread, or a test). */
-void metrics_render(const struct admin_view *v, struct sbuf *out);
-void status_render(const struct admin_view *v, struct sbuf *out);
 
 #endif

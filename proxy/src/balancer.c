@@ -1,6 +1,7 @@
 #define _GNU_SOURCE
 #include "balancer.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -22,13 +23,69 @@
 /* A backend starting its slow start gets this share of its weight at once. */
 #define SLOW_START_FLOOR 0.01
 
+/* A writer waiting for its readers sleeps on the condvar at most this long
+ * before it checks them again: they signal it as they pass, and the bound
+ * keeps a wait that no signal ends short (and lets a slow one be logged). */
+#define GRACE_RECHECK_MS 100
+/* A grace period that lasts this long is logged (a reader that never passes
+ * a quiescent point holds up every writer). */
+#define GRACE_SLOW_MS 5000
+/* A reader's `seen` while offline: no grace period waits for it. */
+#define READER_OFFLINE UINT64_MAX
+
 static void note(struct backend *be, int64_t *at, char *dst, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
-/* ---- rows ---- */
+struct lb_table {
+    const struct proxy_config *cfg; /* the configuration it was built from */
+    struct table_cluster *clusters; /* in cfg's order */
+    size_t nclusters;
+    uint64_t generation;
+};
 
-static struct backend *row_new(struct cluster *lc, const struct backend_addr *ba, int nworkers,
-                               int healthy, int ramp) {
+/* One reader's state, on a cache line of its own: only that reader writes
+ * `seen`; the waker is set and used under the write lock. */
+struct reader {
+    atomic_ullong seen; /* the epoch at its last quiescent point, or READER_OFFLINE */
+    void (*wake)(void *arg);
+    void *wake_arg;
+} __attribute__((aligned(64)));
+
+/* The backends found for one cluster (by its name) one way: its names
+ * resolved, or discovery's instances. */
+struct found_set {
+    char cluster[64];
+    enum found_by by;
+    struct backend_addr *addrs;
+    size_t n;
+};
+
+struct balancer {
+    _Atomic(struct lb_table *) table;
+    int nworkers;
+    /* what the table is built from; writers change them under write_lock */
+    pthread_mutex_t write_lock; /* one table writer at a time */
+    const struct proxy_config *cfg;
+    struct found_set *found;
+    size_t nfound;
+    uint64_t generations; /* tables built */
+    int started;          /* the readers may run: backends added from now on ramp up (slow start) */
+    _Atomic(struct cluster *) clusters; /* every cluster ever built, newest first */
+    struct cluster *unrouted;           /* "none": requests no route matched */
+    /* the grace period (quiescent-state-based, as liburcu's QSBR flavour): a
+     * swap bumps the epoch and waits until every online reader's seen
+     * reaches it; readers signal `passed` when they move theirs */
+    atomic_ullong epoch;
+    pthread_mutex_t grace_lock;
+    pthread_cond_t passed; /* on CLOCK_MONOTONIC */
+    int nreaders;          /* the workers, then READER_OTHERS */
+    struct reader *readers;
+};
+
+/* ---- backends ---- */
+
+static struct backend *backend_new(struct cluster *lc, const struct backend_addr *ba, int nworkers,
+                                   int healthy, int ramp) {
     struct backend *be = calloc(1, sizeof(*be));
     if (!be) return NULL;
     size_t bytes = sizeof(*be->slots) * (size_t)nworkers;
@@ -101,11 +158,12 @@ static void cluster_set(struct cluster *lc, const struct cluster_config *cc) {
 
 /* ---- tables ---- */
 
-static struct backend *find_row(const struct lb_table *t, const char *cluster, const char *name) {
+static struct backend *find_backend(const struct lb_table *t, const char *cluster,
+                                    const char *name) {
     for (size_t i = 0; t && i < t->nclusters; i++) {
         if (strcmp(t->clusters[i].id->name, cluster)) continue;
         for (size_t j = 0; j < t->clusters[i].n; j++)
-            if (!strcmp(t->clusters[i].rows[j]->name, name)) return t->clusters[i].rows[j];
+            if (!strcmp(t->clusters[i].backends[j]->name, name)) return t->clusters[i].backends[j];
     }
     return NULL;
 }
@@ -114,8 +172,8 @@ static void table_free(struct lb_table *t) {
     if (!t) return;
     for (size_t i = 0; i < t->nclusters; i++) {
         for (size_t j = 0; j < t->clusters[i].n; j++)
-            backend_unref(t->clusters[i].rows[j]);
-        free(t->clusters[i].rows);
+            backend_unref(t->clusters[i].backends[j]);
+        free(t->clusters[i].backends);
     }
     free(t->clusters);
     free(t);
@@ -139,36 +197,41 @@ static size_t found_count(const struct found_set *fs) {
 
 static int has_addr(const struct table_cluster *c, const struct net_addr *a) {
     for (size_t j = 0; j < c->n; j++)
-        if (net_addr_equal(&c->rows[j]->addr, a)) return 1;
+        if (net_addr_equal(&c->backends[j]->addr, a)) return 1;
     return 0;
 }
 
-/* Appends the row for ba (reused from `reuse` or new) unless c has its
+/* Appends the backend for ba (reused from `reuse` or new) unless c has its
  * address already; its weight is the configuration's now. */
-static int add_row(struct balancer *b, struct table_cluster *c, const struct lb_table *reuse,
-                   const struct backend_addr *ba, int healthy) {
+static int add_backend(struct balancer *b, struct table_cluster *c, const struct lb_table *reuse,
+                       const struct backend_addr *ba, int healthy) {
     if (ba->is_name || has_addr(c, &ba->addr)) return 0;
-    struct backend *be = find_row(reuse, c->id->name, ba->text);
-    if (!be) be = row_new(c->id, ba, b->nworkers, healthy, b->started);
+    struct backend *be = find_backend(reuse, c->id->name, ba->text);
+    if (!be) be = backend_new(c->id, ba, b->nworkers, healthy, b->started);
     if (!be) return -1;
     atomic_store(&be->weight, cluster_weight(c->cfg, ba->text, ba->origin[0] ? ba->origin : NULL));
     backend_ref(be);
-    c->rows[c->n++] = be;
+    c->backends[c->n++] = be;
     return 0;
 }
 
 static int add_found(struct balancer *b, struct table_cluster *c, const struct lb_table *reuse,
                      const struct found_set *fs, int healthy) {
     for (size_t j = 0; fs && j < fs->n; j++)
-        if (add_row(b, c, reuse, &fs->addrs[j], healthy) < 0) return -1;
+        if (add_backend(b, c, reuse, &fs->addrs[j], healthy) < 0) return -1;
     return 0;
 }
 
-struct lb_table *lb_table_build(struct balancer *b, const struct proxy_config *cfg,
-                                const struct lb_table *reuse) {
+/* A new table for cfg (and the found sets of its clusters), reusing the
+ * backends of `reuse` whose address and cluster name match (NULL: all new).
+ * Backends from cfg start healthy, as HAProxy's servers do; found ones only
+ * after their first successful checks. write_lock held. */
+static struct lb_table *table_build(struct balancer *b, const struct proxy_config *cfg,
+                                    const struct lb_table *reuse) {
     struct lb_table *t = calloc(1, sizeof(*t));
     if (!t) return NULL;
     t->cfg = cfg;
+    t->generation = ++b->generations;
     t->clusters = calloc(cfg->nclusters ? cfg->nclusters : 1, sizeof(*t->clusters));
     if (!t->clusters) {
         free(t);
@@ -181,12 +244,13 @@ struct lb_table *lb_table_build(struct balancer *b, const struct proxy_config *c
         c->id = cluster_get(b, cc->name);
         const struct found_set *dns = found_for(b, cc, FOUND_BY_DNS);
         const struct found_set *ec2 = found_for(b, cc, FOUND_BY_DISCOVERY);
-        c->rows = calloc(cc->nbackends + found_count(dns) + found_count(ec2) + 1, sizeof(*c->rows));
-        if (!c->id || !c->rows) goto fail;
+        size_t most = cc->nbackends + found_count(dns) + found_count(ec2) + 1;
+        c->backends = calloc(most, sizeof(*c->backends));
+        if (!c->id || !c->backends) goto fail;
         cluster_set(c->id, cc);
         t->nclusters = i + 1;
         for (size_t j = 0; j < cc->nbackends; j++)
-            if (add_row(b, c, reuse, &cc->backends[j], 1) < 0) goto fail;
+            if (add_backend(b, c, reuse, &cc->backends[j], 1) < 0) goto fail;
         if (add_found(b, c, reuse, dns, 1) < 0 || add_found(b, c, reuse, ec2, 0) < 0) goto fail;
     }
     return t;
@@ -195,30 +259,48 @@ fail:
     return NULL;
 }
 
-int balancer_init(struct balancer *b, const struct proxy_config *cfg, int nworkers) {
-    memset(b, 0, sizeof(*b));
-    if (nworkers + 2 > LB_MAX_READERS) return -1;
-    b->nworkers = nworkers;
-    b->nreaders = nworkers + 2;
-    b->cfg = cfg;
-    pthread_mutex_init(&b->write_lock, NULL);
-    b->unrouted = cluster_get(b, "none");
-    struct lb_table *t = b->unrouted ? lb_table_build(b, cfg, NULL) : NULL;
-    if (!t) {
-        balancer_free(b);
-        return -1;
-    }
-    atomic_store(&b->table, t);
+static int grace_init(struct balancer *b) {
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    int rc = pthread_cond_init(&b->passed, &attr);
+    pthread_condattr_destroy(&attr);
+    pthread_mutex_init(&b->grace_lock, NULL);
+    b->nreaders = b->nworkers + READER_OTHERS;
+    b->readers = aligned_alloc(64, sizeof(*b->readers) * (size_t)b->nreaders);
+    if (rc || !b->readers) return -1;
+    memset(b->readers, 0, sizeof(*b->readers) * (size_t)b->nreaders);
+    /* workers read from their first event on; the others go online to read */
+    for (int i = b->nworkers; i < b->nreaders; i++)
+        atomic_init(&b->readers[i].seen, READER_OFFLINE);
     return 0;
 }
 
+struct balancer *balancer_new(const struct proxy_config *cfg, int nworkers) {
+    struct balancer *b = calloc(1, sizeof(*b));
+    if (!b) return NULL;
+    b->nworkers = nworkers;
+    b->cfg = cfg;
+    pthread_mutex_init(&b->write_lock, NULL);
+    int ok = grace_init(b) == 0 && (b->unrouted = cluster_get(b, "none")) != NULL;
+    struct lb_table *t = ok ? table_build(b, cfg, NULL) : NULL;
+    if (!t) {
+        balancer_free(b);
+        return NULL;
+    }
+    atomic_store(&b->table, t);
+    return b;
+}
+
 void balancer_ready(struct balancer *b) {
+    pthread_mutex_lock(&b->write_lock);
     b->started = 1;
+    pthread_mutex_unlock(&b->write_lock);
 }
 
 void balancer_free(struct balancer *b) {
+    if (!b) return;
     table_free(atomic_load(&b->table));
-    atomic_store(&b->table, NULL);
     struct cluster *lc = atomic_load(&b->clusters);
     while (lc) {
         struct cluster *next = lc->next;
@@ -227,13 +309,14 @@ void balancer_free(struct balancer *b) {
         free(lc);
         lc = next;
     }
-    atomic_store(&b->clusters, NULL);
     for (size_t i = 0; i < b->nfound; i++)
         free(b->found[i].addrs);
     free(b->found);
-    b->found = NULL;
-    b->nfound = 0;
+    free(b->readers);
+    pthread_cond_destroy(&b->passed);
+    pthread_mutex_destroy(&b->grace_lock);
     pthread_mutex_destroy(&b->write_lock);
+    free(b);
 }
 
 size_t balancer_clusters(struct balancer *b, struct cluster ***out) {
@@ -249,37 +332,139 @@ size_t balancer_clusters(struct balancer *b, struct cluster ***out) {
     return n;
 }
 
+struct cluster *balancer_unrouted(const struct balancer *b) {
+    return b->unrouted;
+}
+
+/* ---- readers and the grace period ---- */
+
+static struct lb_table *current(struct balancer *b) {
+    return atomic_load_explicit(&b->table, memory_order_acquire);
+}
+
+int balancer_reader_id(const struct balancer *b, enum balancer_reader r) {
+    return b->nworkers + (int)r;
+}
+
+/* A reader passed the epoch a writer waits for. */
+static void signal_writer(struct balancer *b) {
+    pthread_mutex_lock(&b->grace_lock);
+    pthread_cond_signal(&b->passed);
+    pthread_mutex_unlock(&b->grace_lock);
+}
+
+void balancer_reader_online(struct balancer *b, int id) {
+    atomic_store_explicit(&b->readers[id].seen,
+                          atomic_load_explicit(&b->epoch, memory_order_acquire),
+                          memory_order_relaxed);
+    /* Pairs with the writer's fence: either the writer sees this reader
+     * online, or this reader's next loads see the writer's new table. */
+    atomic_thread_fence(memory_order_seq_cst);
+}
+
 void balancer_reader_offline(struct balancer *b, int id) {
-    atomic_store(&b->seen[id], ~0ull);
+    uint64_t was = atomic_exchange(&b->readers[id].seen, READER_OFFLINE);
+    /* a writer may wait for the epoch this reader had not reached */
+    if (was != READER_OFFLINE && was != atomic_load(&b->epoch)) signal_writer(b);
 }
 
 void balancer_quiescent(struct balancer *b, int id) {
-    atomic_store_explicit(&b->seen[id], atomic_load_explicit(&b->epoch, memory_order_acquire),
-                          memory_order_release);
+    struct reader *r = &b->readers[id];
+    uint64_t e = atomic_load_explicit(&b->epoch, memory_order_acquire);
+    uint64_t seen = atomic_load_explicit(&r->seen, memory_order_relaxed);
+    /* the epoch moves only when a writer starts waiting: most calls end here */
+    if (seen == e || seen == READER_OFFLINE) return;
+    atomic_store_explicit(&r->seen, e, memory_order_release);
+    signal_writer(b);
+}
+
+void balancer_set_waker(struct balancer *b, int reader_id, void (*wake)(void *arg), void *arg) {
+    pthread_mutex_lock(&b->write_lock);
+    b->readers[reader_id].wake = wake;
+    b->readers[reader_id].wake_arg = arg;
+    pthread_mutex_unlock(&b->write_lock);
+}
+
+static int reader_behind(struct balancer *b, int i, uint64_t e) {
+    return atomic_load(&b->readers[i].seen) < e; /* READER_OFFLINE is never behind */
+}
+
+/* The first reader that has not passed epoch e, or -1. */
+static int first_behind(struct balancer *b, uint64_t e) {
+    for (int i = 0; i < b->nreaders; i++)
+        if (reader_behind(b, i, e)) return i;
+    return -1;
+}
+
+static struct timespec deadline_in(int ms) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += ms / 1000;
+    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    return ts;
+}
+
+/* Waits until every online reader passed epoch e: each one behind is woken
+ * once, then the writer sleeps on `passed` (signalled by the readers),
+ * re-checking every GRACE_RECHECK_MS. write_lock held. */
+static void grace_period(struct balancer *b, uint64_t e) {
+    for (int i = 0; i < b->nreaders; i++)
+        if (b->readers[i].wake && reader_behind(b, i, e))
+            b->readers[i].wake(b->readers[i].wake_arg);
+    uint64_t t0 = ev_clock_ms();
+    int logged = 0, late;
+    pthread_mutex_lock(&b->grace_lock);
+    while ((late = first_behind(b, e)) >= 0) {
+        struct timespec until = deadline_in(GRACE_RECHECK_MS);
+        pthread_cond_timedwait(&b->passed, &b->grace_lock, &until);
+        if (!logged && ev_clock_ms() - t0 >= GRACE_SLOW_MS) {
+            log_warn("table swap: reader %d has passed no quiescent point for %d ms", late,
+                     GRACE_SLOW_MS);
+            logged = 1;
+        }
+    }
+    pthread_mutex_unlock(&b->grace_lock);
 }
 
 static void mark_removed(const struct lb_table *old, const struct lb_table *next) {
     for (size_t i = 0; i < old->nclusters; i++)
         for (size_t j = 0; j < old->clusters[i].n; j++) {
-            struct backend *be = old->clusters[i].rows[j];
-            if (!find_row(next, be->cluster->name, be->name)) atomic_store(&be->removed, 1);
+            struct backend *be = old->clusters[i].backends[j];
+            if (!find_backend(next, be->cluster->name, be->name)) atomic_store(&be->removed, 1);
         }
 }
 
-void balancer_swap(struct balancer *b, struct lb_table *next) {
-    struct lb_table *old = atomic_exchange_explicit(&b->table, next, memory_order_acq_rel);
-    if (!old) return;
+/* Publishes next and, after the grace period, frees the old table (backends
+ * still in use live on until their last reference goes). write_lock held. */
+static void table_swap(struct balancer *b, struct lb_table *next) {
+    struct lb_table *old = atomic_exchange(&b->table, next);
     mark_removed(old, next);
-    if (!b->started) { /* no reader yet */
-        table_free(old);
-        return;
+    if (b->started) { /* else no reader yet */
+        uint64_t e = atomic_fetch_add(&b->epoch, 1) + 1;
+        /* pairs with balancer_reader_online()'s */
+        atomic_thread_fence(memory_order_seq_cst);
+        grace_period(b, e);
     }
-    unsigned long long e = atomic_fetch_add_explicit(&b->epoch, 1, memory_order_acq_rel) + 1;
-    /* Grace period: each worker's tick runs at least every 100 ms. */
-    for (int i = 0; i < b->nreaders; i++)
-        while (atomic_load_explicit(&b->seen[i], memory_order_acquire) < e)
-            nanosleep(&(struct timespec){.tv_nsec = 1000000}, NULL);
     table_free(old);
+}
+
+void balancer_each_cluster(struct balancer *b, void (*fn)(const struct table_cluster *c, void *arg),
+                           void *arg) {
+    const struct lb_table *t = current(b);
+    for (size_t i = 0; i < t->nclusters; i++)
+        fn(&t->clusters[i], arg);
+}
+
+const struct proxy_config *balancer_config(struct balancer *b) {
+    return current(b)->cfg;
+}
+
+uint64_t balancer_generation(struct balancer *b) {
+    return current(b)->generation;
 }
 
 /* ---- writers ---- */
@@ -287,7 +472,7 @@ void balancer_swap(struct balancer *b, struct lb_table *next) {
 static int in_table(const struct lb_table *t, const struct backend *be) {
     for (size_t i = 0; i < t->nclusters; i++)
         for (size_t j = 0; j < t->clusters[i].n; j++)
-            if (t->clusters[i].rows[j] == be) return 1;
+            if (t->clusters[i].backends[j] == be) return 1;
     return 0;
 }
 
@@ -320,23 +505,22 @@ static void log_changes(const struct lb_table *old, const struct lb_table *next,
     log_cluster_changes(old, next, why);
     for (size_t i = 0; i < next->nclusters; i++)
         for (size_t j = 0; j < next->clusters[i].n; j++)
-            if (!in_table(old, next->clusters[i].rows[j])) {
-                log_info("%s: backend %s joins cluster %s", why, next->clusters[i].rows[j]->name,
-                         next->clusters[i].id->name);
+            if (!in_table(old, next->clusters[i].backends[j])) {
+                log_info("%s: backend %s joins cluster %s", why,
+                         next->clusters[i].backends[j]->name, next->clusters[i].id->name);
                 in++;
             }
     for (size_t i = 0; i < old->nclusters; i++)
         for (size_t j = 0; j < old->clusters[i].n; j++)
-            if (!in_table(next, old->clusters[i].rows[j])) {
+            if (!in_table(next, old->clusters[i].backends[j])) {
                 log_info("%s: backend %s leaves cluster %s (draining what it has)", why,
-                         old->clusters[i].rows[j]->name, old->clusters[i].id->name);
+                         old->clusters[i].backends[j]->name, old->clusters[i].id->name);
                 out++;
             }
     if (added) *added = in;
     if (removed) *removed = out;
 }
 
-/* Builds from b->cfg and b->found and swaps in; write_lock held. */
 /* A cluster with nothing healthy serves again on its newcomers' first
  * passing check, not after healthy_threshold of them: replacing a
  * cluster's only instance costs one probe. */
@@ -345,19 +529,20 @@ static void fast_admit(const struct lb_table *old, const struct lb_table *next) 
         const struct table_cluster *c = &next->clusters[i];
         int healthy = 0;
         for (size_t j = 0; j < c->n; j++)
-            healthy |= atomic_load(&c->rows[j]->healthy);
+            healthy |= atomic_load(&c->backends[j]->healthy);
         for (size_t j = 0; !healthy && j < c->n; j++)
-            if (!in_table(old, c->rows[j])) atomic_store(&c->rows[j]->first_pass, 1);
+            if (!in_table(old, c->backends[j])) atomic_store(&c->backends[j]->first_pass, 1);
     }
 }
 
+/* Builds from b->cfg and b->found and swaps in; write_lock held. */
 static int rebuild(struct balancer *b, const char *why, int *added, int *removed) {
-    struct lb_table *old = balancer_table(b);
-    struct lb_table *t = lb_table_build(b, b->cfg, old);
-    if (!t) return -1;
+    struct lb_table *old = current(b);
+    struct lb_table *t = table_build(b, b->cfg, old);
+    if (!t) return -ENOMEM;
     log_changes(old, t, why, added, removed);
     fast_admit(old, t);
-    balancer_swap(b, t); /* returns once no reader can see the old table */
+    table_swap(b, t); /* returns once no reader can see the old table */
     return 0;
 }
 
@@ -397,7 +582,7 @@ int balancer_set_found(struct balancer *b, const char *cluster, enum found_by by
                        const struct backend_addr *addrs, size_t n, const char *why) {
     pthread_mutex_lock(&b->write_lock);
     struct found_set *fs = found_slot(b, cluster, by);
-    int rc = -1;
+    int rc = -ENOMEM;
     if (fs && same_set(fs, addrs, n)) {
         rc = 0;
     } else if (fs) {
@@ -420,7 +605,7 @@ int balancer_set_found(struct balancer *b, const char *cluster, enum found_by by
 
 struct cluster *balancer_route(struct balancer *b, const char *target, size_t len,
                                const struct cluster_config **cc) {
-    struct lb_table *t = balancer_table(b);
+    struct lb_table *t = current(b);
     int i = route_match(t->cfg, target, len);
     if (i < 0) return NULL;
     if (cc) *cc = t->clusters[i].cfg;
@@ -429,32 +614,32 @@ struct cluster *balancer_route(struct balancer *b, const char *target, size_t le
 
 const struct cluster_config *balancer_cluster_config(struct balancer *b,
                                                      const struct cluster *cluster) {
-    const struct table_cluster *c = cluster ? cluster_in(balancer_table(b), cluster) : NULL;
+    const struct table_cluster *c = cluster ? cluster_in(current(b), cluster) : NULL;
     return c ? c->cfg : NULL;
 }
 
-/* The row of the cluster named `name`, when it is available. */
-static struct backend *named_row(const struct table_cluster *c, const char *name, int64_t now) {
+/* The backend of the cluster named `name`, when it is available. */
+static struct backend *named_backend(const struct table_cluster *c, const char *name, int64_t now) {
     for (size_t i = 0; i < c->n; i++)
-        if (!strcmp(c->rows[i]->name, name))
-            return backend_available(c->rows[i], now) ? c->rows[i] : NULL;
+        if (!strcmp(c->backends[i]->name, name))
+            return backend_available(c->backends[i], now) ? c->backends[i] : NULL;
     return NULL;
 }
 
 struct backend *balancer_pick(struct balancer *b, const struct cluster *cluster,
                               const struct backend *avoid, const char *prefer, uint64_t rnd,
                               int worker) {
-    struct table_cluster *c = cluster_in(balancer_table(b), cluster);
+    struct table_cluster *c = cluster_in(current(b), cluster);
     if (!c) return NULL; /* removed by a reload since the request was routed */
     int64_t now = ev_clock_ms();
-    struct backend *be = prefer ? named_row(c, prefer, now) : NULL;
+    struct backend *be = prefer ? named_backend(c, prefer, now) : NULL;
     if (!be) {
         struct pick pk = {.avoid = avoid,
                           .next = &c->next,
                           .rnd = rnd,
                           .now_ms = now,
                           .slow_start_ms = c->cfg->slow_start_ms};
-        be = strategy_pick(c->cfg->strategy, c->rows, c->n, &pk);
+        be = strategy_pick(c->cfg->strategy, c->backends, c->n, &pk);
     }
     if (!be) return NULL;
     backend_ref(be);
@@ -472,12 +657,12 @@ static int ejection_ms(const struct outlier_config *od, int times) {
 }
 
 /* Whether ejecting be keeps the cluster within its cap: at most
- * max_ejection_percent of its rows out at once, and another available. */
+ * max_ejection_percent of its backends out at once, and another available. */
 static int may_eject(const struct table_cluster *c, const struct backend *be, int64_t now) {
     size_t out = 0, others = 0;
     for (size_t i = 0; i < c->n; i++) {
-        out += backend_ejected(c->rows[i], now);
-        others += c->rows[i] != be && backend_available(c->rows[i], now);
+        out += backend_ejected(c->backends[i], now);
+        others += c->backends[i] != be && backend_available(c->backends[i], now);
     }
     return others > 0 && (out + 1) * 100 <= c->n * (size_t)c->cfg->outlier.max_ejection_percent;
 }
@@ -498,7 +683,7 @@ static void readmit(struct backend *be) {
 static void eject(struct balancer *b, struct backend *be, const char *what, int count,
                   const char *why) {
     struct cluster *lc = be->cluster;
-    const struct table_cluster *c = cluster_in(balancer_table(b), lc);
+    const struct table_cluster *c = cluster_in(current(b), lc);
     if (!c) return;
     const struct outlier_config *od = &c->cfg->outlier;
     int64_t now = ev_clock_ms();
@@ -542,7 +727,7 @@ static void count_outcome(struct balancer *b, struct backend *be, int fivexx, in
     int n5 = atomic_fetch_add(&be->consec_5xx, 1) + 1;
     int ng = gateway ? atomic_fetch_add(&be->consec_gw, 1) + 1 : 0;
     if (!gateway) atomic_store(&be->consec_gw, 0);
-    const struct table_cluster *c = cluster_in(balancer_table(b), be->cluster);
+    const struct table_cluster *c = cluster_in(current(b), be->cluster);
     if (!c || !c->cfg->outlier.enabled) return;
     const struct outlier_config *od = &c->cfg->outlier;
     if (od->consecutive_gateway_failure && ng >= od->consecutive_gateway_failure)
@@ -575,15 +760,15 @@ void balancer_done(struct balancer *b, struct backend *be, enum outcome o, int s
     backend_unref(be);
 }
 
-/* Readmits rows whose ejection is over (picks took them back at that
+/* Readmits backends whose ejection is over (picks took them back at that
  * instant; this logs it), and decays the
- * multiplier of rows that stayed in and failed nothing for an interval. */
+ * multiplier of backends that stayed in and failed nothing for an interval. */
 static void tick_cluster(const struct table_cluster *c, int64_t now) {
     const struct outlier_config *od = &c->cfg->outlier;
     int decay = now - c->id->decayed_ms >= od->interval_ms;
     if (decay) c->id->decayed_ms = now;
     for (size_t i = 0; i < c->n; i++) {
-        struct backend *be = c->rows[i];
+        struct backend *be = c->backends[i];
         int64_t until = atomic_load(&be->ejected_until);
         if (until && until <= now) {
             readmit(be);
@@ -595,7 +780,7 @@ static void tick_cluster(const struct table_cluster *c, int64_t now) {
 }
 
 void balancer_tick(struct balancer *b) {
-    const struct lb_table *t = balancer_table(b);
+    const struct lb_table *t = current(b);
     int64_t now = ev_clock_ms();
     for (size_t i = 0; i < t->nclusters; i++)
         tick_cluster(&t->clusters[i], now);

@@ -1,13 +1,18 @@
 /* The latency table and choosing a backend.
  *
- * One row per backend: health (active checks only), the outlier detection's
+ * Per backend: health (active checks only), the outlier detection's
  * consecutive live failures and ejection, last probe latency, a peak-EWMA of
  * latency (probes and live responses), a share of recent live answers that
- * failed, weight and slow start, requests in flight. Workers read and update rows with atomics
- * only. The table (which rows each cluster has) is published through one pointer: a new membership
- * is swapped in whole, and the old table is freed after a grace period in
- * which every worker passed a quiescent point (its loop's tick). Rows are
- * reference counted, so a request or a pooled connection keeps its row. */
+ * failed, weight and slow start, requests in flight. Workers read and update
+ * them with atomics only. The table (which backends each cluster has) is
+ * published through one pointer: a new membership is swapped in whole, and the
+ * old table is freed after a grace period in which every reader passed a
+ * quiescent point or went offline. Backends are reference counted, so a
+ * request or a pooled connection keeps its backend across swaps.
+ *
+ * Every thread reads the table the same way (the reader API below): online,
+ * it may use what it read until its next quiescent point or until it goes
+ * offline. Writers (reload, discovery, DNS) alone take the write lock. */
 #ifndef LB_BALANCER_H
 #define LB_BALANCER_H
 
@@ -27,7 +32,8 @@ struct upconn;
 /* One per cluster name for the life of the process (a cluster removed by a
  * reload and added again continues its counters): the identity a request
  * keeps across table swaps, its per-worker counters, and the thresholds its
- * rows judge health by (updated by a reload). */
+ * backends' health is judged by (updated by a reload). Its configuration is a
+ * struct cluster_config, its entry in one table a struct table_cluster. */
 struct cluster {
     char name[64];
     struct cluster *next; /* the balancer's registry */
@@ -37,9 +43,9 @@ struct cluster {
     int64_t decayed_ms;                  /* the probe thread's last multiplier decay */
 };
 
-/* A worker's part of a row: its idle keep-alive connections to the
- * backend and its counts. Only that worker writes it (the admin thread reads
- * the counts); each on its own cache line. */
+/* A worker's part of a backend: its idle keep-alive connections to it and
+ * its counts. Only that worker writes it (the admin
+ * thread reads the counts); each on its own cache line. */
 struct row_slot {
     struct list idle; /* idle connections (upconn.in_slot), newest first */
     int n;
@@ -79,89 +85,89 @@ static inline int backend_ejected(const struct backend *be, int64_t now_ms) {
     return atomic_load_explicit(&be->ejected_until, memory_order_relaxed) > now_ms;
 }
 
+/* A cluster's entry in one table: its configuration there and its backends.
+ * Readers see it through balancer_each_cluster(), valid while they are
+ * online. */
 struct table_cluster {
     struct cluster *id;
     const struct cluster_config *cfg;
-    struct backend **rows;
+    struct backend **backends;
     size_t n;
-    atomic_uint next; /* round-robin position */
+    atomic_uint next; /* balancer_pick's round-robin position */
 };
-
-struct lb_table {
-    const struct proxy_config *cfg; /* the configuration it was built from */
-    struct table_cluster *clusters; /* in cfg's order */
-    size_t nclusters;
-};
-
-#define LB_MAX_READERS 1024
 
 /* Where backends come from besides the configuration's list. */
 enum found_by {
-    FOUND_BY_DNS,       /* the cluster's names resolved: rows start healthy, as listed ones */
-    FOUND_BY_DISCOVERY, /* EC2: rows start unhealthy, serve after their first checks */
+    FOUND_BY_DNS,       /* the cluster's names resolved: they start healthy, as listed ones */
+    FOUND_BY_DISCOVERY, /* EC2: they start unhealthy, serve after their first checks */
 };
 
-/* The backends found for one cluster, by its name, one way. */
-struct found_set {
-    char cluster[64];
-    enum found_by by;
-    struct backend_addr *addrs;
-    size_t n;
-};
-
-struct balancer {
-    _Atomic(struct lb_table *) table;
-    int nworkers;
-    /* what the table is built from; writers change them under write_lock */
-    const struct proxy_config *cfg;
-    struct found_set *found;
-    size_t nfound;
-    _Atomic(struct cluster *) clusters; /* every cluster ever built, newest first */
-    struct cluster *unrouted;           /* "none": requests no route matched */
-    pthread_mutex_t write_lock;         /* one table writer at a time */
-    int nreaders; /* the workers, then the probe thread, then the admin thread */
-    int started;  /* the readers may run: rows added from now on ramp up (slow start) */
-    atomic_ullong epoch;
-    /* the epoch each reader last saw at a quiescent point */
-    atomic_ullong seen[LB_MAX_READERS];
-};
+struct balancer; /* opaque: the table, its readers and what writers build it from */
 
 /* Builds the table from cfg's clusters for nworkers workers (each with a
- * pool slot in every row); readers are the workers (ids 0..nworkers-1), the
- * probe thread (BALANCER_PROBE) and the admin thread (BALANCER_ADMIN). */
-int balancer_init(struct balancer *b, const struct proxy_config *cfg, int nworkers);
-#define BALANCER_PROBE(b) ((b)->nworkers)
-#define BALANCER_ADMIN(b) ((b)->nworkers + 1)
+ * pool slot in every backend). NULL when out of memory. */
+struct balancer *balancer_new(const struct proxy_config *cfg, int nworkers);
 /* Called before the readers start: tables built until then (the one from
  * the configuration, names resolved at start) swap in at once, and their
- * rows are at full share from the start; later ones have slow start. */
+ * backends are at full share from the start; later ones have slow start. */
 void balancer_ready(struct balancer *b);
-/* A reader that will never run (no admin listener): grace periods skip it. */
-void balancer_reader_offline(struct balancer *b, int id);
 void balancer_free(struct balancer *b);
-/* Every cluster ever built, oldest first ("none" first of all), in an array
- * the caller frees; their count (0 when out of memory). Any thread. */
-size_t balancer_clusters(struct balancer *b, struct cluster ***out);
-static inline struct lb_table *balancer_table(struct balancer *b) {
-    return atomic_load_explicit(&b->table, memory_order_acquire);
-}
-/* Publishes a new table and, after the grace period, releases the old one
- * (rows still in use live on until their last reference goes). Writers
- * build and swap under write_lock; this blocks until every reader passed a
- * quiescent point. */
-void balancer_swap(struct balancer *b, struct lb_table *next);
-/* Reader `id` holds no table pointer across this call. */
+
+/* ---- readers ----
+ *
+ * Each reading thread has an id: the workers 0..nworkers-1, the others
+ * balancer_reader_id(). A reader reads the table only while online, and
+ * what it read (a table_cluster, a cluster_config, a backend without a
+ * reference of its own) stays valid until its next balancer_quiescent() or
+ * balancer_reader_offline(). Workers start online (their loops pass
+ * quiescent points in each iteration); the other readers start offline and
+ * go online only for a read. A thread is never online while it writes:
+ * the writer would wait for itself. */
+enum balancer_reader {
+    READER_PROBE,
+    READER_ADMIN,
+    READER_DISCOVERY,
+    READER_DNS,
+    READER_CLOUDWATCH,
+    READER_OTHERS /* their count */
+};
+int balancer_reader_id(const struct balancer *b, enum balancer_reader r);
+void balancer_reader_online(struct balancer *b, int id);
+/* A reader that holds nothing it read: grace periods do not wait for it. */
+void balancer_reader_offline(struct balancer *b, int id);
+/* Reader `id` (online) holds nothing it read before this call. Costs a load
+ * and a compare unless a writer waits for this reader. */
 void balancer_quiescent(struct balancer *b, int id);
-/* A new table for cfg (and the found sets of its clusters with discovery),
- * reusing the rows of `reuse` whose address and cluster name match (NULL:
- * all new). Rows from cfg start healthy, as HAProxy's servers do; found
- * ones only after their first successful checks. Writers only. */
-struct lb_table *lb_table_build(struct balancer *b, const struct proxy_config *cfg,
-                                const struct lb_table *reuse);
-/* Writers. Each builds a table from the configuration and the found sets,
- * logs the clusters and backends that change (tagged with `why`), swaps it
- * in and counts rows added and removed (either pointer may be NULL).
- * -1: out of memory, nothing changed. */
+/* How a writer that waits for reader `id` wakes it when it is idle (a
+ * worker blocked in its event loop): called at most once per table swap,
+ * from the writer's thread, for a reader that has not passed its quiescent
+ * point yet. NULL: none; the writer then waits until the reader passes one
+ * of its own accord. */
+void balancer_set_waker(struct balancer *b, int reader_id, void (*wake)(void *arg), void *arg);
+
+/* Calls fn for each cluster of the current table, in the configuration's
+ * order. Online readers. */
+void balancer_each_cluster(struct balancer *b, void (*fn)(const struct table_cluster *c, void *arg),
+                           void *arg);
+/* The configuration the current table was built from. Online readers. */
+const struct proxy_config *balancer_config(struct balancer *b);
+/* A number that changes with each table swapped in (a new membership).
+ * Online readers. */
+uint64_t balancer_generation(struct balancer *b);
+
+/* Every cluster ever built, oldest first ("none" first of all), in an array
+ * the caller frees; their count (0 when out of memory). Any thread, online
+ * or not: clusters live as long as the balancer. */
+size_t balancer_clusters(struct balancer *b, struct cluster ***out);
+/* The cluster unrouted requests are counted in ("none"). Any thread. */
+struct cluster *balancer_unrouted(const struct balancer *b);
+
+/* ---- writers ---- */
+
+/* Each builds a table from the configuration and the found sets, logs the
+ * clusters and backends that change (tagged with `why`), swaps it in and
+ * counts backends added and removed (either pointer may be NULL). They return
+ * once no reader can see the old table. -ENOMEM: nothing changed. */
 int balancer_set_config(struct balancer *b, const struct proxy_config *cfg, const char *why,
                         int *added, int *removed);
 /* The backends a discovery found for a cluster now (copied); no change, no
@@ -169,10 +175,7 @@ int balancer_set_config(struct balancer *b, const struct proxy_config *cfg, cons
 int balancer_set_found(struct balancer *b, const char *cluster, enum found_by by,
                        const struct backend_addr *addrs, size_t n, const char *why);
 
-/* The cluster unrouted requests are counted in ("none"). Any thread. */
-static inline struct cluster *balancer_unrouted(const struct balancer *b) {
-    return b->unrouted;
-}
+/* ---- the data path (workers, online) ---- */
 
 /* The cluster whose path_prefix matches target in the current table, or
  * NULL; *cc (when given) gets its configuration, valid until the caller's
@@ -206,7 +209,7 @@ enum outcome {
  * the outlier detection's consecutive counts (which may eject it). */
 void balancer_done(struct balancer *b, struct backend *be, enum outcome o, int status,
                    uint64_t latency_us, const char *why, int worker);
-/* The probe thread, every 100 ms or so: readmissions are logged and start
+/* The probe thread (online), every 100 ms or so: readmissions are logged and start
  * their slow start, and ejection multipliers decay. */
 void balancer_tick(struct balancer *b);
 /* Requests sent to the backend, and live ones it failed, over all workers. */
@@ -226,7 +229,7 @@ double backend_ewma_us(const struct backend *be);
 /* The share of its recent live answers that failed (5xx or gateway
  * failure), decaying with the EWMA's time constant: 0..1. */
 double backend_error_share(const struct backend *be, int64_t now_ms);
-/* The row's weight now: its configured weight, scaled by its slow start. */
+/* The backend's weight now: its configured weight, scaled by its slow start. */
 double backend_weight(const struct backend *be, int slow_start_ms, int64_t now_ms);
 
 #endif

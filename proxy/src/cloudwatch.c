@@ -12,6 +12,7 @@
 #define _GNU_SOURCE
 #include "cloudwatch.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -45,10 +46,12 @@ struct batch {
     struct datum d[DATUMS_PER_CALL];
 };
 
-/* The counters of one cluster, summed over the workers. */
+/* The counters of one cluster, summed over the workers, and its backends'
+ * health (when it is in the table: a reload may have removed it). */
 struct cluster_totals {
     const struct cluster *lc;
     struct cluster_sums s;
+    int in_table, healthy, unhealthy;
 };
 
 struct snapshot {
@@ -60,6 +63,7 @@ struct snapshot {
 struct cloudwatch {
     struct cloudwatch_config cfg;
     struct balancer *bal;
+    int reader_id;
     struct worker *workers;
     int nworkers;
     struct snapshot last; /* the counters at the end of the last interval */
@@ -155,28 +159,6 @@ static const struct cluster_sums *sums_in(const struct snapshot *s, const struct
     return &zero;
 }
 
-/* The cluster's healthy and unhealthy rows; 0 when it is not in the table
- * (a reload removed it). */
-static int host_counts(struct balancer *bal, const struct cluster *lc, int *up, int *down) {
-    int found = 0;
-    *up = *down = 0;
-    /* a table cannot be swapped, so not freed, while the write lock is held */
-    pthread_mutex_lock(&bal->write_lock);
-    const struct lb_table *t = balancer_table(bal);
-    for (size_t i = 0; i < t->nclusters; i++) {
-        if (t->clusters[i].id != lc) continue;
-        found = 1;
-        for (size_t j = 0; j < t->clusters[i].n; j++) {
-            if (atomic_load(&t->clusters[i].rows[j]->healthy))
-                ++*up;
-            else
-                ++*down;
-        }
-    }
-    pthread_mutex_unlock(&bal->write_lock);
-    return found;
-}
-
 /* A target group's datums: a cluster in the table, or one a reload removed
  * whose last requests ended in this interval. */
 static void add_cluster(struct builder *bl, const struct cluster_totals *now,
@@ -185,8 +167,7 @@ static void add_cluster(struct builder *bl, const struct cluster_totals *now,
                                           "HTTPCode_Target_3XX_Count", "HTTPCode_Target_4XX_Count",
                                           "HTTPCode_Target_5XX_Count"};
     const struct cluster_sums *is = &now->s;
-    int up, down;
-    if (!host_counts(bl->cw->bal, now->lc, &up, &down) && is->requests == was->requests) return;
+    if (!now->in_table && is->requests == was->requests) return;
     char g[80];
     snprintf(g, sizeof(g), "targetgroup/%s", now->lc->name);
     add(bl, "RequestCount", "Count", g, (double)(is->requests - was->requests));
@@ -195,8 +176,8 @@ static void add_cluster(struct builder *bl, const struct cluster_totals *now,
             (double)((is->responses[k] - is->own_responses[k]) -
                      (was->responses[k] - was->own_responses[k])));
     add_latency(bl, g, is, was);
-    add(bl, "HealthyHostCount", "Count", g, up);
-    add(bl, "UnHealthyHostCount", "Count", g, down);
+    add(bl, "HealthyHostCount", "Count", g, now->healthy);
+    add(bl, "UnHealthyHostCount", "Count", g, now->unhealthy);
 }
 
 /* The load balancer's datums: every request, routed or not. */
@@ -219,7 +200,21 @@ static void add_load_balancer(struct builder *bl, const struct snapshot *now) {
         (double)((p->bytes_in + p->bytes_out) - (q->bytes_in + q->bytes_out)));
 }
 
-static int take_snapshot(const struct cloudwatch *cw, struct snapshot *s) {
+static void count_hosts(const struct table_cluster *c, void *arg) {
+    struct snapshot *s = arg;
+    for (size_t i = 0; i < s->n; i++) {
+        struct cluster_totals *ct = &s->c[i];
+        if (ct->lc != c->id) continue;
+        ct->in_table = 1;
+        for (size_t j = 0; j < c->n; j++) {
+            int healthy = atomic_load(&c->backends[j]->healthy);
+            ct->healthy += healthy;
+            ct->unhealthy += !healthy;
+        }
+    }
+}
+
+static int take_snapshot(struct cloudwatch *cw, struct snapshot *s) {
     struct cluster **lcs;
     s->n = balancer_clusters(cw->bal, &lcs);
     s->c = lcs ? calloc(s->n ? s->n : 1, sizeof(*s->c)) : NULL;
@@ -228,6 +223,11 @@ static int take_snapshot(const struct cloudwatch *cw, struct snapshot *s) {
         cluster_counters_sum(lcs[i]->per_worker, cw->nworkers, &s->c[i].s);
     }
     free(lcs);
+    if (s->c) {
+        balancer_reader_online(cw->bal, cw->reader_id);
+        balancer_each_cluster(cw->bal, count_hosts, s);
+        balancer_reader_offline(cw->bal, cw->reader_id);
+    }
     workers_sum(cw->workers, cw->nworkers, &s->p);
     return s->c ? 0 : -1;
 }
@@ -244,7 +244,7 @@ static void measure(struct cloudwatch *cw) {
         bl.tail = &(*bl.tail)->next;
     iso_now(bl.stamp, sizeof(bl.stamp));
     for (size_t i = 0; i < now.n; i++)
-        if (now.c[i].lc != cw->bal->unrouted)
+        if (now.c[i].lc != balancer_unrouted(cw->bal))
             add_cluster(&bl, &now.c[i], sums_in(&cw->last, now.c[i].lc));
     add_load_balancer(&bl, &now);
     if (bl.oom) log_error("cloudwatch: out of memory: some datums of %s are not sent", bl.stamp);
@@ -418,19 +418,28 @@ static void publish(void *arg) {
     if (!atomic_load(&cw->stopping) || !rc) log_outcome(cw, rc, err);
 }
 
-struct cloudwatch *cloudwatch_start(const struct cloudwatch_config *cfg, struct balancer *b,
-                                    struct worker *workers, int nworkers) {
+int cloudwatch_start(const struct cloudwatch_config *cfg, struct balancer *b,
+                     struct worker *workers, int nworkers, struct cloudwatch **out, char *err,
+                     size_t errlen) {
     struct cloudwatch *cw = calloc(1, sizeof(*cw));
-    if (!cw) return NULL;
+    *out = NULL;
+    if (!cw) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
     cw->cfg = *cfg;
     cw->bal = b;
+    cw->reader_id = balancer_reader_id(b, READER_CLOUDWATCH);
     cw->workers = workers;
     cw->nworkers = nworkers;
-    if (periodic_start(&cw->thread, cfg->interval_s, 0, publish, cw) < 0) {
+    int rc = periodic_start(&cw->thread, cfg->interval_s, 0, publish, cw);
+    if (rc < 0) {
+        snprintf(err, errlen, "cannot start its thread: %s", strerror(-rc));
         free(cw);
-        return NULL;
+        return rc;
     }
-    return cw;
+    *out = cw;
+    return 0;
 }
 
 static unsigned long queued(const struct cloudwatch *cw) {

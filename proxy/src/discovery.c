@@ -8,6 +8,7 @@
 #define _GNU_SOURCE
 #include "discovery.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -30,6 +31,7 @@ struct job {
 
 struct discovery {
     struct balancer *bal;
+    int reader_id;
     struct job *jobs;
     size_t njobs;
     struct backend_addr *buf; /* MAX_FOUND addresses, for each call's answer */
@@ -46,9 +48,8 @@ static struct job *job_for(struct discovery *d, const char *cluster) {
 /* The clusters with discovery in the configuration in force now (a reload
  * may have changed them); keeps the schedule of those still there. */
 static void refresh_jobs(struct discovery *d) {
-    struct balancer *b = d->bal;
-    pthread_mutex_lock(&b->write_lock);
-    const struct proxy_config *cfg = b->cfg;
+    balancer_reader_online(d->bal, d->reader_id);
+    const struct proxy_config *cfg = balancer_config(d->bal);
     struct job *jobs = calloc(cfg->nclusters + 1, sizeof(*jobs));
     size_t n = 0;
     for (size_t i = 0; jobs && i < cfg->nclusters; i++) {
@@ -59,7 +60,7 @@ static void refresh_jobs(struct discovery *d) {
         snprintf(j->cluster, sizeof(j->cluster), "%s", cc->name);
         j->ec2 = cc->discovery;
     }
-    pthread_mutex_unlock(&b->write_lock);
+    balancer_reader_offline(d->bal, d->reader_id);
     if (!jobs) return;
     free(d->jobs);
     d->jobs = jobs;
@@ -207,17 +208,25 @@ static void discover(void *arg) {
     }
 }
 
-struct discovery *discovery_start(struct balancer *b) {
+int discovery_start(struct balancer *b, struct discovery **out, char *err, size_t errlen) {
     struct discovery *d = calloc(1, sizeof(*d));
-    if (!d) return NULL;
+    *out = NULL;
+    if (!d || !(d->buf = calloc(MAX_FOUND, sizeof(*d->buf)))) {
+        free(d);
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
     d->bal = b;
-    d->buf = calloc(MAX_FOUND, sizeof(*d->buf));
-    if (!d->buf || periodic_start(&d->thread, 1, 1, discover, d) < 0) {
+    d->reader_id = balancer_reader_id(b, READER_DISCOVERY);
+    int rc = periodic_start(&d->thread, 1, 1, discover, d);
+    if (rc < 0) {
+        snprintf(err, errlen, "cannot start its thread: %s", strerror(-rc));
         free(d->buf);
         free(d);
-        return NULL;
+        return rc;
     }
-    return d;
+    *out = d;
+    return 0;
 }
 
 void discovery_stop(struct discovery *d) {

@@ -2,13 +2,16 @@
 #ifndef LB_DISCOVERY_H
 #define LB_DISCOVERY_H
 
+#include <stddef.h>
+
 #include "balancer.h"
 
 struct discovery;
 
-/* Starts the thread; it follows the clusters with discovery.ec2 in the
- * configuration in force (b->cfg), across reloads. NULL when it cannot. */
-struct discovery *discovery_start(struct balancer *b);
+/* Starts the thread (the table's reader READER_DISCOVERY); it follows the
+ * clusters with discovery.ec2 in the configuration in force, across
+ * reloads. 0 with *out set, or -errno with err filled. */
+int discovery_start(struct balancer *b, struct discovery **out, char *err, size_t errlen);
 /* Stops it: before the workers stop, since each change it makes waits for
  * every reader of the table. */
 void discovery_stop(struct discovery *d);

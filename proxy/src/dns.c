@@ -3,7 +3,7 @@
  * resolve stops the start) and then every dns_refresh_s on a thread of its
  * own, off the data path. The cluster's found set is the union of its
  * names' addresses, deduplicated and sorted; it joins the latency table
- * like a reload would (an address that stays keeps its row). A name whose
+ * like a reload would (an address that stays keeps its backend). A name whose
  * resolution fails keeps its last addresses. The thread follows the
  * configuration in force across reloads, as discovery.c does. */
 #define _GNU_SOURCE
@@ -43,6 +43,7 @@ struct job {
 
 struct dns {
     struct balancer *bal;
+    int reader_id;
     struct job *jobs;
     size_t njobs;
     int started;
@@ -164,8 +165,8 @@ static struct name *name_in(struct job *j, const char *text) {
  * their schedule. A new name makes its cluster due at once. */
 static void refresh_jobs(struct dns *d) {
     struct balancer *b = d->bal;
-    pthread_mutex_lock(&b->write_lock);
-    const struct proxy_config *cfg = b->cfg;
+    balancer_reader_online(b, d->reader_id);
+    const struct proxy_config *cfg = balancer_config(b);
     struct job *jobs = calloc(cfg->nclusters + 1, sizeof(*jobs));
     size_t n = 0;
     int oom = !jobs;
@@ -200,7 +201,7 @@ static void refresh_jobs(struct dns *d) {
             nm->failing = old->failing;
         }
     }
-    pthread_mutex_unlock(&b->write_lock);
+    balancer_reader_offline(b, d->reader_id);
     if (oom) {
         for (size_t i = 0; i < n; i++)
             job_free(&jobs[i]);
@@ -304,43 +305,40 @@ static void refresh(void *arg) {
 
 /* ---- the interface ---- */
 
-int dns_open(struct balancer *b, int argc, char **argv, struct dns **out) {
-    *out = NULL;
-    struct dns *d = calloc(1, sizeof(*d));
-    if (!d) return 1;
-    d->bal = b;
-    refresh_jobs(d);
-    /* the messages name where each name was written */
-    const struct proxy_config *cfg = b->cfg;
+/* Resolves every name of the configuration in force, each failure reported
+ * on stderr where it was written: how many failed, or -ENOMEM. */
+static int resolve_all(struct dns *d, int argc, char **argv) {
     struct backend_addr buf[MAX_PER_NAME];
     char err[256], field[300];
     int failed = 0;
-    for (size_t i = 0; i < cfg->nclusters; i++) {
+    balancer_reader_online(d->bal, d->reader_id);
+    const struct proxy_config *cfg = balancer_config(d->bal);
+    for (size_t i = 0; i < cfg->nclusters && failed >= 0; i++) {
         const struct cluster_config *cc = &cfg->clusters[i];
         struct job *j = job_for(d->jobs, d->njobs, cc->name);
-        for (size_t k = 0; j && k < cc->nbackends; k++) {
+        for (size_t k = 0; j && k < cc->nbackends && failed >= 0; k++) {
             struct name *nm = cc->backends[k].is_name ? name_in(j, cc->backends[k].text) : NULL;
-            if (!nm) continue;
             size_t n;
+            if (!nm) continue;
             if (resolve(nm->text, buf, &n, err, sizeof(err)) < 0) {
                 field_of(cc, i, k, argc, argv, field, sizeof(field));
                 fprintf(stderr, "proxy: %s: %s\n", field, err);
-                failed = 1;
-                continue;
+                failed++;
+            } else if (!(nm->addrs = malloc(n * sizeof(*nm->addrs)))) {
+                failed = -ENOMEM;
+            } else {
+                memcpy(nm->addrs, buf, n * sizeof(*nm->addrs));
+                nm->n = n;
+                nm->resolved = 1;
             }
-            if (!(nm->addrs = malloc(n * sizeof(*nm->addrs)))) {
-                dns_free(d);
-                return 1;
-            }
-            memcpy(nm->addrs, buf, n * sizeof(*nm->addrs));
-            nm->n = n;
-            nm->resolved = 1;
         }
     }
-    if (failed) {
-        dns_free(d);
-        return 2;
-    }
+    balancer_reader_offline(d->bal, d->reader_id);
+    return failed;
+}
+
+/* Hands each cluster's addresses to the balancer: 0, or -ENOMEM. */
+static int publish_all(struct dns *d) {
     char addrs[512], why[96];
     for (size_t i = 0; i < d->njobs; i++) {
         struct job *j = &d->jobs[i];
@@ -350,21 +348,47 @@ int dns_open(struct balancer *b, int argc, char **argv, struct dns **out) {
         size_t n;
         struct backend_addr *set = union_of(j, &n);
         snprintf(why, sizeof(why), "dns %s", j->cluster);
-        int rc = set ? balancer_set_found(b, j->cluster, FOUND_BY_DNS, set, n, why) : -1;
+        int rc = set ? balancer_set_found(d->bal, j->cluster, FOUND_BY_DNS, set, n, why) : -ENOMEM;
         free(set);
-        if (rc < 0) {
-            dns_free(d);
-            return 1;
-        }
+        if (rc < 0) return rc;
         j->last_ms = ev_clock_ms();
         if (!j->last_ms) j->last_ms = 1;
+    }
+    return 0;
+}
+
+int dns_open(struct balancer *b, int argc, char **argv, struct dns **out, char *err,
+             size_t errlen) {
+    struct dns *d = calloc(1, sizeof(*d));
+    *out = NULL;
+    if (!d) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    d->bal = b;
+    d->reader_id = balancer_reader_id(b, READER_DNS);
+    refresh_jobs(d);
+    int failed = resolve_all(d, argc, argv);
+    int rc = failed > 0 ? -EINVAL : failed < 0 ? failed : publish_all(d);
+    if (rc == -EINVAL)
+        snprintf(err, errlen, "%d backend name%s of the configuration do%s not resolve", failed,
+                 failed > 1 ? "s" : "", failed > 1 ? "" : "es");
+    else if (rc)
+        snprintf(err, errlen, "out of memory");
+    if (rc) {
+        dns_free(d);
+        return rc;
     }
     *out = d;
     return 0;
 }
 
-int dns_start(struct dns *d) {
-    if (!d || periodic_start(&d->thread, 1, 0, refresh, d) < 0) return -1;
+int dns_start(struct dns *d, char *err, size_t errlen) {
+    int rc = periodic_start(&d->thread, 1, 0, refresh, d);
+    if (rc < 0) {
+        snprintf(err, errlen, "cannot start its thread: %s", strerror(-rc));
+        return rc;
+    }
     d->started = 1;
     return 0;
 }

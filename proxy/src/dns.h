@@ -4,24 +4,26 @@
 #ifndef LB_DNS_H
 #define LB_DNS_H
 
+#include <stddef.h>
 #include <stdio.h>
 
 #include "balancer.h"
 
 struct dns;
 
-/* The resolution at start, after balancer_init and before balancer_ready
- * (its rows swap in at once, at full share): every name of b->cfg. 0 with
- * *out set (also when no cluster has names: a reload may add some); 2 when
- * a name does not resolve, each such name reported on stderr as
- * "proxy: clusters[0].backends[1]: cannot resolve ..." (or "--route
- * PREFIX: ..." for a name given in --route; argv tells which); 1 when out of
- * memory. */
-int dns_open(struct balancer *b, int argc, char **argv, struct dns **out);
+/* The resolution at start, after balancer_new and before balancer_ready
+ * (its backends swap in at once, at full share): every name of the
+ * configuration; the table's reader READER_DNS. 0 with *out set (also when
+ * no cluster has names: a reload may add some); -EINVAL when a name does not
+ * resolve (a configuration error), each such name reported on stderr as
+ * "proxy: clusters[0].backends[1]: cannot resolve ..." (or "--route PREFIX:
+ * ..." for a name given in --route; argv tells which); -ENOMEM. err says
+ * which. */
+int dns_open(struct balancer *b, int argc, char **argv, struct dns **out, char *err, size_t errlen);
 /* Starts the refresher: after balancer_ready and the readers (its table
- * changes wait for them). It follows the configuration in force (b->cfg),
- * across reloads. 0, or -1 when the thread cannot start. */
-int dns_start(struct dns *d);
+ * changes wait for them). It follows the configuration in force, across
+ * reloads. 0, or -errno with err filled. */
+int dns_start(struct dns *d, char *err, size_t errlen);
 /* Stops the thread, if started: before the workers stop, since each change
  * it makes waits for every reader of the table. NULL: nothing. */
 void dns_stop(struct dns *d);

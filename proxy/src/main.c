@@ -111,11 +111,14 @@ static void log_exit(struct worker *w, int n, struct balancer *bal) {
     struct worker_sums sum;
     workers_sum(w, n, &sum);
     unsigned long long requests = 0;
-    for (struct cluster *lc = atomic_load(&bal->clusters); lc; lc = lc->next) {
+    struct cluster **lcs;
+    size_t nclusters = balancer_clusters(bal, &lcs);
+    for (size_t i = 0; i < nclusters; i++) {
         struct cluster_sums cs;
-        cluster_counters_sum(lc->per_worker, n, &cs);
+        cluster_counters_sum(lcs[i]->per_worker, n, &cs);
         requests += cs.requests;
     }
+    free(lcs);
     log_info("exit: splice_bytes=%llu splice_ops=%llu copied_bytes=%llu requests=%llu",
              (unsigned long long)total.splice_bytes, (unsigned long long)total.splice_ops,
              (unsigned long long)sum.copied_bytes, requests);
@@ -155,6 +158,14 @@ static void serve_signals(const sigset_t *sigs, struct reloader *rl, struct alog
     }
 }
 
+/* A start's result (0, or -errno with err filled): 1, logged with its
+ * reason, when it failed. */
+static int start_failed(int rc, const char *what, const char *err) {
+    if (rc >= 0) return 0;
+    log_error("%s: %s", what, err);
+    return 1;
+}
+
 static int run(const struct proxy_config *cfg, struct balancer *bal, struct dns *dns, int argc,
                char **argv) {
     int n = cfg->threads, started = 0, rc = 0;
@@ -188,30 +199,27 @@ static int run(const struct proxy_config *cfg, struct balancer *bal, struct dns 
     struct admin *admin = NULL;
     if (cfg->admin_set) {
         struct admin_view view = {cfg, bal, w, n, alog, &st};
-        if (!(admin = admin_start(&view, err, sizeof(err)))) {
-            log_error("admin listener: %s", err);
-            rc = 1;
-        }
-    } else {
-        balancer_reader_offline(bal, BALANCER_ADMIN(bal));
+        rc = start_failed(admin_start(&view, &admin, err, sizeof(err)), "admin listener", err);
     }
     if (!rc) log_start(cfg, &w[0]);
     balancer_ready(bal);
     for (; !rc && started < n; started++)
         if (pthread_create(&w[started].thread, NULL, worker_main, &w[started]) != 0) break;
-    struct prober *prober =
-        !rc && started == n ? prober_start(bal, cfg, BALANCER_PROBE(bal)) : NULL;
-    struct discovery *disc = prober ? discovery_start(bal) : NULL;
+    if (!rc && started < n) {
+        log_error("cannot start worker thread %d of %d", started + 1, n);
+        rc = 1;
+    }
+    struct prober *prober = NULL;
+    struct discovery *disc = NULL;
     struct cloudwatch *cw = NULL;
-    if (disc && cfg->cloudwatch.enabled) cw = cloudwatch_start(&cfg->cloudwatch, bal, w, n);
-    if (!rc && (!disc || (cfg->cloudwatch.enabled && !cw))) {
-        log_error("cannot start the worker, health-check, discovery and CloudWatch threads");
-        rc = 1;
-    }
-    if (!rc && dns_start(dns) < 0) { /* the names' refresher, once the readers run */
-        log_error("cannot start the DNS thread");
-        rc = 1;
-    }
+    if (!rc)
+        rc = start_failed(prober_start(bal, cfg, &prober, err, sizeof(err)), "health checks", err);
+    if (!rc) rc = start_failed(discovery_start(bal, &disc, err, sizeof(err)), "discovery", err);
+    if (!rc && cfg->cloudwatch.enabled)
+        rc = start_failed(cloudwatch_start(&cfg->cloudwatch, bal, w, n, &cw, err, sizeof(err)),
+                          "cloudwatch", err);
+    /* the names' refresher, once the readers run */
+    if (!rc) rc = start_failed(dns_start(dns, err, sizeof(err)), "dns", err);
     if (!rc) {
         if (admin) log_info("admin listener on %s: /metrics /status /healthz", cfg->admin_text);
         if (cw)
@@ -264,23 +272,24 @@ int main(int argc, char **argv) {
         log_error("no random bytes for the stickiness key: %s", strerror(errno));
         return 1;
     }
-    struct balancer bal;
-    if (balancer_init(&bal, &cfg, cfg.threads) < 0) {
+    struct balancer *bal = balancer_new(&cfg, cfg.threads);
+    if (!bal) {
         log_error("out of memory");
         return 1;
     }
     /* names resolved at start, before the readers (one that does not resolve: exit 2) */
     struct dns *dns = NULL;
-    int dr = dns_open(&bal, argc, argv, &dns);
-    if (dr) {
-        if (dr == 1) log_error("out of memory");
-        balancer_free(&bal);
+    char err[300];
+    int dr = dns_open(bal, argc, argv, &dns, err, sizeof(err));
+    if (dr < 0) {
+        log_error("dns: %s", err);
+        balancer_free(bal);
         config_free(&cfg);
-        return dr;
+        return dr == -EINVAL ? 2 : 1;
     }
-    int rc = run(&cfg, &bal, dns, argc, argv);
+    int rc = run(&cfg, bal, dns, argc, argv);
     dns_free(dns);
-    balancer_free(&bal);
+    balancer_free(bal);
     config_free(&cfg);
     return rc;
 }

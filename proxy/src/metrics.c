@@ -5,7 +5,7 @@
 #include <string.h>
 
 #include "accesslog.h"
-#include "admin.h"
+#include "metrics.h"
 #include "fmt.h"
 
 static void family(struct sbuf *out, const char *name, const char *type, const char *help) {
@@ -55,8 +55,13 @@ static void series(struct sbuf *out, const char *name, const char *cluster, cons
     sbuf_adds(out, "} ");
 }
 
+/* The buckets' "le" labels, made once per scrape. */
+struct le_labels {
+    char le[LB_HIST_BOUNDS + 1][LB_HIST_LE_LEN];
+};
+
 static void hist_series(struct sbuf *out, const char *name, const char *cluster,
-                        const uint64_t *buckets, uint64_t sum_us) {
+                        const struct le_labels *labels, const uint64_t *buckets, uint64_t sum_us) {
     char bucket[96], sum[96], count[96];
     snprintf(bucket, sizeof(bucket), "%s_bucket", name);
     snprintf(sum, sizeof(sum), "%s_sum", name);
@@ -64,7 +69,7 @@ static void hist_series(struct sbuf *out, const char *name, const char *cluster,
     uint64_t cum = 0;
     for (int i = 0; i <= LB_HIST_BOUNDS; i++) {
         cum += buckets[i];
-        series(out, bucket, cluster, "le", lb_hist_le[i]);
+        series(out, bucket, cluster, "le", labels->le[i]);
         value_line(out, cum);
     }
     series(out, sum, cluster, NULL, NULL);
@@ -81,6 +86,9 @@ static void cluster_families(const struct admin_view *v, struct sbuf *out) {
     if (!sums) n = 0;
     for (size_t i = 0; i < n; i++)
         cluster_counters_sum(lcs[i]->per_worker, v->nworkers, &sums[i]);
+    struct le_labels labels;
+    for (int i = 0; i <= LB_HIST_BOUNDS; i++)
+        lb_hist_le(i, labels.le[i]);
 
     family(out, "lb_requests_total", "counter",
            "Requests received, by cluster (\"none\": no route matched or the head was refused).");
@@ -97,29 +105,40 @@ static void cluster_families(const struct admin_view *v, struct sbuf *out) {
     family(out, "lb_request_duration_seconds", "histogram",
            "From a request's first byte to its response's last byte.");
     for (size_t i = 0; i < n; i++)
-        hist_series(out, "lb_request_duration_seconds", lcs[i]->name, sums[i].duration,
+        hist_series(out, "lb_request_duration_seconds", lcs[i]->name, &labels, sums[i].duration,
                     sums[i].duration_sum_us);
     family(out, "lb_backend_response_seconds", "histogram",
            "From the request sent to a backend to its response head.");
     for (size_t i = 0; i < n; i++)
-        hist_series(out, "lb_backend_response_seconds", lcs[i]->name, sums[i].backend,
+        hist_series(out, "lb_backend_response_seconds", lcs[i]->name, &labels, sums[i].backend,
                     sums[i].backend_sum_us);
     free(sums);
     free(lcs);
 }
 
-/* name{cluster="c",backend="b"} value, for every row of the current table. */
+/* One family of backend gauges or counters, as backend_family() writes it. */
+struct backend_series {
+    struct sbuf *out;
+    const char *name;
+    int nworkers;
+    double (*value)(const struct backend *, int nworkers);
+};
+
+static void cluster_backend_series(const struct table_cluster *c, void *arg) {
+    const struct backend_series *bs = arg;
+    for (size_t j = 0; j < c->n; j++) {
+        series(bs->out, bs->name, c->id->name, "backend", c->backends[j]->name);
+        sbuf_addf(bs->out, "%.9g\n", bs->value(c->backends[j], bs->nworkers));
+    }
+}
+
+/* name{cluster="c",backend="b"} value, for every backend of the current table. */
 static void backend_family(const struct admin_view *v, struct sbuf *out, const char *name,
                            const char *type, const char *help,
                            double (*value)(const struct backend *, int nworkers)) {
     family(out, name, type, help);
-    const struct lb_table *t = balancer_table(v->bal);
-    for (size_t i = 0; i < t->nclusters; i++)
-        for (size_t j = 0; j < t->clusters[i].n; j++) {
-            const struct backend *be = t->clusters[i].rows[j];
-            series(out, name, t->clusters[i].id->name, "backend", be->name);
-            sbuf_addf(out, "%.9g\n", value(be, v->nworkers));
-        }
+    struct backend_series bs = {out, name, v->nworkers, value};
+    balancer_each_cluster(v->bal, cluster_backend_series, &bs);
 }
 
 static double be_healthy(const struct backend *be, int nworkers) {

@@ -32,10 +32,11 @@ int periodic_start(struct periodic *p, int interval_s, int run_at_start, void (*
         .run = run, .arg = arg, .interval_s = interval_s, .run_at_start = run_at_start};
     pthread_mutex_init(&p->lock, NULL);
     pthread_cond_init(&p->wake, NULL);
-    if (pthread_create(&p->thread, NULL, periodic_main, p) == 0) return 0;
+    int rc = pthread_create(&p->thread, NULL, periodic_main, p);
+    if (!rc) return 0;
     pthread_mutex_destroy(&p->lock);
     pthread_cond_destroy(&p->wake);
-    return -1;
+    return -rc;
 }
 
 void periodic_stop(struct periodic *p) {

@@ -18,7 +18,7 @@ struct periodic {
     int stop;
 };
 
-/* Starts the thread: 0, or -1 when it cannot. */
+/* Starts the thread: 0, or -errno (pthread_create's). */
 int periodic_start(struct periodic *p, int interval_s, int run_at_start, void (*run)(void *),
                    void *arg);
 void periodic_stop(struct periodic *p);

@@ -38,7 +38,7 @@ struct prober {
     struct balancer *b;
     int reader_id;
     const struct proxy_config *cfg;
-    struct lb_table *table; /* the membership the probes were made for */
+    uint64_t generation; /* of the table the probes were made for; 0: none yet */
     struct probe *probes;
     size_t n;
     int rebuilding;
@@ -186,42 +186,53 @@ static void free_probes(struct prober *pr) {
     pr->n = 0;
 }
 
-/* One probe per row of t; the first checks of a cluster are spread evenly
- * over its interval so they never all go at the same instant. */
-static int build_probes(struct prober *pr, struct lb_table *t) {
-    size_t n = 0;
-    for (size_t i = 0; i < t->nclusters; i++)
-        n += t->clusters[i].n;
-    pr->probes = calloc(n ? n : 1, sizeof(*pr->probes));
-    if (!pr->probes) return -1;
-    pr->table = t;
-    for (size_t i = 0; i < t->nclusters; i++) {
-        const struct table_cluster *c = &t->clusters[i];
-        for (size_t j = 0; j < c->n; j++) {
-            struct probe *p = &pr->probes[pr->n++];
-            p->pr = pr;
-            p->be = c->rows[j];
-            backend_ref(p->be);
-            p->hc = c->cfg->health;
-            p->fd = -1;
-            ev_op_init(&p->rd, on_recv, p);
-            ev_op_init(&p->wr, on_connect, p);
-            ev_timer_init(&p->timer, on_timer, p);
-            p->req_len = (size_t)snprintf(p->req, sizeof(p->req),
-                                          "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: lb-probe\r\n"
-                                          "Connection: close\r\n\r\n",
-                                          p->hc.path, p->be->name);
-            schedule(p,
-                     atomic_load(&p->be->first_pass) ? 0 : (uint64_t)p->hc.interval_ms * j / c->n);
-        }
+static void probe_init(struct prober *pr, struct probe *p, struct backend *be,
+                       const struct health_check *hc) {
+    p->pr = pr;
+    p->be = be;
+    backend_ref(be);
+    p->hc = *hc;
+    p->fd = -1;
+    ev_op_init(&p->rd, on_recv, p);
+    ev_op_init(&p->wr, on_connect, p);
+    ev_timer_init(&p->timer, on_timer, p);
+    p->req_len = (size_t)snprintf(p->req, sizeof(p->req),
+                                  "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: lb-probe\r\n"
+                                  "Connection: close\r\n\r\n",
+                                  hc->path, be->name);
+}
+
+static void count_backends(const struct table_cluster *c, void *arg) {
+    *(size_t *)arg += c->n;
+}
+
+/* One probe per backend of c; its first checks are spread evenly over its
+ * interval so they never all go at the same instant. */
+static void add_probes(const struct table_cluster *c, void *arg) {
+    struct prober *pr = arg;
+    for (size_t j = 0; j < c->n; j++) {
+        struct probe *p = &pr->probes[pr->n++];
+        probe_init(pr, p, c->backends[j], &c->cfg->health);
+        schedule(p, atomic_load(&p->be->first_pass) ? 0 : (uint64_t)p->hc.interval_ms * j / c->n);
     }
+}
+
+/* Probes for the current table's backends. Online. */
+static int build_probes(struct prober *pr) {
+    size_t n = 0;
+    uint64_t generation = balancer_generation(pr->b);
+    balancer_each_cluster(pr->b, count_backends, &n);
+    pr->probes = calloc(n ? n : 1, sizeof(*pr->probes));
+    if (!pr->probes) return -ENOMEM;
+    balancer_each_cluster(pr->b, add_probes, pr);
+    pr->generation = generation;
     return 0;
 }
 
-/* A new membership: the running checks finish (cancelled), then new probes. */
+/* A new membership: the running checks finish (cancelled), then new probes.
+ * Online. */
 static void follow_table(struct prober *pr) {
-    struct lb_table *t = balancer_table(pr->b);
-    if (t == pr->table && !pr->rebuilding) return;
+    if (balancer_generation(pr->b) == pr->generation && !pr->rebuilding) return;
     if (!pr->rebuilding) {
         pr->rebuilding = 1;
         for (size_t i = 0; i < pr->n; i++) {
@@ -237,7 +248,7 @@ static void follow_table(struct prober *pr) {
         if (pr->probes[i].running) return;
     free_probes(pr);
     pr->rebuilding = 0;
-    if (build_probes(pr, t) < 0) log_error("health checks: out of memory");
+    if (build_probes(pr) < 0) log_error("health checks: out of memory");
 }
 
 static void tick(ev_loop *loop, void *arg) {
@@ -246,19 +257,20 @@ static void tick(ev_loop *loop, void *arg) {
         ev_stop(loop);
         return;
     }
+    /* online only here: an idle prober never holds up a table swap */
+    balancer_reader_online(pr->b, pr->reader_id);
     follow_table(pr);
     int64_t now = ev_clock_ms();
     if (now - pr->ticked_ms >= 50) { /* readmissions logged within 50-100 ms */
         pr->ticked_ms = now;
         balancer_tick(pr->b);
     }
-    balancer_quiescent(pr->b, pr->reader_id);
+    balancer_reader_offline(pr->b, pr->reader_id);
 }
 
 static void *prober_main(void *arg) {
     struct prober *pr = arg;
     ev_run(pr->loop);
-    balancer_reader_offline(pr->b, pr->reader_id);
     for (size_t i = 0; i < pr->n; i++) {
         struct probe *p = &pr->probes[i];
         if (p->fd >= 0) {
@@ -270,27 +282,35 @@ static void *prober_main(void *arg) {
     return NULL;
 }
 
-struct prober *prober_start(struct balancer *b, const struct proxy_config *cfg, int reader_id) {
+int prober_start(struct balancer *b, const struct proxy_config *cfg, struct prober **out, char *err,
+                 size_t errlen) {
     struct prober *pr = calloc(1, sizeof(*pr));
-    if (!pr) return NULL;
-    char why[256];
+    *out = NULL;
+    if (!pr) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    char why[256] = "";
     pr->b = b;
     pr->cfg = cfg;
-    pr->reader_id = reader_id;
-    pr->loop = ev_loop_new(cfg->engine, why, sizeof(why));
-    if (!pr->loop || build_probes(pr, balancer_table(b)) < 0) {
-        if (pr->loop) ev_loop_free(pr->loop);
+    pr->reader_id = balancer_reader_id(b, READER_PROBE);
+    errno = 0;
+    if (!(pr->loop = ev_loop_new(cfg->engine, why, sizeof(why)))) {
+        int e = errno ? errno : ENOMEM;
+        snprintf(err, errlen, "cannot create its event loop: %s", why[0] ? why : strerror(e));
         free(pr);
-        return NULL;
+        return -e;
     }
-    ev_set_tick(pr->loop, tick, pr);
-    if (pthread_create(&pr->thread, NULL, prober_main, pr) != 0) {
-        free_probes(pr);
+    ev_set_tick(pr->loop, tick, pr); /* the first tick makes the probes */
+    int rc = pthread_create(&pr->thread, NULL, prober_main, pr);
+    if (rc) {
+        snprintf(err, errlen, "cannot start its thread: %s", strerror(rc));
         ev_loop_free(pr->loop);
         free(pr);
-        return NULL;
+        return -rc;
     }
-    return pr;
+    *out = pr;
+    return 0;
 }
 
 void prober_stop(struct prober *pr) {

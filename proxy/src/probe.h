@@ -4,13 +4,17 @@
 #ifndef LB_PROBE_H
 #define LB_PROBE_H
 
+#include <stddef.h>
+
 #include "balancer.h"
 #include "config.h"
 
 struct prober;
 
-/* Starts the thread; reader_id is its slot among the table's readers. */
-struct prober *prober_start(struct balancer *b, const struct proxy_config *cfg, int reader_id);
+/* Starts the thread (the table's reader READER_PROBE): 0 with *out set, or
+ * -errno with err filled. */
+int prober_start(struct balancer *b, const struct proxy_config *cfg, struct prober **out, char *err,
+                 size_t errlen);
 void prober_stop(struct prober *p);
 
 #endif

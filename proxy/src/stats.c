@@ -1,5 +1,6 @@
 #include "stats.h"
 
+#include <stdio.h>
 #include <string.h>
 
 const uint32_t lb_hist_bounds_us[LB_HIST_BOUNDS] = {
@@ -7,11 +8,17 @@ const uint32_t lb_hist_bounds_us[LB_HIST_BOUNDS] = {
     100000, 250000, 500000, 1000000, 2500000, 5000000, 10000000,
 };
 
-/* The same bounds in seconds, as /metrics writes them in "le". */
-const char *const lb_hist_le[LB_HIST_BOUNDS + 1] = {
-    "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1",
-    "0.25",   "0.5",   "1",      "2.5",   "5",    "10",    "+Inf",
-};
+void lb_hist_le(int i, char out[LB_HIST_LE_LEN]) {
+    if (i >= LB_HIST_BOUNDS) {
+        snprintf(out, LB_HIST_LE_LEN, "+Inf");
+        return;
+    }
+    uint32_t us = lb_hist_bounds_us[i];
+    int n = snprintf(out, LB_HIST_LE_LEN, "%u.%06u", us / 1000000, us % 1000000);
+    while (out[n - 1] == '0') /* the shortest decimal: 0.0025, 1, 2.5 */
+        out[--n] = 0;
+    if (out[n - 1] == '.') out[n - 1] = 0;
+}
 
 const char *const lb_error_names[ERR_COUNT] = {
     [ERR_BAD_REQUEST] = "bad_request",

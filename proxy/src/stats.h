@@ -12,7 +12,10 @@
  * counts what is above the last bound (+Inf). */
 #define LB_HIST_BOUNDS 14
 extern const uint32_t lb_hist_bounds_us[LB_HIST_BOUNDS];
-extern const char *const lb_hist_le[LB_HIST_BOUNDS + 1]; /* the bounds in seconds, then "+Inf" */
+/* Bucket i's "le" label, as /metrics writes it: its bound in seconds
+ * ("0.0005" … "10"), then "+Inf". */
+#define LB_HIST_LE_LEN 24
+void lb_hist_le(int i, char out[LB_HIST_LE_LEN]);
 
 struct lb_hist {
     /* not cumulative: each bucket its own range; the count is their sum, so

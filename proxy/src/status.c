@@ -8,7 +8,7 @@
 #include <cjson/cJSON.h>
 
 #include "accesslog.h"
-#include "admin.h"
+#include "status.h"
 
 static void add_time(cJSON *o, const char *key, int64_t ms) {
     if (!ms) {
@@ -42,7 +42,7 @@ static void add_ms(cJSON *o, const char *key, double us) {
         cJSON_AddNumberToObject(o, key, us / 1e3);
 }
 
-/* Outlier detection's view of the row, and its share as weight × slow start. */
+/* Outlier detection's view of the backend, and its share as weight × slow start. */
 static void add_outlier(cJSON *b, const struct backend *be, const struct cluster_config *cc) {
     int64_t now = ev_clock_ms();
     int64_t until = atomic_load(&be->ejected_until);
@@ -91,7 +91,14 @@ static void add_counts(const struct admin_view *v, cJSON *o, const struct cluste
         cJSON_AddNumberToObject(r, lb_status_classes[k], (double)sum.responses[k]);
 }
 
-static cJSON *cluster_json(const struct admin_view *v, const struct table_cluster *c) {
+struct clusters_json {
+    const struct admin_view *v;
+    cJSON *list;
+};
+
+static void add_cluster(const struct table_cluster *c, void *arg) {
+    const struct clusters_json *cj = arg;
+    const struct admin_view *v = cj->v;
     cJSON *o = cJSON_CreateObject();
     int healthy = 0;
     cJSON_AddStringToObject(o, "name", c->id->name);
@@ -100,11 +107,11 @@ static cJSON *cluster_json(const struct admin_view *v, const struct table_cluste
     add_counts(v, o, c->id);
     cJSON *list = cJSON_AddArrayToObject(o, "backends");
     for (size_t j = 0; j < c->n; j++) {
-        healthy += atomic_load(&c->rows[j]->healthy);
-        cJSON_AddItemToArray(list, backend_json(c->rows[j], c->cfg, v->nworkers));
+        healthy += atomic_load(&c->backends[j]->healthy);
+        cJSON_AddItemToArray(list, backend_json(c->backends[j], c->cfg, v->nworkers));
     }
     cJSON_AddNumberToObject(o, "healthy_backends", healthy);
-    return o;
+    cJSON_AddItemToArray(cj->list, o);
 }
 
 static void add_reload(const struct admin_view *v, cJSON *root) {
@@ -143,7 +150,7 @@ static void add_process(const struct admin_view *v, cJSON *root) {
     for (int k = 0; k < RETRY_COUNT; k++)
         cJSON_AddNumberToObject(retries, lb_retry_names[k], (double)sum.retries[k]);
     cJSON *unrouted = cJSON_AddObjectToObject(root, "unrouted");
-    add_counts(v, unrouted, v->bal->unrouted);
+    add_counts(v, unrouted, balancer_unrouted(v->bal));
     cJSON *log = cJSON_AddObjectToObject(root, "access_log");
     if (v->alog) {
         cJSON_AddStringToObject(log, "path", v->cfg->access_log);
@@ -157,10 +164,8 @@ static void add_process(const struct admin_view *v, cJSON *root) {
 void status_render(const struct admin_view *v, struct sbuf *out) {
     cJSON *root = cJSON_CreateObject();
     add_process(v, root);
-    cJSON *clusters = cJSON_AddArrayToObject(root, "clusters");
-    const struct lb_table *t = balancer_table(v->bal);
-    for (size_t i = 0; i < t->nclusters; i++)
-        cJSON_AddItemToArray(clusters, cluster_json(v, &t->clusters[i]));
+    struct clusters_json cj = {v, cJSON_AddArrayToObject(root, "clusters")};
+    balancer_each_cluster(v->bal, add_cluster, &cj);
     char *text = cJSON_Print(root);
     cJSON_Delete(root);
     if (text) {

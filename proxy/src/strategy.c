@@ -1,8 +1,8 @@
-/* The strategies: which available row of a cluster gets the next request.
+/* The strategies: which available backend of a cluster gets the next request.
  *
  * Every strategy honours weights, and slow start is a weight like the
  * others (backend_weight()). The latency-aware ones (peak-ewma, fastest,
- * least-outstanding) count a row's recent failures as slow answers, so a
+ * least-outstanding) count a backend's recent failures as slow answers, so a
  * backend that fails fast never looks like the fastest: the failure share
  * (0..1, over about the last 32 answers and 5 s) above ERROR_SHARE_FREE,
  * squared and scaled to 0..1, adds up to FAILURE_PENALTY_US to the latency
@@ -41,7 +41,7 @@
 struct choice {
     const struct pick *pk;
     const struct backend *avoid;
-    int panic; /* nothing available: healthy rows count though ejected */
+    int panic; /* nothing available: healthy backends count though ejected */
     uint64_t rnd;
 };
 
@@ -65,17 +65,17 @@ static double draw(struct choice *ch) {
 }
 
 struct census {
-    size_t k;     /* eligible rows */
+    size_t k;     /* eligible backends */
     double total; /* their weights */
     int equal;    /* all of the same weight */
 };
 
-static struct census count(struct choice *ch, struct backend *const *rows, size_t n) {
+static struct census count(struct choice *ch, struct backend *const *backends, size_t n) {
     struct census c = {0, 0, 1};
     double first = -1;
     for (size_t i = 0; i < n; i++) {
-        if (!eligible(ch, rows[i])) continue;
-        double w = weight_of(ch, rows[i]);
+        if (!eligible(ch, backends[i])) continue;
+        double w = weight_of(ch, backends[i]);
         if (first < 0) first = w;
         c.equal &= w == first;
         c.total += w;
@@ -84,44 +84,44 @@ static struct census count(struct choice *ch, struct backend *const *rows, size_
     return c;
 }
 
-/* Who may be chosen: the available rows but avoid; when that leaves none,
+/* Who may be chosen: the available backends but avoid; when that leaves none,
  * avoid is allowed back (a second try on the same backend beats none); when
- * none is available at all, the healthy rows though ejected (Envoy's panic:
+ * none is available at all, the healthy backends though ejected (Envoy's panic:
  * better an outlier than a 503), again avoid last. */
-static struct census settle_choice(struct choice *ch, struct backend *const *rows, size_t n) {
+static struct census settle_choice(struct choice *ch, struct backend *const *backends, size_t n) {
     const struct backend *avoid = ch->avoid;
     struct census c = {0, 0, 1};
     for (int panic = 0; panic < 2 && !c.k; panic++) {
         ch->panic = panic;
         ch->avoid = avoid;
-        c = count(ch, rows, n);
+        c = count(ch, backends, n);
         if (!c.k && avoid) {
             ch->avoid = NULL;
-            c = count(ch, rows, n);
+            c = count(ch, backends, n);
         }
     }
     return c;
 }
 
-/* The k-th eligible row (k < count). */
-static struct backend *nth(const struct choice *ch, struct backend *const *rows, size_t n,
+/* The k-th eligible backend (k < count). */
+static struct backend *nth(const struct choice *ch, struct backend *const *backends, size_t n,
                            size_t k) {
     for (size_t i = 0; i < n; i++)
-        if (eligible(ch, rows[i]) && k-- == 0) return rows[i];
+        if (eligible(ch, backends[i]) && k-- == 0) return backends[i];
     return NULL;
 }
 
-/* The eligible row at u (in [0, 1)) of the weights laid end to end, other
+/* The eligible backend at u (in [0, 1)) of the weights laid end to end, other
  * than `skip` (whose weight is left out of total by the caller). */
-static struct backend *at_weight(const struct choice *ch, struct backend *const *rows, size_t n,
+static struct backend *at_weight(const struct choice *ch, struct backend *const *backends, size_t n,
                                  double u, double total, const struct backend *skip) {
     double x = u * total;
     struct backend *last = NULL;
     for (size_t i = 0; i < n; i++) {
-        if (rows[i] == skip || !eligible(ch, rows[i])) continue;
-        last = rows[i];
-        x -= weight_of(ch, rows[i]);
-        if (x < 0) return rows[i];
+        if (backends[i] == skip || !eligible(ch, backends[i])) continue;
+        last = backends[i];
+        x -= weight_of(ch, backends[i]);
+        if (x < 0) return backends[i];
     }
     return last; /* rounding */
 }
@@ -153,14 +153,14 @@ static double peak_ewma_score(const struct choice *ch, const struct backend *be)
     return latency * (1.0 + inflight / weight_of(ch, be));
 }
 
-/* The eligible row with the lowest key; ties go to one of the tied rows
+/* The eligible backend with the lowest key; ties go to one of the tied backends
  * with a chance proportional to its weight (weighted reservoir sampling). */
-static struct backend *lowest(struct choice *ch, struct backend *const *rows, size_t n,
+static struct backend *lowest(struct choice *ch, struct backend *const *backends, size_t n,
                               double (*key)(const struct choice *, const struct backend *)) {
     struct backend *best = NULL;
     double best_v = 0, tied = 0;
     for (size_t i = 0; i < n; i++) {
-        struct backend *be = rows[i];
+        struct backend *be = backends[i];
         if (!eligible(ch, be)) continue;
         double v = key(ch, be), w = weight_of(ch, be);
         if (!best || v < best_v) {
@@ -175,12 +175,12 @@ static struct backend *lowest(struct choice *ch, struct backend *const *rows, si
     return best;
 }
 
-static struct backend *peak_ewma(struct choice *ch, struct backend *const *rows, size_t n,
+static struct backend *peak_ewma(struct choice *ch, struct backend *const *backends, size_t n,
                                  const struct census *c) {
-    /* power of two choices: two distinct rows drawn by weight, the lower score wins */
-    struct backend *a = at_weight(ch, rows, n, draw(ch), c->total, NULL);
+    /* power of two choices: two distinct backends drawn by weight, the lower score wins */
+    struct backend *a = at_weight(ch, backends, n, draw(ch), c->total, NULL);
     if (c->k == 1) return a;
-    struct backend *b = at_weight(ch, rows, n, draw(ch), c->total - weight_of(ch, a), a);
+    struct backend *b = at_weight(ch, backends, n, draw(ch), c->total - weight_of(ch, a), a);
     if (!b) return a;
     /* Scores within the noise of a latency measurement count as equal, and
      * then the random first choice stands: equal backends share the load
@@ -189,26 +189,26 @@ static struct backend *peak_ewma(struct choice *ch, struct backend *const *rows,
     return sb * SCORE_TOLERANCE < sa && sa - sb > SCORE_NOISE_US ? b : a;
 }
 
-static struct backend *round_robin(struct choice *ch, struct backend *const *rows, size_t n,
+static struct backend *round_robin(struct choice *ch, struct backend *const *backends, size_t n,
                                    const struct census *c) {
     unsigned i = atomic_fetch_add_explicit(ch->pk->next, 1, memory_order_relaxed);
-    if (c->equal) return nth(ch, rows, n, i % c->k);
+    if (c->equal) return nth(ch, backends, n, i % c->k);
     double u = (double)i * GOLDEN;
-    return at_weight(ch, rows, n, u - (double)(uint64_t)u, c->total, NULL);
+    return at_weight(ch, backends, n, u - (double)(uint64_t)u, c->total, NULL);
 }
 
-struct backend *strategy_pick(enum strategy s, struct backend *const *rows, size_t n,
+struct backend *strategy_pick(enum strategy s, struct backend *const *backends, size_t n,
                               const struct pick *pk) {
     struct choice ch = {.pk = pk, .avoid = pk->avoid, .rnd = pk->rnd | 1};
-    struct census c = settle_choice(&ch, rows, n);
+    struct census c = settle_choice(&ch, backends, n);
     if (!c.k) return NULL;
     switch (s) {
-    case STRATEGY_ROUND_ROBIN: return round_robin(&ch, rows, n, &c);
-    case STRATEGY_RANDOM: return at_weight(&ch, rows, n, draw(&ch), c.total, NULL);
-    case STRATEGY_LEAST_OUTSTANDING: return lowest(&ch, rows, n, least_outstanding_key);
-    case STRATEGY_FASTEST: return lowest(&ch, rows, n, fastest_key);
+    case STRATEGY_ROUND_ROBIN: return round_robin(&ch, backends, n, &c);
+    case STRATEGY_RANDOM: return at_weight(&ch, backends, n, draw(&ch), c.total, NULL);
+    case STRATEGY_LEAST_OUTSTANDING: return lowest(&ch, backends, n, least_outstanding_key);
+    case STRATEGY_FASTEST: return lowest(&ch, backends, n, fastest_key);
     case STRATEGY_PEAK_EWMA:
-    default: return peak_ewma(&ch, rows, n, &c);
+    default: return peak_ewma(&ch, backends, n, &c);
     }
 }
 

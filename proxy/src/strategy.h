@@ -21,7 +21,7 @@ enum strategy {
 const char *strategy_name(enum strategy s);
 int strategy_parse(const char *s); /* -1 when unknown */
 
-/* One choice over one cluster's rows. */
+/* One choice over one cluster's backends. */
 struct pick {
     const struct backend *avoid; /* not this one, unless it is the only one available */
     atomic_uint *next;           /* round-robin position */
@@ -31,7 +31,7 @@ struct pick {
 };
 /* Available: healthy, not ejected, weight above 0. */
 int backend_available(const struct backend *be, int64_t now_ms);
-struct backend *strategy_pick(enum strategy s, struct backend *const *rows, size_t n,
+struct backend *strategy_pick(enum strategy s, struct backend *const *backends, size_t n,
                               const struct pick *pk);
 
 #endif

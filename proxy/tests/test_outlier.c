@@ -13,13 +13,11 @@
 #include "log.h"
 #include "testing.h"
 
-#define MAX_ROWS 8
-
 struct fixture {
     struct proxy_config cfg;
-    struct balancer b;
+    struct balancer *b;
     struct cluster *lc;
-    struct backend **rows;
+    struct backend *const *backends;
     size_t n;
 };
 
@@ -41,6 +39,13 @@ static struct outlier_config defaults(void) {
                                    .max_ejection_percent = 50};
 }
 
+static void keep_cluster(const struct table_cluster *c, void *arg) {
+    struct fixture *f = arg;
+    f->lc = c->id;
+    f->backends = c->backends;
+    f->n = c->n;
+}
+
 /* One cluster of n backends; the active checks' thresholds are 3 failures
  * down, 2 passes up. No probe thread, no admin thread. */
 static void setup(struct fixture *f, size_t n, struct outlier_config od, int slow_start_ms) {
@@ -59,34 +64,29 @@ static void setup(struct fixture *f, size_t n, struct outlier_config od, int slo
         snprintf(ba->text, sizeof(ba->text), "127.0.0.1:%zu", 9201 + i);
         if (net_parse_addr(ba->text, NULL, &ba->addr, &err) < 0) abort();
     }
-    if (balancer_init(&f->b, &f->cfg, 1) < 0) abort();
-    balancer_reader_offline(&f->b, BALANCER_PROBE(&f->b));
-    balancer_reader_offline(&f->b, BALANCER_ADMIN(&f->b));
-    balancer_ready(&f->b);
-    struct table_cluster *c = &balancer_table(&f->b)->clusters[0];
-    f->lc = c->id;
-    f->rows = c->rows;
-    f->n = c->n;
+    if (!(f->b = balancer_new(&f->cfg, 1))) abort();
+    balancer_ready(f->b);
+    balancer_each_cluster(f->b, keep_cluster, f); /* worker 0, online; nothing swaps */
     if (f->n != n) abort();
 }
 
 static void teardown(struct fixture *f) {
     for (size_t i = 0; i < f->n; i++)
-        CHECK(atomic_load(&f->rows[i]->inflight) == 0);
-    balancer_free(&f->b);
+        CHECK(atomic_load(&f->backends[i]->inflight) == 0);
+    balancer_free(f->b);
     free(f->cfg.clusters[0].backends);
     free(f->cfg.clusters);
 }
 
-/* A request to row i (picked by name, as stickiness does) answered so:
- * whether it went there (an unavailable row's name falls back to the
+/* A request to backend i (picked by name, as stickiness does) answered so:
+ * whether it went there (an unavailable backend's name falls back to the
  * strategy; that request ends neutral). */
 static int answer(struct fixture *f, size_t i, enum outcome o, int status) {
-    struct backend *be = f->rows[i];
-    struct backend *got = balancer_pick(&f->b, f->lc, NULL, be->name, next_random(), 0);
+    struct backend *be = f->backends[i];
+    struct backend *got = balancer_pick(f->b, f->lc, NULL, be->name, next_random(), 0);
     CHECK(got != NULL);
     if (!got) return 0;
-    balancer_done(&f->b, got, got == be ? o : OUTCOME_NEUTRAL, status, 1000, "test failure", 0);
+    balancer_done(f->b, got, got == be ? o : OUTCOME_NEUTRAL, status, 1000, "test failure", 0);
     return got == be;
 }
 
@@ -96,7 +96,7 @@ static void answer_n(struct fixture *f, size_t i, int times, enum outcome o, int
 }
 
 static int ejected(const struct fixture *f, size_t i) {
-    return backend_ejected(f->rows[i], (int64_t)ev_clock_ms());
+    return backend_ejected(f->backends[i], (int64_t)ev_clock_ms());
 }
 
 static size_t ejected_count(const struct fixture *f) {
@@ -107,24 +107,24 @@ static size_t ejected_count(const struct fixture *f) {
 }
 
 static unsigned long long ejections(const struct fixture *f, size_t i) {
-    return atomic_load(&f->rows[i]->ejections);
+    return atomic_load(&f->backends[i]->ejections);
 }
 
-/* Whether the row's last health note says `what`. */
+/* Whether the backend's last health note says `what`. */
 static int noted(const struct fixture *f, size_t i, const char *what) {
     int64_t changed, failed;
     char changed_why[128], failed_why[128];
-    backend_notes(f->rows[i], &changed, changed_why, &failed, failed_why, sizeof(changed_why));
+    backend_notes(f->backends[i], &changed, changed_why, &failed, failed_why, sizeof(changed_why));
     return changed > 0 && strstr(changed_why, what) != NULL;
 }
 
-/* The last of `times` answers ejects row i for `ms`: its ejected_until is
+/* The last of `times` answers ejects backend i for `ms`: its ejected_until is
  * that long after the clock just before and just after. */
 static void check_ejects(struct fixture *f, size_t i, enum outcome o, int status, int ms) {
     int64_t before = (int64_t)ev_clock_ms();
     CHECK(answer(f, i, o, status));
     int64_t after = (int64_t)ev_clock_ms();
-    int64_t until = atomic_load(&f->rows[i]->ejected_until);
+    int64_t until = atomic_load(&f->backends[i]->ejected_until);
     CHECK(until >= before + ms && until <= after + ms);
     CHECK(ejected(f, i));
 }
@@ -133,9 +133,9 @@ static void sleep_ms(int ms) {
     nanosleep(&(struct timespec){.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L}, NULL);
 }
 
-/* Sleeps until the row's ejection is over (by the clock; tick not called). */
+/* Sleeps until the backend's ejection is over (by the clock; tick not called). */
 static void outlast(const struct fixture *f, size_t i) {
-    int64_t until = atomic_load(&f->rows[i]->ejected_until);
+    int64_t until = atomic_load(&f->backends[i]->ejected_until);
     while ((int64_t)ev_clock_ms() <= until)
         sleep_ms(2);
 }
@@ -150,22 +150,23 @@ static void test_gateway_failures(void) {
     answer_n(&f, 0, 1, OUTCOME_OK, 200);
     answer_n(&f, 0, 2, OUTCOME_FAILED, 0);
     CHECK(!ejected(&f, 0) && ejections(&f, 0) == 0);
-    CHECK(atomic_load(&f.rows[0]->consec_gw) == 2);
-    CHECK(atomic_load(&f.rows[0]->ejected_until) == 0);
+    CHECK(atomic_load(&f.backends[0]->consec_gw) == 2);
+    CHECK(atomic_load(&f.backends[0]->ejected_until) == 0);
     /* the third in a row: out for base_ejection_ms */
     check_ejects(&f, 0, OUTCOME_FAILED, 0, 30000);
-    CHECK(ejections(&f, 0) == 1 && atomic_load(&f.rows[0]->times_ejected) == 1);
-    CHECK(atomic_load(&f.rows[0]->consec_gw) == 0 && atomic_load(&f.rows[0]->consec_5xx) == 0);
-    CHECK(atomic_load(&f.rows[0]->healthy) == 1); /* ejected, not unhealthy */
+    CHECK(ejections(&f, 0) == 1 && atomic_load(&f.backends[0]->times_ejected) == 1);
+    CHECK(atomic_load(&f.backends[0]->consec_gw) == 0 &&
+          atomic_load(&f.backends[0]->consec_5xx) == 0);
+    CHECK(atomic_load(&f.backends[0]->healthy) == 1); /* ejected, not unhealthy */
     CHECK(noted(&f, 0, "gateway"));
     for (size_t i = 1; i < f.n; i++)
         CHECK(!ejected(&f, i) && ejections(&f, i) == 0);
     /* out of every pick, by name too (the cookie falls back to the strategy) */
     int hit = 0;
     for (int k = 0; k < 1000; k++) {
-        struct backend *be = balancer_pick(&f.b, f.lc, NULL, NULL, next_random(), 0);
-        hit += be == f.rows[0];
-        balancer_done(&f.b, be, OUTCOME_OK, 200, 1000, NULL, 0);
+        struct backend *be = balancer_pick(f.b, f.lc, NULL, NULL, next_random(), 0);
+        hit += be == f.backends[0];
+        balancer_done(f.b, be, OUTCOME_OK, 200, 1000, NULL, 0);
     }
     CHECK(hit == 0);
     CHECK(!answer(&f, 0, OUTCOME_OK, 200));
@@ -174,24 +175,24 @@ static void test_gateway_failures(void) {
      * again nor make it longer */
     struct backend *held[5];
     for (int k = 0; k < 5; k++) {
-        held[k] = balancer_pick(&f.b, f.lc, NULL, f.rows[1]->name, next_random(), 0);
-        CHECK(held[k] == f.rows[1]);
+        held[k] = balancer_pick(f.b, f.lc, NULL, f.backends[1]->name, next_random(), 0);
+        CHECK(held[k] == f.backends[1]);
     }
-    CHECK(atomic_load(&f.rows[1]->inflight) == 5);
+    CHECK(atomic_load(&f.backends[1]->inflight) == 5);
     for (int k = 0; k < 3; k++)
-        balancer_done(&f.b, held[k], OUTCOME_FAILED, 0, 0, "reset", 0);
+        balancer_done(f.b, held[k], OUTCOME_FAILED, 0, 0, "reset", 0);
     CHECK(ejected(&f, 1) && ejections(&f, 1) == 1);
-    int64_t until = atomic_load(&f.rows[1]->ejected_until);
+    int64_t until = atomic_load(&f.backends[1]->ejected_until);
     for (int k = 3; k < 5; k++)
-        balancer_done(&f.b, held[k], OUTCOME_FAILED, 0, 0, "reset", 0);
-    CHECK(ejections(&f, 1) == 1 && atomic_load(&f.rows[1]->ejected_until) == until);
-    CHECK(atomic_load(&f.rows[1]->times_ejected) == 1);
+        balancer_done(f.b, held[k], OUTCOME_FAILED, 0, 0, "reset", 0);
+    CHECK(ejections(&f, 1) == 1 && atomic_load(&f.backends[1]->ejected_until) == until);
+    CHECK(atomic_load(&f.backends[1]->times_ejected) == 1);
 
     /* a request that ended for reasons not the backend's neither counts
      * nor resets */
     answer_n(&f, 2, 2, OUTCOME_FAILED, 0);
     answer_n(&f, 2, 1, OUTCOME_NEUTRAL, 0);
-    CHECK(atomic_load(&f.rows[2]->consec_gw) == 2);
+    CHECK(atomic_load(&f.backends[2]->consec_gw) == 2);
     teardown(&f);
 
     /* the same with nothing but the gateway detector between: F F N F ejects */
@@ -209,13 +210,13 @@ static void test_5xx(void) {
     setup(&f, 4, defaults(), 0);
     /* 404s are answers: they never count, and they reset */
     answer_n(&f, 2, 50, OUTCOME_OK, 404);
-    CHECK(!ejected(&f, 2) && atomic_load(&f.rows[2]->consec_5xx) == 0);
+    CHECK(!ejected(&f, 2) && atomic_load(&f.backends[2]->consec_5xx) == 0);
     answer_n(&f, 2, 4, OUTCOME_OK, 500);
     answer_n(&f, 2, 1, OUTCOME_OK, 404);
     answer_n(&f, 2, 4, OUTCOME_OK, 500);
     CHECK(!ejected(&f, 2) && ejections(&f, 2) == 0);
-    CHECK(atomic_load(&f.rows[2]->consec_5xx) == 4);
-    CHECK(atomic_load(&f.rows[2]->consec_gw) == 0); /* a 500 is no gateway failure */
+    CHECK(atomic_load(&f.backends[2]->consec_5xx) == 4);
+    CHECK(atomic_load(&f.backends[2]->consec_gw) == 0); /* a 500 is no gateway failure */
     answer_n(&f, 2, 1, OUTCOME_OK, 200);
     /* five 500s in a row */
     answer_n(&f, 0, 4, OUTCOME_OK, 500);
@@ -240,7 +241,8 @@ static void test_5xx(void) {
     answer_n(&f, 1, 1, OUTCOME_OK, 500);
     answer_n(&f, 1, 1, OUTCOME_OK, 503);
     CHECK(!ejected(&f, 1));
-    CHECK(atomic_load(&f.rows[1]->consec_gw) == 1 && atomic_load(&f.rows[1]->consec_5xx) == 4);
+    CHECK(atomic_load(&f.backends[1]->consec_gw) == 1 &&
+          atomic_load(&f.backends[1]->consec_5xx) == 4);
     check_ejects(&f, 1, OUTCOME_OK, 503, 30000);
     CHECK(noted(&f, 1, "5xx"));
     teardown(&f);
@@ -283,7 +285,7 @@ static void test_5xx(void) {
 
 /* ---- the cap ---- */
 
-/* Every row fails `times` times in a row (those still available). */
+/* Every backend fails `times` times in a row (those still available). */
 static void fail_all(struct fixture *f, int times) {
     for (size_t i = 0; i < f->n; i++)
         for (int k = 0; k < times && !ejected(f, i); k++)
@@ -337,10 +339,10 @@ static void test_cap(void) {
      * left is the last available, never ejected */
     setup(&f, 3, od, 0);
     for (int k = 0; k < 3; k++) {
-        backend_observe(f.rows[1], 0, "check failed");
-        backend_observe(f.rows[2], 0, "check failed");
+        backend_observe(f.backends[1], 0, "check failed");
+        backend_observe(f.backends[2], 0, "check failed");
     }
-    CHECK(!atomic_load(&f.rows[1]->healthy) && !atomic_load(&f.rows[2]->healthy));
+    CHECK(!atomic_load(&f.backends[1]->healthy) && !atomic_load(&f.backends[2]->healthy));
     answer_n(&f, 0, 30, OUTCOME_FAILED, 0);
     CHECK(!ejected(&f, 0) && ejections(&f, 0) == 0);
     teardown(&f);
@@ -360,7 +362,7 @@ static void test_cap(void) {
     answer_n(&f, 1, 3, OUTCOME_FAILED, 0);
     CHECK(!ejected(&f, 1));
     outlast(&f, 0);
-    balancer_tick(&f.b);
+    balancer_tick(f.b);
     answer_n(&f, 1, 3, OUTCOME_FAILED, 0);
     CHECK(ejected(&f, 1) && !ejected(&f, 0));
     teardown(&f);
@@ -374,18 +376,18 @@ static void test_multiplier(void) {
     od.base_ejection_ms = 50;
     od.interval_ms = 60000; /* no decay in this part */
     setup(&f, 4, od, 10000);
-    struct backend *be = f.rows[0];
+    struct backend *be = f.backends[0];
     answer_n(&f, 0, 2, OUTCOME_FAILED, 0);
     check_ejects(&f, 0, OUTCOME_FAILED, 0, 50);
     int64_t until = atomic_load(&be->ejected_until);
     /* a tick before the time readmits nothing */
-    balancer_tick(&f.b);
+    balancer_tick(f.b);
     CHECK(atomic_load(&be->ejected_until) == until && ejected(&f, 0));
     outlast(&f, 0);
     CHECK(!ejected(&f, 0));                          /* out of the picks' way already */
     CHECK(atomic_load(&be->ejected_until) == until); /* until the tick */
     CHECK(atomic_load(&be->joined_ms) == 0);
-    balancer_tick(&f.b);
+    balancer_tick(f.b);
     CHECK(atomic_load(&be->ejected_until) == 0);
     CHECK(atomic_load(&be->joined_ms) == until); /* its slow start runs from the end */
     CHECK(atomic_load(&be->times_ejected) == 1);
@@ -398,35 +400,35 @@ static void test_multiplier(void) {
     check_ejects(&f, 0, OUTCOME_FAILED, 0, 100);
     CHECK(atomic_load(&be->times_ejected) == 2 && ejections(&f, 0) == 2);
     outlast(&f, 0);
-    balancer_tick(&f.b);
+    balancer_tick(f.b);
     CHECK(atomic_load(&be->ejected_until) == 0);
     answer_n(&f, 0, 2, OUTCOME_OK, 503);
     check_ejects(&f, 0, OUTCOME_OK, 503, 150);
     CHECK(atomic_load(&be->times_ejected) == 3 && ejections(&f, 0) == 3);
     teardown(&f);
 
-    /* the multiplier decays by one every interval in which the row stays in
+    /* the multiplier decays by one every interval in which the backend stays in
      * and its counts are clear */
     od.interval_ms = 20;
     setup(&f, 4, od, 0);
-    be = f.rows[0];
+    be = f.backends[0];
     answer_n(&f, 0, 2, OUTCOME_FAILED, 0);
     check_ejects(&f, 0, OUTCOME_FAILED, 0, 50);
-    balancer_tick(&f.b); /* ejected: no decay */
+    balancer_tick(f.b); /* ejected: no decay */
     CHECK(atomic_load(&be->times_ejected) == 1);
     outlast(&f, 0);
-    balancer_tick(&f.b); /* readmits */
+    balancer_tick(f.b); /* readmits */
     CHECK(atomic_load(&be->ejected_until) == 0 && atomic_load(&be->times_ejected) == 1);
     answer_n(&f, 0, 2, OUTCOME_FAILED, 0);
     sleep_ms(25);
-    balancer_tick(&f.b); /* failing again: no decay */
+    balancer_tick(f.b); /* failing again: no decay */
     CHECK(atomic_load(&be->times_ejected) == 1);
     answer_n(&f, 0, 1, OUTCOME_OK, 200);
     sleep_ms(25);
-    balancer_tick(&f.b);
+    balancer_tick(f.b);
     CHECK(atomic_load(&be->times_ejected) == 0);
     sleep_ms(25);
-    balancer_tick(&f.b); /* not below 0 */
+    balancer_tick(f.b); /* not below 0 */
     CHECK(atomic_load(&be->times_ejected) == 0);
     answer_n(&f, 0, 2, OUTCOME_FAILED, 0);
     check_ejects(&f, 0, OUTCOME_FAILED, 0, 50); /* 1 x base again */
@@ -439,11 +441,11 @@ static void test_multiplier(void) {
         od = defaults();
         od.base_ejection_ms = bases[k];
         setup(&f, 4, od, 0);
-        be = f.rows[0];
+        be = f.backends[0];
         answer_n(&f, 0, 2, OUTCOME_FAILED, 0);
         check_ejects(&f, 0, OUTCOME_FAILED, 0, bases[k]);
         atomic_store(&be->ejected_until, (int64_t)ev_clock_ms() - 1);
-        balancer_tick(&f.b);
+        balancer_tick(f.b);
         CHECK(atomic_load(&be->ejected_until) == 0);
         answer_n(&f, 0, 2, OUTCOME_FAILED, 0);
         check_ejects(&f, 0, OUTCOME_FAILED, 0, second[k]);
@@ -456,11 +458,11 @@ static void test_multiplier(void) {
 static void test_observe(void) {
     struct fixture f;
     setup(&f, 3, defaults(), 0);
-    struct backend *be = f.rows[0];
+    struct backend *be = f.backends[0];
     answer_n(&f, 0, 2, OUTCOME_FAILED, 0);
     check_ejects(&f, 0, OUTCOME_FAILED, 0, 30000);
     int64_t until = atomic_load(&be->ejected_until);
-    /* passing checks of a healthy row do not end its ejection */
+    /* passing checks of a healthy backend do not end its ejection */
     for (int k = 0; k < 5; k++)
         backend_observe(be, 1, "ok");
     CHECK(atomic_load(&be->ejected_until) == until && atomic_load(&be->times_ejected) == 1);
@@ -494,7 +496,7 @@ static void test_observe(void) {
 
     /* the counts a check starts from: the live ones before it went down are gone */
     setup(&f, 3, defaults(), 0);
-    be = f.rows[1];
+    be = f.backends[1];
     answer_n(&f, 1, 2, OUTCOME_FAILED, 0);
     for (int k = 0; k < 3; k++)
         backend_observe(be, 0, "check failed");
@@ -513,11 +515,11 @@ static void test_live_failures_keep_health(void) {
     /* the only backend, outlier detection on: never ejected, never down */
     setup(&f, 1, defaults(), 0);
     answer_n(&f, 0, 100, OUTCOME_FAILED, 0);
-    CHECK(atomic_load(&f.rows[0]->healthy) == 1 && !ejected(&f, 0));
-    CHECK(backend_failures(f.rows[0], 1) == 100 && backend_requests(f.rows[0], 1) == 100);
+    CHECK(atomic_load(&f.backends[0]->healthy) == 1 && !ejected(&f, 0));
+    CHECK(backend_failures(f.backends[0], 1) == 100 && backend_requests(f.backends[0], 1) == 100);
     int64_t changed, failed;
     char changed_why[128], failed_why[128];
-    backend_notes(f.rows[0], &changed, changed_why, &failed, failed_why, sizeof(failed_why));
+    backend_notes(f.backends[0], &changed, changed_why, &failed, failed_why, sizeof(failed_why));
     CHECK(failed > 0 && changed == 0);
     CHECK_STR(failed_why, "test failure");
     teardown(&f);
@@ -527,16 +529,16 @@ static void test_live_failures_keep_health(void) {
     setup(&f, 2, od, 0);
     answer_n(&f, 0, 100, OUTCOME_FAILED, 0);
     answer_n(&f, 1, 100, OUTCOME_OK, 503);
-    CHECK(atomic_load(&f.rows[0]->healthy) == 1 && atomic_load(&f.rows[1]->healthy) == 1);
+    CHECK(atomic_load(&f.backends[0]->healthy) == 1 && atomic_load(&f.backends[1]->healthy) == 1);
     CHECK(ejected_count(&f) == 0);
-    CHECK(backend_failures(f.rows[0], 1) == 100);
-    CHECK(backend_failures(f.rows[1], 1) == 0); /* answers, though 5xx */
+    CHECK(backend_failures(f.backends[0], 1) == 100);
+    CHECK(backend_failures(f.backends[1], 1) == 0); /* answers, though 5xx */
     teardown(&f);
     /* on, two backends: ejected, still healthy */
     setup(&f, 2, defaults(), 0);
     for (int k = 0; k < 100; k++)
         answer(&f, 0, OUTCOME_FAILED, 0);
-    CHECK(ejected(&f, 0) && atomic_load(&f.rows[0]->healthy) == 1);
+    CHECK(ejected(&f, 0) && atomic_load(&f.backends[0]->healthy) == 1);
     CHECK(ejections(&f, 0) == 1);
     teardown(&f);
 }
