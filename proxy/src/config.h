@@ -137,6 +137,11 @@ int config_load(struct proxy_config *cfg, int argc, char **argv, FILE *errors);
 int config_parse_json(struct proxy_config *cfg, const char *json, char *err, size_t err_len);
 void config_defaults(struct proxy_config *cfg);
 void config_free(struct proxy_config *cfg);
+/* The settings that differ between a and b but that a reload cannot apply
+ * (they need a restart): their top-level names ("timeouts_ms"), each once, in
+ * names (at most max). Returns how many differ. */
+size_t config_restart_diff(const struct proxy_config *a, const struct proxy_config *b,
+                           const char **names, size_t max);
 /* Writes a human-readable summary of what would run (for --check). */
 void config_print(const struct proxy_config *cfg, FILE *out);
 
