@@ -156,135 +156,108 @@ static int body_equal(const void *a, const void *b) {
 
 static const struct custom body_ops = {json_read_body, set_body, print_body, body_equal};
 
-#define P(m)            offsetof(struct proxy_config, m)
-#define PS(m)           P(m), .size = sizeof(((struct proxy_config *)0)->m)
-#define POSITIVE        .lo = 1, .hi = INT_MAX
-#define SECTION(k)      .key = k, .type = FT_SECTION
-#define INT(k, m)       .key = k, .type = FT_INT, .off = P(m)
-#define STR(k, m)       .key = k, .type = FT_STR, .off = PS(m)
-#define CHOICE(k, m, c) .key = k, .type = FT_CHOICE, .off = P(m), .choices = &c
+/* Rows of the struct T: JSON key, member, then what the type needs. */
+#define OFF(m) offsetof(T, m)
+#define INT(k, m, a, b, d, fl)                                                                     \
+    .key = k, .type = FT_INT, .off = OFF(m), .lo = a, .hi = b, .def = d, .flags = fl
+#define STR(k, m, chk, d, fl)                                                                      \
+    .key = k, .type = FT_STR, .off = OFF(m), .size = sizeof(((T *)0)->m), .check = chk, .def = d,  \
+    .flags = fl
+#define CHOICE(k, m, c, d, fl)                                                                     \
+    .key = k, .type = FT_CHOICE, .off = OFF(m), .choices = &c, .def = d, .flags = fl
+#define ADDR(k, m, host_)                                                                          \
+    .key = k, .type = FT_ADDR, .off = OFF(m), .text = OPT(T, m##_text), .host = host_
+#define SECTION(k, fl)        .key = k, .type = FT_SECTION, .unset = "off", .flags = fl
+#define CUSTOM(k, ops, fl)    .key = k, .type = FT_CUSTOM, .custom = &ops, .flags = fl
+#define FLAG(name, arg, text) .flag = name, .flag_arg = arg, .help = text
 
+#define T struct proxy_config
 static const struct field config_fields[] = {
-    {.key = "listen",
-     .type = FT_ADDR,
-     .off = P(listen),
-     .text = OPT(struct proxy_config, listen_text),
-     .def = "0.0.0.0:8000",
-     .host = "0.0.0.0",
-     .flag = "--listen",
-     .flag_arg = "[HOST:]PORT",
-     .help = "public listener (default 0.0.0.0:8000)"},
-    {INT("threads", threads), .lo = 1, .hi = 1024, .flag = "--threads", .flag_arg = "N",
-     .help = "worker threads, 1-1024 (default: online CPUs)"},
-    {CHOICE("engine", engine, engines), .def = "auto", .flag = "--engine",
-     .flag_arg = "auto|uring|epoll", .help = "I/O engine (default auto: io_uring, else epoll)"},
-    {.key = "admin",
-     .type = FT_ADDR,
-     .off = P(admin),
-     .text = OPT(struct proxy_config, admin_text),
-     .given = OPT(struct proxy_config, admin_set),
-     .host = "127.0.0.1",
-     .unset = "off",
-     .flag = "--admin",
-     .flag_arg = "[HOST:]PORT",
-     .help = "admin listener: /metrics, /status, /healthz (host default 127.0.0.1)"},
-    {STR("access_log", access_log), .check = no_ctl, .unset = "off", .flag = "--access-log",
-     .flag_arg = "FILE|-", .help = "JSON access log, one line per request (- stdout)"},
-    {CHOICE("log_level", log_level, levels), .def = "info", .flag = "--log-level",
-     .flag_arg = "error|warn|info|debug", .help = "log verbosity (default info)"},
-    {CHOICE("desync_mitigation", desync_mode, desyncs), .def = "defensive",
-     .flag = "--desync-mitigation", .flag_arg = "defensive|strictest|monitor",
-     .help = "what non-compliant requests get (default defensive)"},
-    {SECTION("limits")},
-    {INT("limits.max_header_bytes", limits.max_header_bytes), .lo = 1024, .hi = 1048576,
-     .def = "16384"},
-    {INT("limits.max_headers", limits.max_headers), .lo = 1, .hi = 10000, .def = "100"},
-    {INT("limits.max_connections", limits.max_connections), .lo = 1, .hi = 10000000,
-     .def = "100000"},
-    {INT("limits.min_body_rate_bps", limits.min_body_rate_bps), .lo = 0, .hi = INT_MAX,
-     .def = "1024"},
-    {SECTION("timeouts_ms")},
-    {INT("timeouts_ms.connect", timeouts_ms.connect), POSITIVE, .def = "1000"},
-    {INT("timeouts_ms.client_header", timeouts_ms.client_header), POSITIVE, .def = "10000"},
-    {INT("timeouts_ms.idle", timeouts_ms.idle), POSITIVE, .def = "60000"},
-    {INT("timeouts_ms.backend_response", timeouts_ms.backend_response), POSITIVE, .def = "30000"},
-    {INT("timeouts_ms.drain", timeouts_ms.drain), POSITIVE, .def = "30000"},
-    {SECTION("default_response"), .flags = F_VALUES},
-    {INT("default_response.status", default_response.status), .lo = 100, .hi = 599, .def = "404"},
-    {STR("default_response.content_type", default_response.content_type), .check = media_type,
-     .def = "text/plain"},
-    {.key = "default_response.body", .type = FT_CUSTOM, .custom = &body_ops, .def = "no route\n"},
-    {.key = "clusters", .type = FT_CUSTOM, .custom = &clusters_ops, .flags = F_RELOAD},
-    {SECTION("cloudwatch"), .given = OPT(struct proxy_config, cloudwatch.enabled), .unset = "off"},
-    {STR("cloudwatch.namespace", cloudwatch.namespace_), .check = cw_namespace, .def = "CustomLB"},
-    {STR("cloudwatch.region", cloudwatch.region), .check = region, .unset = "(from environment)"},
-    {INT("cloudwatch.interval_s", cloudwatch.interval_s), POSITIVE, .def = "60"},
-    {STR("cloudwatch.load_balancer", cloudwatch.load_balancer), .check = lb_name},
+    {ADDR("listen", listen, "0.0.0.0"), .def = "0.0.0.0:8000",
+     FLAG("--listen", "[HOST:]PORT", "public listener (default 0.0.0.0:8000)")},
+    {INT("threads", threads, 1, 1024, NULL, 0), /* default: online CPUs */
+     FLAG("--threads", "N", "worker threads, 1-1024 (default: online CPUs)")},
+    {CHOICE("engine", engine, engines, "auto", 0),
+     FLAG("--engine", "auto|uring|epoll", "I/O engine (default auto: io_uring, else epoll)")},
+    {ADDR("admin", admin, "127.0.0.1"), .given = OPT(T, admin_set), .unset = "off",
+     FLAG("--admin", "[HOST:]PORT",
+          "admin listener: /metrics, /status, /healthz (host default 127.0.0.1)")},
+    {STR("access_log", access_log, no_ctl, NULL, 0), .unset = "off",
+     FLAG("--access-log", "FILE|-", "JSON access log, one line per request (- stdout)")},
+    {CHOICE("log_level", log_level, levels, "info", 0),
+     FLAG("--log-level", "error|warn|info|debug", "log verbosity (default info)")},
+    {CHOICE("desync_mitigation", desync_mode, desyncs, "defensive", 0),
+     FLAG("--desync-mitigation", "defensive|strictest|monitor",
+          "what non-compliant requests get (default defensive)")},
+    {SECTION("limits", 0)},
+    {INT("limits.max_header_bytes", limits.max_header_bytes, 1024, 1048576, "16384", 0)},
+    {INT("limits.max_headers", limits.max_headers, 1, 10000, "100", 0)},
+    {INT("limits.max_connections", limits.max_connections, 1, 10000000, "100000", 0)},
+    {INT("limits.min_body_rate_bps", limits.min_body_rate_bps, 0, INT_MAX, "1024", 0)},
+    {SECTION("timeouts_ms", 0)},
+    {INT("timeouts_ms.connect", timeouts_ms.connect, 1, INT_MAX, "1000", 0)},
+    {INT("timeouts_ms.client_header", timeouts_ms.client_header, 1, INT_MAX, "10000", 0)},
+    {INT("timeouts_ms.idle", timeouts_ms.idle, 1, INT_MAX, "60000", 0)},
+    {INT("timeouts_ms.backend_response", timeouts_ms.backend_response, 1, INT_MAX, "30000", 0)},
+    {INT("timeouts_ms.drain", timeouts_ms.drain, 1, INT_MAX, "30000", 0)},
+    {SECTION("default_response", F_VALUES)},
+    {INT("default_response.status", default_response.status, 100, 599, "404", 0)},
+    {STR("default_response.content_type", default_response.content_type, media_type, "text/plain",
+         0)},
+    {CUSTOM("default_response.body", body_ops, 0), .def = "no route\n"},
+    {CUSTOM("clusters", clusters_ops, F_RELOAD)},
+    {SECTION("cloudwatch", 0), .given = OPT(T, cloudwatch.enabled)},
+    {STR("cloudwatch.namespace", cloudwatch.namespace_, cw_namespace, "CustomLB", 0)},
+    {STR("cloudwatch.region", cloudwatch.region, region, NULL, 0), .unset = "(from environment)"},
+    {INT("cloudwatch.interval_s", cloudwatch.interval_s, 1, INT_MAX, "60", 0)},
+    {STR("cloudwatch.load_balancer", cloudwatch.load_balancer, lb_name, NULL, 0)}, /* computed */
 };
+#undef T
 
-#undef P
-#undef PS
-#define P(m)  offsetof(struct cluster_config, m)
-#define PS(m) P(m), .size = sizeof(((struct cluster_config *)0)->m)
-#define R     .flags = F_RELOAD
-
+/* A reload swaps the clusters whole: every row of theirs is F_RELOAD. */
+#define R F_RELOAD
+#define T struct cluster_config
 static const struct field cluster_fields[] = {
-    {STR("name", name), .check = name_problem, R},
-    {STR("path_prefix", path_prefix), .check = prefix_problem, R},
-    {.key = "strip_prefix", .type = FT_BOOL, .off = P(strip_prefix), R},
-    {CHOICE("strategy", strategy, strategies), .given = OPT(struct cluster_config, strategy_set),
-     .def = "peak-ewma", R},
-    {.key = "backends", .type = FT_CUSTOM, .custom = &backends_ops, R},
-    {SECTION("discovery"), R},
-    {SECTION("discovery.ec2"), .given = OPT(struct cluster_config, discovery.enabled),
-     .unset = "off", R},
-    {STR("discovery.ec2.region", discovery.region), .check = region, R},
-    {.key = "discovery.ec2.tags", .type = FT_CUSTOM, .custom = &tags_ops, R},
-    {INT("discovery.ec2.port", discovery.port), .lo = 1, .hi = 65535, .def = "8000", R},
-    {INT("discovery.ec2.interval_s", discovery.interval_s), POSITIVE, .def = "15", R},
-    {SECTION("health_check"), R},
-    {STR("health_check.path", health.path), .check = health_path, .def = "/health", R},
-    {INT("health_check.interval_ms", health.interval_ms), POSITIVE, .def = "1000", R},
-    {INT("health_check.timeout_ms", health.timeout_ms), POSITIVE, .def = "500", R},
-    {INT("health_check.healthy_threshold", health.healthy_threshold), POSITIVE, .def = "2", R},
-    {INT("health_check.unhealthy_threshold", health.unhealthy_threshold), POSITIVE, .def = "2", R},
+    {STR("name", name, name_problem, NULL, R)}, /* default: from the prefix */
+    {STR("path_prefix", path_prefix, prefix_problem, NULL, R)},
+    {.key = "strip_prefix", .type = FT_BOOL, .off = OFF(strip_prefix), .flags = R},
+    {CHOICE("strategy", strategy, strategies, "peak-ewma", R), .given = OPT(T, strategy_set)},
+    {CUSTOM("backends", backends_ops, R)},
+    {SECTION("discovery", R)},
+    {SECTION("discovery.ec2", R), .given = OPT(T, discovery.enabled)},
+    {STR("discovery.ec2.region", discovery.region, region, NULL, R)},
+    {CUSTOM("discovery.ec2.tags", tags_ops, R)},
+    {INT("discovery.ec2.port", discovery.port, 1, 65535, "8000", R)},
+    {INT("discovery.ec2.interval_s", discovery.interval_s, 1, INT_MAX, "15", R)},
+    {SECTION("health_check", R)},
+    {STR("health_check.path", health.path, health_path, "/health", R)},
+    {INT("health_check.interval_ms", health.interval_ms, 1, INT_MAX, "1000", R)},
+    {INT("health_check.timeout_ms", health.timeout_ms, 1, INT_MAX, "500", R)},
+    {INT("health_check.healthy_threshold", health.healthy_threshold, 1, INT_MAX, "2", R)},
+    {INT("health_check.unhealthy_threshold", health.unhealthy_threshold, 1, INT_MAX, "2", R)},
     {.key = "health_check.expect_status",
      .type = FT_STATUS,
-     .off = P(health.expect_lo),
+     .off = OFF(health.expect_lo),
      .def = "200-399",
-     R},
-    {INT("retries", retries), .lo = 0, .hi = 5, .def = "1", R},
-    {SECTION("outlier_detection"), .given = OPT(struct cluster_config, outlier.enabled),
-     .def = "on", .unset = "off", .flags = F_RELOAD | F_OFFABLE},
-    {INT("outlier_detection.consecutive_5xx", outlier.consecutive_5xx), .lo = 0, .hi = 1000000,
-     .def = "5", R},
-    {INT("outlier_detection.consecutive_gateway_failure", outlier.consecutive_gateway_failure),
-     .lo = 0, .hi = 1000000, .def = "3", R},
-    {INT("outlier_detection.interval_ms", outlier.interval_ms), .lo = 1, .hi = 3600000,
-     .def = "1000", R},
-    {INT("outlier_detection.base_ejection_ms", outlier.base_ejection_ms), .lo = 1, .hi = 3600000,
-     .def = "30000", R},
-    {INT("outlier_detection.max_ejection_percent", outlier.max_ejection_percent), .lo = 0,
-     .hi = 100, .def = "50", R},
-    {INT("slow_start_ms", slow_start_ms), .lo = 0, .hi = 3600000, R},
-    {SECTION("stickiness"), .given = OPT(struct cluster_config, sticky.enabled), .unset = "off",
-     .flags = F_RELOAD | F_OFFABLE},
-    {STR("stickiness.cookie", sticky.cookie), .check = cookie_name, .def = "LBSTICKY", R},
-    {INT("stickiness.duration_s", sticky.duration_s), .lo = 1, .hi = 7 * 86400 * 52, .def = "86400",
-     R},
-    {STR("stickiness.secret", sticky.secret), .check = secret, .unset = "(generated)",
-     .flags = F_RELOAD | F_SECRET},
-    {.key = "weights", .type = FT_CUSTOM, .custom = &weights_ops, R},
-    {INT("dns_refresh_s", dns_refresh_s), .lo = 1, .hi = 86400, .def = "30", R},
+     .flags = R},
+    {INT("retries", retries, 0, 5, "1", R)},
+    {SECTION("outlier_detection", R | F_OFFABLE), .given = OPT(T, outlier.enabled), .def = "on"},
+    {INT("outlier_detection.consecutive_5xx", outlier.consecutive_5xx, 0, 1000000, "5", R)},
+    {INT("outlier_detection.consecutive_gateway_failure", outlier.consecutive_gateway_failure, 0,
+         1000000, "3", R)},
+    {INT("outlier_detection.interval_ms", outlier.interval_ms, 1, 3600000, "1000", R)},
+    {INT("outlier_detection.base_ejection_ms", outlier.base_ejection_ms, 1, 3600000, "30000", R)},
+    {INT("outlier_detection.max_ejection_percent", outlier.max_ejection_percent, 0, 100, "50", R)},
+    {INT("slow_start_ms", slow_start_ms, 0, 3600000, NULL, R)},
+    {SECTION("stickiness", R | F_OFFABLE), .given = OPT(T, sticky.enabled)},
+    {STR("stickiness.cookie", sticky.cookie, cookie_name, "LBSTICKY", R)},
+    {INT("stickiness.duration_s", sticky.duration_s, 1, 7 * 86400 * 52, "86400", R)},
+    {STR("stickiness.secret", sticky.secret, secret, NULL, R | F_SECRET), .unset = "(generated)"},
+    {CUSTOM("weights", weights_ops, R)},
+    {INT("dns_refresh_s", dns_refresh_s, 1, 86400, "30", R)},
 };
-
-static int cluster_finish(void *obj, const unsigned char *given, const char *path,
-                          struct errbuf *e);
-
-const struct table config_table = {config_fields, sizeof(config_fields) / sizeof(config_fields[0]),
-                                   NULL};
-const struct table cluster_table = {
-    cluster_fields, sizeof(cluster_fields) / sizeof(cluster_fields[0]), cluster_finish};
+#undef T
+#undef R
 
 /* ---- rows: find, set, compare ---------------------------------------------- */
 
@@ -294,20 +267,20 @@ const struct field *table_find(const struct table *t, const char *key, size_t le
     return NULL;
 }
 
-size_t table_index(const struct table *t, const char *key) {
-    return (size_t)(table_find(t, key, strlen(key)) - t->f);
-}
-
-void *field_ptr(const struct field *f, void *obj) {
+void *field_ptr(const struct field *f, const void *obj) {
     return (char *)obj + f->off;
 }
 
-const void *field_cptr(const struct field *f, const void *obj) {
-    return (const char *)obj + f->off;
+int field_given(const struct field *f, const void *obj) {
+    return !f->given || *(const int *)((const char *)obj + f->given - 1);
 }
 
 void field_mark_given(const struct field *f, void *obj, int on) {
     if (f->given) *(int *)((char *)obj + f->given - 1) = on;
+}
+
+char *field_text(const struct field *f, const void *obj) {
+    return (char *)obj + f->text - 1;
 }
 
 /* "\"text\"", cut at 40 bytes, for "got ..." in messages. */
@@ -335,23 +308,16 @@ int field_expected(const struct field *f, const char *name, const char *got, str
     return errf(e, "%s: expected %s, got %s", name, want, got);
 }
 
+/* "NNN" or "NNN-NNN" */
 static int parse_status_range(const char *s, int *lo, int *hi) {
-    int v[2], n = 0;
-    for (;;) {
-        if (n == 2) return -1;
-        for (int i = 0; i < 3; i++)
-            if (s[i] < '0' || s[i] > '9') return -1;
-        v[n++] = (s[0] - '0') * 100 + (s[1] - '0') * 10 + (s[2] - '0');
-        s += 3;
-        if (!*s) break;
-        if (*s != '-') return -1;
-        s++;
-    }
-    if (n == 1) v[1] = v[0];
-    if (v[0] < 100 || v[1] > 599 || v[0] > v[1]) return -1;
-    *lo = v[0];
-    *hi = v[1];
-    return 0;
+    const char *digits = "0123456789";
+    size_t n = strlen(s);
+    if ((n != 3 && n != 7) || strspn(s, digits) != 3 ||
+        (n == 7 && (s[3] != '-' || strspn(s + 4, digits) != 3)))
+        return -1;
+    *lo = atoi(s);
+    *hi = n == 7 ? atoi(s + 4) : *lo;
+    return *lo >= 100 && *hi <= 599 && *lo <= *hi ? 0 : -1;
 }
 
 static int set_string(const struct field *f, char *dst, const char *text, const char *name,
@@ -375,7 +341,7 @@ static int set_addr(const struct field *f, void *obj, const char *text, const ch
     struct net_addr *a = field_ptr(f, obj);
     if (net_parse_addr(text, f->host, a, &why))
         return errf(e, "%s: bad address %s: %s", name, describe_text(text, g, sizeof(g)), why);
-    net_addr_str(a, (char *)obj + f->text - 1, sizeof(((struct proxy_config *)0)->listen_text));
+    net_addr_str(a, field_text(f, obj), sizeof(((struct proxy_config *)0)->listen_text));
     return 0;
 }
 
@@ -417,17 +383,14 @@ int field_set_number(const struct field *f, void *obj, double v, const char *nam
 }
 
 int field_equal(const struct field *f, const void *a, const void *b) {
-    const int *x = field_cptr(f, a), *y = field_cptr(f, b);
+    const int *x = field_ptr(f, a), *y = field_ptr(f, b);
     switch (f->type) {
-    case FT_STR: return !strcmp(field_cptr(f, a), field_cptr(f, b));
+    case FT_STR: return !strcmp(field_ptr(f, a), field_ptr(f, b));
     case FT_ADDR:
-        return !strcmp((const char *)a + f->text - 1, (const char *)b + f->text - 1) &&
-               (!f->given || *(const int *)((const char *)a + f->given - 1) ==
-                                 *(const int *)((const char *)b + f->given - 1));
+        return !strcmp(field_text(f, a), field_text(f, b)) &&
+               field_given(f, a) == field_given(f, b);
     case FT_CUSTOM: return !f->custom->equal || f->custom->equal(a, b);
-    case FT_SECTION:
-        return !f->given || *(const int *)((const char *)a + f->given - 1) ==
-                                *(const int *)((const char *)b + f->given - 1);
+    case FT_SECTION: return field_given(f, a) == field_given(f, b);
     case FT_STATUS: return x[0] == y[0] && x[1] == y[1];
     default: return *x == *y;
     }
@@ -583,7 +546,8 @@ static int cluster_finish(void *obj, const unsigned char *given, const char *pat
             return errf(e, "%s.name: %s (derived from path_prefix; set \"name\")", path, why);
     }
     if (c->health.timeout_ms > c->health.interval_ms) {
-        if (given[table_index(&cluster_table, "health_check.timeout_ms")])
+        const char *timeout = "health_check.timeout_ms";
+        if (given[table_find(&cluster_table, timeout, strlen(timeout)) - cluster_table.f])
             return errf(e, "%s.health_check.timeout_ms: %d must not exceed interval_ms (%d)", path,
                         c->health.timeout_ms, c->health.interval_ms);
         c->health.timeout_ms = c->health.interval_ms; /* a short interval shortens the default */
@@ -596,6 +560,11 @@ static int cluster_finish(void *obj, const unsigned char *given, const char *pat
         return errf(e, "%s.backends: at least one backend (or discovery.ec2) required", path);
     return 0;
 }
+
+const struct table config_table = {config_fields, sizeof(config_fields) / sizeof(config_fields[0]),
+                                   NULL};
+const struct table cluster_table = {
+    cluster_fields, sizeof(cluster_fields) / sizeof(cluster_fields[0]), cluster_finish};
 
 /* ---- checks across fields and flags --------------------------------------- */
 

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "config_table.h"
 #include "flags.h"
@@ -228,36 +229,27 @@ static int scan_args(int argc, char **argv, struct flag_values *f, struct errbuf
 
 /* ---- the file -------------------------------------------------------------------- */
 
-static int grow(char **buf, size_t *cap, int *err) {
-    size_t want = *cap ? *cap * 2 : 4096;
-    char *nb = want <= MAX_CONFIG_BYTES ? realloc(*buf, want) : NULL;
-    if (!nb) return *err = want <= MAX_CONFIG_BYTES ? ENOMEM : EFBIG, -1;
-    *buf = nb;
-    *cap = want;
-    return 0;
-}
-
+/* The whole file, NUL-terminated; NULL with *err an errno value. */
 static char *read_file(const char *path, int *err) {
     FILE *f = fopen(path, "rb");
+    struct stat st;
     char *buf = NULL;
-    size_t cap = 0, len = 0;
+    size_t cap = 0;
+    ssize_t n = 0;
     *err = f ? 0 : errno;
-    while (f) {
-        if (len + 1 >= cap && grow(&buf, &cap, err)) break;
-        size_t n = fread(buf + len, 1, cap - 1 - len, f);
-        len += n;
-        if (n) continue;
-        if (ferror(f)) *err = errno ? errno : EIO;
-        break;
-    }
+    if (f && fstat(fileno(f), &st) == 0 && st.st_size > MAX_CONFIG_BYTES)
+        *err = EFBIG;
+    else if (f && (n = getdelim(&buf, &cap, '\0', f)) > 0 && !buf[n - 1])
+        *err = EILSEQ; /* a NUL byte: not a JSON text */
+    else if (f && n < 0 && ferror(f))
+        *err = errno ? errno : EIO;
     if (f) fclose(f);
-    if (!*err && memchr(buf, 0, len)) *err = EILSEQ; /* a NUL byte: not a JSON text */
-    if (*err) {
+    if (!*err && n < 0) { /* an empty file */
         free(buf);
-        return NULL;
+        if (!(buf = calloc(1, 1))) *err = ENOMEM;
     }
-    buf[len] = 0;
-    return buf;
+    if (*err) free(buf);
+    return *err ? NULL : buf;
 }
 
 static int load_file(struct proxy_config *cfg, const char *path, struct errbuf *e) {

@@ -15,13 +15,8 @@ static void join(char *out, size_t n, const char *path, const char *key) {
     snprintf(out, n, "%s%s%s", path, path[0] ? "." : "", key);
 }
 
-static void join_index(char *out, size_t n, const char *path, size_t i) {
-    snprintf(out, n, "%s[%zu]", path, i);
-}
-
 /* How a JSON value looks, for "expected X, got Y" messages. */
 static const char *describe(const cJSON *it, char *buf, size_t n) {
-    if (!it) return "nothing";
     if (cJSON_IsString(it)) return describe_text(it->valuestring, buf, n);
     if (cJSON_IsNumber(it)) {
         snprintf(buf, n, "%.15g", it->valuedouble);
@@ -91,8 +86,8 @@ static int read_cluster(const cJSON *it, const char *path, struct cluster_config
                         struct errbuf *e) {
     unsigned char given[64] = {0};
     cluster_defaults(c);
-    if (read_object(&cluster_table, "", it, path, c, given, e)) return -1;
-    return cluster_table.finish(c, given, path, e);
+    return read_object(&cluster_table, "", it, path, c, given, e) ||
+           cluster_table.finish(c, given, path, e);
 }
 
 static int unique_cluster(const struct cluster_config *c, size_t i, const char *path,
@@ -117,7 +112,7 @@ int json_read_clusters(const cJSON *arr, const char *path, void *obj, struct err
     struct cluster_config *c = calloc(n ? n : 1, sizeof(*c));
     if (!c) return errf(e, "%s: out of memory", path);
     for (const cJSON *it = arr->child; it; it = it->next, i++) {
-        join_index(p, sizeof(p), path, i);
+        snprintf(p, sizeof(p), "%s[%zu]", path, i);
         if (read_cluster(it, p, &c[i], e) || unique_cluster(c, i, path, e)) {
             free_clusters(c, n);
             return -1;
@@ -142,7 +137,7 @@ int json_read_backends(const cJSON *arr, const char *path, void *obj, struct err
     c->nbackends = 0;
     for (const cJSON *it = arr->child; it; it = it->next, i++) {
         const char *why;
-        join_index(p, sizeof(p), path, i);
+        snprintf(p, sizeof(p), "%s[%zu]", path, i);
         if (!cJSON_IsString(it))
             return errf(e, "%s: expected a \"HOST:PORT\" string, got %s", p,
                         describe(it, g, sizeof(g)));

@@ -5,20 +5,16 @@
 
 #include "config_table.h"
 
-static int given_on(const struct field *f, const void *obj) {
-    return !f->given || *(const int *)((const char *)obj + f->given - 1);
-}
-
 static void print_value(const struct field *f, const void *obj, FILE *out) {
-    const int *i = field_cptr(f, obj);
-    const char *s = field_cptr(f, obj);
+    const int *i = field_ptr(f, obj);
+    const char *s = field_ptr(f, obj);
     switch (f->type) {
     case FT_INT: fprintf(out, "%d", *i); break;
     case FT_BOOL: fputs(*i ? "true" : "false", out); break;
     case FT_CHOICE: fputs(f->choices->name(*i), out); break;
     case FT_STATUS: fprintf(out, "%d-%d", i[0], i[1]); break;
     case FT_CUSTOM: f->custom->print(obj, out, NULL); break;
-    case FT_ADDR: fputs(given_on(f, obj) ? (const char *)obj + f->text - 1 : f->unset, out); break;
+    case FT_ADDR: fputs(field_given(f, obj) ? field_text(f, obj) : f->unset, out); break;
     default:
         if (s[0] && (f->flags & F_SECRET)) s = "(configured)";
         fputs(s[0] || !f->unset ? s : f->unset, out);
@@ -37,12 +33,12 @@ static void print_section(const struct table *t, size_t k, const void *obj, FILE
         if (t->f[i].type == FT_SECTION || strchr(key + len + 1, '.'))
             continue; /* a section of its own */
         if (!any++) fprintf(out, "%s%s", indent, sec->key);
-        if (!given_on(sec, obj)) break;
+        if (!field_given(sec, obj)) break;
         fprintf(out, " %s%s", sec->flags & F_VALUES ? "" : key + len + 1,
                 sec->flags & F_VALUES ? "" : "=");
         print_value(&t->f[i], obj, out);
     }
-    if (any && !given_on(sec, obj)) fprintf(out, " %s", sec->unset);
+    if (any && !field_given(sec, obj)) fprintf(out, " %s", sec->unset);
     if (any) fputc('\n', out);
 }
 

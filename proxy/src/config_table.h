@@ -81,10 +81,11 @@ extern const struct table cluster_table; /* struct cluster_config */
 
 /* config.c */
 const struct field *table_find(const struct table *t, const char *key, size_t len);
-size_t table_index(const struct table *t, const char *key);
 void table_defaults(const struct table *t, void *obj);
-void *field_ptr(const struct field *f, void *obj);
-const void *field_cptr(const struct field *f, const void *obj);
+/* Where f lives in obj (like strchr, the const of obj is the caller's to keep). */
+void *field_ptr(const struct field *f, const void *obj);
+char *field_text(const struct field *f, const void *obj); /* FT_ADDR's text */
+int field_given(const struct field *f, const void *obj);  /* 1 as well when f has no given */
 /* A value given as text (a flag, a default, a JSON string) set into obj; else
  * -1 with e naming name. */
 int field_set_text(const struct field *f, void *obj, const char *text, const char *name,
