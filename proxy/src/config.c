@@ -561,6 +561,8 @@ static int cluster_finish(void *obj, const unsigned char *given, const char *pat
     return 0;
 }
 
+_Static_assert(sizeof(config_fields) / sizeof(config_fields[0]) <= MAX_ROWS, "MAX_ROWS");
+_Static_assert(sizeof(cluster_fields) / sizeof(cluster_fields[0]) <= MAX_ROWS, "MAX_ROWS");
 const struct table config_table = {config_fields, sizeof(config_fields) / sizeof(config_fields[0]),
                                    NULL};
 const struct table cluster_table = {

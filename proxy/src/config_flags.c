@@ -48,66 +48,56 @@ static void usage(FILE *out) {
         usage_line(out, commands[i].name, commands[i].arg, commands[i].help);
 }
 
-struct route_flag {
-    char prefix[256];
-    struct backend_addr *backends;
-    size_t n;
-};
-
 struct flag_values {
-    const char *config, *value[64]; /* value: per row of config_table, NULL when not given */
-    int check, strategy;            /* strategy: -1 when not given */
-    struct route_flag *routes;
+    const char *config, *value[MAX_ROWS]; /* value: per row of config_table, NULL when not given */
+    int check, strategy;                  /* strategy: -1 when not given */
+    struct cluster_config *routes;        /* --route: defaults, a prefix and backends */
     size_t nroutes;
 };
-
-static void free_routes(struct flag_values *f) {
-    for (size_t i = 0; i < f->nroutes; i++)
-        free(f->routes[i].backends);
-    free(f->routes);
-}
 
 /* ---- --route PREFIX=HOST:PORT[,HOST:PORT...] --------------------------------- */
 
 static int route_prefix(const char *v, const char *eq, const struct flag_values *f,
-                        struct route_flag *r, struct errbuf *e) {
+                        struct cluster_config *r, struct errbuf *e) {
     if (!eq || eq == v || !eq[1])
         return errf(e, "--route: expected PREFIX=HOST:PORT[,HOST:PORT...], got \"%s\"", v);
     size_t plen = (size_t)(eq - v);
-    if (plen >= sizeof(r->prefix))
-        return errf(e, "--route: prefix too long (at most %zu bytes)", sizeof(r->prefix) - 1);
-    memcpy(r->prefix, v, plen);
-    r->prefix[plen] = 0;
-    const char *why = prefix_problem(r->prefix);
-    if (why) return errf(e, "--route: prefix %s, got \"%s\"", why, r->prefix);
+    if (plen >= sizeof(r->path_prefix))
+        return errf(e, "--route: prefix too long (at most %zu bytes)", sizeof(r->path_prefix) - 1);
+    memcpy(r->path_prefix, v, plen);
+    r->prefix_len = plen;
+    const char *why = prefix_problem(r->path_prefix);
+    if (why) return errf(e, "--route: prefix %s, got \"%s\"", why, r->path_prefix);
     for (size_t i = 0; i < f->nroutes; i++)
-        if (!strcmp(f->routes[i].prefix, r->prefix))
-            return errf(e, "--route: duplicate prefix \"%s\"", r->prefix);
+        if (!strcmp(f->routes[i].path_prefix, r->path_prefix))
+            return errf(e, "--route: duplicate prefix \"%s\"", r->path_prefix);
     return 0;
 }
 
 /* The backend of len bytes at s, appended to r's. */
-static int route_backend(const char *s, size_t len, struct route_flag *r, struct errbuf *e) {
-    char text[sizeof(r->backends[0].text) + 1];
+static int route_backend(const char *s, size_t len, struct cluster_config *r, struct errbuf *e) {
+    struct backend_addr *b = r->backends;
+    char text[sizeof(b[0].text) + 1];
     const char *why = len ? "too long" : "expected HOST:PORT";
     snprintf(text, sizeof(text), "%.*s", (int)(len < 80 ? len : 80), s);
-    if (!len || len >= sizeof(text) || parse_backend(text, &r->backends[r->n], &why) < 0)
-        return errf(e, "--route %s: bad address \"%s\": %s", r->prefix, text, why);
-    for (size_t j = 0; j < r->n; j++)
-        if (same_backend(&r->backends[j], &r->backends[r->n]))
-            return errf(e, "--route %s: duplicate backend \"%s\"", r->prefix, text);
-    r->n++;
+    if (!len || len >= sizeof(text) || parse_backend(text, &b[r->nbackends], &why) < 0)
+        return errf(e, "--route %s: bad address \"%s\": %s", r->path_prefix, text, why);
+    for (size_t j = 0; j < r->nbackends; j++)
+        if (same_backend(&b[j], &b[r->nbackends]))
+            return errf(e, "--route %s: duplicate backend \"%s\"", r->path_prefix, text);
+    r->nbackends++;
     return 0;
 }
 
 static int parse_route(const char *v, struct flag_values *f, struct errbuf *e) {
     const char *eq = strchr(v, '=');
-    struct route_flag r = {0};
+    struct cluster_config r;
+    cluster_defaults(&r);
     if (route_prefix(v, eq, f, &r, e)) return -1;
     size_t cap = 1;
     for (const char *s = eq + 1; *s; s++)
         cap += *s == ',';
-    struct route_flag *grown = realloc(f->routes, (f->nroutes + 1) * sizeof(*f->routes));
+    struct cluster_config *grown = realloc(f->routes, (f->nroutes + 1) * sizeof(*f->routes));
     if (grown) f->routes = grown;
     if (!grown || !(r.backends = calloc(cap, sizeof(*r.backends))))
         return errf(e, "--route: out of memory");
@@ -124,38 +114,33 @@ static int parse_route(const char *v, struct flag_values *f, struct errbuf *e) {
     return 0;
 }
 
-/* Replaces a configured cluster's backends, or adds a cluster. */
-static int apply_route(struct proxy_config *cfg, struct route_flag *r, struct errbuf *e) {
-    struct cluster_config c, *grown;
+/* Replaces a configured cluster's backends, or adds the route's cluster. */
+static int apply_route(struct proxy_config *cfg, struct cluster_config *r, struct errbuf *e) {
+    struct cluster_config *grown;
     for (size_t i = 0; i < cfg->nclusters; i++)
-        if (!strcmp(cfg->clusters[i].path_prefix, r->prefix)) {
+        if (!strcmp(cfg->clusters[i].path_prefix, r->path_prefix)) {
             free(cfg->clusters[i].backends);
             cfg->clusters[i].backends = r->backends;
-            cfg->clusters[i].nbackends = r->n;
+            cfg->clusters[i].nbackends = r->nbackends;
             r->backends = NULL;
             return 0;
         }
-    cluster_defaults(&c);
-    memcpy(c.path_prefix, r->prefix, sizeof(c.path_prefix));
-    c.prefix_len = strlen(c.path_prefix);
-    derive_name(c.path_prefix, c.name, sizeof(c.name));
-    const char *why = name_problem(c.name);
+    derive_name(r->path_prefix, r->name, sizeof(r->name));
+    const char *why = name_problem(r->name);
     if (why)
-        return errf(e, "--route %s: cluster name \"%s\" %s (name it in a --config file)", r->prefix,
-                    c.name, why);
+        return errf(e, "--route %s: cluster name \"%s\" %s (name it in a --config file)",
+                    r->path_prefix, r->name, why);
     for (size_t i = 0; i < cfg->nclusters; i++)
-        if (!strcmp(cfg->clusters[i].name, c.name))
+        if (!strcmp(cfg->clusters[i].name, r->name))
             return errf(e,
                         "--route %s: cluster name \"%s\" is already used by the cluster for "
                         "\"%s\"",
-                        r->prefix, c.name, cfg->clusters[i].path_prefix);
+                        r->path_prefix, r->name, cfg->clusters[i].path_prefix);
     if (!(grown = realloc(cfg->clusters, (cfg->nclusters + 1) * sizeof(*cfg->clusters))))
         return errf(e, "--route: out of memory");
     cfg->clusters = grown;
-    c.backends = r->backends;
-    c.nbackends = r->n;
-    r->backends = NULL;
-    cfg->clusters[cfg->nclusters++] = c;
+    cfg->clusters[cfg->nclusters++] = *r;
+    r->backends = NULL; /* moved */
     return 0;
 }
 
@@ -293,7 +278,7 @@ int config_load(struct proxy_config *cfg, int argc, char **argv, FILE *errors) {
     struct errbuf e = {msg, sizeof(msg)};
     config_defaults(cfg);
     int rc = load(cfg, argc, argv, &f, &e);
-    free_routes(&f);
+    free_clusters(f.routes, f.nroutes);
     if (rc == 2) fprintf(errors, "proxy: %s\n", msg);
     return rc;
 }

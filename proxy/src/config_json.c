@@ -84,7 +84,7 @@ static int read_object(const struct table *t, const char *prefix, const cJSON *o
 
 static int read_cluster(const cJSON *it, const char *path, struct cluster_config *c,
                         struct errbuf *e) {
-    unsigned char given[64] = {0};
+    unsigned char given[MAX_ROWS] = {0};
     cluster_defaults(c);
     return read_object(&cluster_table, "", it, path, c, given, e) ||
            cluster_table.finish(c, given, path, e);
@@ -237,7 +237,7 @@ static int parse_error(const char *json, const char *end, struct errbuf *e) {
 }
 
 int json_parse(struct proxy_config *cfg, const char *json, int final, struct errbuf *e) {
-    unsigned char given[64] = {0};
+    unsigned char given[MAX_ROWS] = {0};
     char g[64];
     const char *end = NULL;
     if (!json) return errf(e, "no configuration text");

@@ -41,11 +41,13 @@ struct choices {
     const char *list; /* for messages: "auto, uring or epoll" */
 };
 
+/* A row whose value is not one of the types above; obj is the whole struct. */
 struct custom {
     int (*read)(const cJSON *it, const char *path, void *obj, struct errbuf *e);
     int (*set)(void *obj, const char *text); /* the default; NULL: none */
+    /* Whole lines at the top of a table; the value alone (indent NULL) in a section's line. */
     void (*print)(const void *obj, FILE *out, const char *indent);
-    int (*equal)(const void *a, const void *b);
+    int (*equal)(const void *a, const void *b); /* NULL: never compared (F_RELOAD rows) */
 };
 
 /* Offsets of optional members are stored plus one: 0 means none. */
@@ -67,6 +69,8 @@ struct field {
     const struct custom *custom;
     const char *flag, *flag_arg, *help; /* its command-line flag, if any */
 };
+
+#define MAX_ROWS 64 /* per table: the readers' "given" bytes, the flags' values */
 
 struct table {
     const struct field *f;
