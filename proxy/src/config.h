@@ -132,6 +132,9 @@ int config_from_args(struct proxy_config *cfg, int argc, char **argv);
 /* The same, with the messages about bad flags or fields written to errors
  * (a reload captures them for its log line and /status). */
 int config_load(struct proxy_config *cfg, int argc, char **argv, FILE *errors);
+/* The same, the message (without "proxy: ") in err: what a reload logs and
+ * shows in /status. */
+int config_read(struct proxy_config *cfg, int argc, char **argv, char *err, size_t errlen);
 /* Parses JSON text into cfg (on top of defaults). 0, or -1 with err naming
  * the field, e.g. "clusters[0].health_check.interval_ms: expected an integer". */
 int config_parse_json(struct proxy_config *cfg, const char *json, char *err, size_t err_len);

@@ -272,13 +272,19 @@ static int load(struct proxy_config *cfg, int argc, char **argv, struct flag_val
     return check_final(cfg, e) ? 2 : 0;
 }
 
-int config_load(struct proxy_config *cfg, int argc, char **argv, FILE *errors) {
+int config_read(struct proxy_config *cfg, int argc, char **argv, char *err, size_t errlen) {
     struct flag_values f = {.strategy = -1};
-    char msg[768] = "";
-    struct errbuf e = {msg, sizeof(msg)};
+    struct errbuf e = {err, errlen};
+    if (err && errlen) err[0] = 0;
     config_defaults(cfg);
     int rc = load(cfg, argc, argv, &f, &e);
     free_clusters(f.routes, f.nroutes);
+    return rc;
+}
+
+int config_load(struct proxy_config *cfg, int argc, char **argv, FILE *errors) {
+    char msg[768];
+    int rc = config_read(cfg, argc, argv, msg, sizeof(msg));
     if (rc == 2) fprintf(errors, "proxy: %s\n", msg);
     return rc;
 }

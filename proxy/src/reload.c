@@ -13,7 +13,8 @@ static void note(struct proxy_status *st, int ok, const char *msg) {
     st->reloads_failed += !ok;
     st->reload_ms = ev_wall_us() / 1000;
     st->reload_ok = ok;
-    snprintf(st->reload_msg, sizeof(st->reload_msg), "%s", msg);
+    snprintf(st->reload_msg, sizeof(st->reload_msg), "%.*s", (int)sizeof(st->reload_msg) - 1,
+             msg); /* cut to fit */
     pthread_mutex_unlock(&st->lock);
 }
 
@@ -34,28 +35,14 @@ static int refuse(struct reloader *r, const char *why) {
 
 int reload_config(struct reloader *r) {
     struct proxy_config *next = calloc(1, sizeof(*next));
-    char *msg = NULL;
-    size_t len = 0;
-    FILE *errors = open_memstream(&msg, &len);
-    if (!next || !errors) {
-        free(next);
-        if (errors) fclose(errors);
-        free(msg);
-        return refuse(r, "out of memory");
-    }
-    int rc = config_load(next, r->argc, r->argv, errors);
-    fclose(errors);
-    if (rc) {
-        while (len && msg[len - 1] == '\n')
-            msg[--len] = 0;
-        const char *why = strncmp(msg, "proxy: ", 7) ? msg : msg + 7;
-        refuse(r, len ? why : "invalid configuration");
-        free(msg);
+    char msg[768];
+    if (!next) return refuse(r, "out of memory");
+    if (config_read(next, r->argc, r->argv, msg, sizeof(msg))) {
+        refuse(r, msg[0] ? msg : "invalid configuration");
         config_free(next);
         free(next);
         return -1;
     }
-    free(msg);
     restart_notes(r->boot, next);
 
     int added, removed;
