@@ -151,10 +151,15 @@ static void flag_lists(const char **with_value, const char **no_value) {
     for (size_t i = 0; i < config_table.n; i++)
         if (config_table.f[i].flag) with_value[w++] = config_table.f[i].flag;
     for (size_t i = 0; i < NCOMMANDS; i++)
-        *(commands[i].arg ? &with_value[w++] : &no_value[n++]) = commands[i].name;
+        if (commands[i].arg)
+            with_value[w++] = commands[i].name;
+        else
+            no_value[n++] = commands[i].name;
     with_value[w] = no_value[n] = NULL;
 }
 
+/* A flag's value, checked now (so that the message names the flag) and
+ * applied once the file is read. */
 static int take_value(const char *name, const char *v, struct flag_values *f, struct errbuf *e) {
     struct proxy_config scratch = {0}; /* where a value is checked before the file is read */
     if (!*v) return errf(e, "%s: missing value", name);

@@ -237,6 +237,45 @@ static void test_check_prints_every_row(void) {
     config_free(&c);
 }
 
+/* config_read: config_load's message, in a buffer and without "proxy: ". */
+static void test_config_read(void) {
+    char *bad[] = {(char *)"proxy", (char *)"--threads", (char *)"x", NULL};
+    char *good[] = {(char *)"proxy", (char *)"--threads", (char *)"3", NULL};
+    char err[256];
+    struct proxy_config c;
+    CHECK(config_read(&c, 3, bad, err, sizeof(err)) == 2);
+    CHECK_STR(err, "--threads: expected an integer 1-1024, got \"x\"");
+    config_free(&c);
+    CHECK(config_read(&c, 3, good, err, sizeof(err)) == 0 && c.threads == 3);
+    CHECK_STR(err, "");
+    config_free(&c);
+}
+
+/* The file reader: a NUL byte and an empty file are refused, naming the file. */
+static void test_config_file(void) {
+    char path[] = "/tmp/lb-config-XXXXXX", err[512], want[600];
+    int fd = mkstemp(path);
+    char *argv[] = {(char *)"proxy", (char *)"--config", path, NULL};
+    struct proxy_config c;
+    CHECK(fd >= 0);
+    if (fd < 0) return;
+    CHECK(write(fd, "{}\0{}", 5) == 5);
+    CHECK(config_read(&c, 3, argv, err, sizeof(err)) == 2);
+    snprintf(want, sizeof(want), "config %s: contains a NUL byte", path);
+    CHECK_STR(err, want);
+    config_free(&c);
+    CHECK(ftruncate(fd, 0) == 0);
+    CHECK(config_read(&c, 3, argv, err, sizeof(err)) == 2);
+    CHECK(strstr(err, "invalid JSON at line 1") != NULL);
+    config_free(&c);
+    CHECK(pwrite(fd, "{\"threads\": 4}", 14, 0) == 14);
+    CHECK(config_read(&c, 3, argv, err, sizeof(err)) == 0 && c.threads == 4);
+    CHECK_STR(c.config_path, path);
+    config_free(&c);
+    close(fd);
+    unlink(path);
+}
+
 /* flags_int: the one integer parser, for the proxy's flags and flags_uint. */
 static void test_flags_int(void) {
     long long v = 0;
@@ -254,6 +293,8 @@ int main(void) {
     test_defaults_are_the_tables();
     test_reload_diff();
     test_check_prints_every_row();
+    test_config_read();
+    test_config_file();
     test_flags_int();
     return test_summary();
 }
