@@ -33,6 +33,7 @@ static const char *describe(const cJSON *it, char *buf, size_t n) {
 static int read_object(const struct table *t, const char *prefix, const cJSON *o, const char *path,
                        void *obj, unsigned char *given, struct errbuf *e);
 
+/* One value; t and given only for a section. */
 static int read_field(const struct table *t, const struct field *f, const cJSON *it,
                       const char *path, void *obj, unsigned char *given, struct errbuf *e) {
     char g[64];
@@ -171,8 +172,7 @@ int json_read_weights(const cJSON *o, const char *path, void *obj, struct errbuf
             return errf(e, "%s: not a backend (\"HOST:PORT\"): %s", p, why);
         for (size_t j = 0; j < c->nweights; j++)
             if (!strcmp(w[j].backend, ba.text)) return errf(e, "%s: duplicate field", p);
-        if (!cJSON_IsNumber(it)) return field_expected(&weight, p, describe(it, g, sizeof(g)), e);
-        if (field_set_number(&weight, &w[c->nweights].weight, it->valuedouble, p, e)) return -1;
+        if (read_field(NULL, &weight, it, p, &w[c->nweights].weight, NULL, e)) return -1;
         memcpy(w[c->nweights].backend, ba.text, sizeof(ba.text));
         c->nweights++;
     }
@@ -181,6 +181,8 @@ int json_read_weights(const cJSON *o, const char *path, void *obj, struct errbuf
 
 int json_read_tags(const cJSON *it, const char *p, void *obj, struct errbuf *e) {
     struct ec2_discovery *d = &((struct cluster_config *)obj)->discovery;
+    static const struct field value = {
+        .key = "tag", .type = FT_STR, .size = sizeof(d->tag_values[0])};
     char g[64];
     if (!cJSON_IsObject(it) || !it->child || cJSON_GetArraySize(it) > MAX_TAGS)
         return errf(e, "%s: expected an object of 1-%d string tags, got %s", p, MAX_TAGS,
@@ -195,11 +197,7 @@ int json_read_tags(const cJSON *it, const char *p, void *obj, struct errbuf *e) 
                         sizeof(d->tag_keys[0]) - 1);
         for (int i = 0; i < d->ntags; i++)
             if (!strcmp(d->tag_keys[i], t->string)) return errf(e, "%s: duplicate field", tp);
-        if (!cJSON_IsString(t))
-            return errf(e, "%s: expected a string, got %s", tp, describe(t, g, sizeof(g)));
-        if (strlen(t->valuestring) >= sizeof(d->tag_values[0]))
-            return errf(e, "%s: too long (at most %zu bytes)", tp, sizeof(d->tag_values[0]) - 1);
-        memcpy(d->tag_values[d->ntags], t->valuestring, strlen(t->valuestring) + 1);
+        if (read_field(NULL, &value, t, tp, d->tag_values[d->ntags], NULL, e)) return -1;
         memcpy(d->tag_keys[d->ntags], t->string, strlen(t->string) + 1);
         d->ntags++;
     }
