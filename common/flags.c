@@ -22,15 +22,22 @@ void flags_die(const char *fmt, ...) {
     exit(2);
 }
 
-unsigned long long flags_uint(const char *flag, const char *v, unsigned long long min,
-                              unsigned long long max) {
+int flags_int(const char *v, long long min, long long max, long long *out) {
+    if (!((*v >= '0' && *v <= '9') || (*v == '-' && min < 0))) return -1;
     char *end;
     errno = 0;
-    unsigned long long n = strtoull(v, &end, 10);
-    if (!*v || *v == '-' || *v == '+' || *end || errno || n < min || n > max)
-        flags_die("%s: invalid value '%s' (expected an integer from %llu to %llu)", flag, v, min,
-                  max);
-    return n;
+    long long n = strtoll(v, &end, 10);
+    if (*end || errno || n < min || n > max) return -1;
+    *out = n;
+    return 0;
+}
+
+unsigned long long flags_uint(const char *flag, const char *v, unsigned long long min,
+                              unsigned long long max) {
+    long long n;
+    if (flags_int(v, (long long)min, (long long)max, &n) < 0)
+        flags_die("%s: expected an integer %llu-%llu, got \"%s\"", flag, min, max, v);
+    return (unsigned long long)n;
 }
 
 static int listed(const char *const *list, const char *name) {
@@ -39,26 +46,41 @@ static int listed(const char *const *list, const char *name) {
     return 0;
 }
 
-const char *flags_next(int argc, char **argv, int *i, const char *const *with_value,
-                       const char *const *no_value, const char **val) {
-    static char name[64];
+int flags_scan(int argc, char **argv, int *i, const char *const *with_value,
+               const char *const *no_value, const char **name, const char **val, char *err,
+               size_t errlen) {
+    static char buf[64];
     const char *arg = argv[*i], *eq = strchr(arg, '=');
-    if (strncmp(arg, "--", 2) != 0 || !arg[2]) return NULL;
+    if (strncmp(arg, "--", 2) != 0 || !arg[2]) return 0;
     size_t len = eq ? (size_t)(eq - arg) : strlen(arg);
-    if (len >= sizeof(name)) flags_die("unknown flag '%s'", arg);
-    memcpy(name, arg, len);
-    name[len] = 0;
+    snprintf(buf, sizeof(buf), "%.*s", (int)len, arg);
+    *name = buf;
     *val = NULL;
-    if (listed(no_value, name)) {
-        if (eq) flags_die("%s takes no value", name);
-        return name;
+    if (len >= sizeof(buf) || (!listed(no_value, buf) && !listed(with_value, buf))) {
+        snprintf(err, errlen, "unknown option %.*s", (int)(len < 200 ? len : 200), arg);
+        return -1;
     }
-    if (!listed(with_value, name)) flags_die("unknown flag '%s'", name);
+    if (listed(no_value, buf)) {
+        if (!eq) return 1;
+        snprintf(err, errlen, "%s takes no value", buf);
+        return -1;
+    }
     if (eq)
         *val = eq + 1;
-    else if (*i + 1 < argc)
+    else if (*i + 1 < argc && strncmp(argv[*i + 1], "--", 2))
         *val = argv[++*i];
-    else
-        flags_die("%s needs a value", name);
-    return name;
+    else {
+        snprintf(err, errlen, "%s: missing value", buf);
+        return -1;
+    }
+    return 1;
+}
+
+const char *flags_next(int argc, char **argv, int *i, const char *const *with_value,
+                       const char *const *no_value, const char **val) {
+    const char *name;
+    char err[256];
+    int r = flags_scan(argc, argv, i, with_value, no_value, &name, val, err, sizeof(err));
+    if (r < 0) flags_die("%s", err);
+    return r ? name : NULL;
 }

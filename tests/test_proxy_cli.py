@@ -138,6 +138,24 @@ class CLITest(unittest.TestCase):
     def test_strategy_bogus(self):
         self.assert_fails(["--strategy", "nope"], "strategy")
 
+    def test_flag_followed_by_a_flag_is_missing_its_value(self):
+        # "--listen --threads 2": --threads is the next flag, not --listen's value.
+        self.assert_fails(["--admin", "--threads", "2"], "--admin: missing value")
+
+    def test_empty_flag_value(self):
+        self.assert_fails(["--access-log="], "--access-log")
+
+    def test_desync_mitigation_bogus(self):
+        self.assert_fails(["--desync-mitigation", "lenient"], "--desync-mitigation")
+
+    def test_each_bad_flag_is_one_line(self):
+        for args in (["--threads", "0"], ["--engine", "x"], ["--admin", "x:1"], ["--bogus"],
+                     ["8000"], ["-t"], ["--check=1"]):
+            rc, out, err = run(["--listen", "127.0.0.1:%d" % free_port()] + args)
+            self.assertEqual(rc, 2, "%s: %s%s" % (args, out, err))
+            self.assertEqual(err.count("\n"), 1, "%s: %r" % (args, err))
+            self.assertTrue(err.startswith("proxy: "), "%s: %r" % (args, err))
+
     def test_listen_bogus(self):
         rc, out, err = run(["--listen", "127.0.0.1:99999"])
         self.assertEqual(rc, 2, out + err)
@@ -242,6 +260,26 @@ class CLITest(unittest.TestCase):
         rc, out, err = run(["--config", path, "--check"])
         self.assertIn(rc, (1, 2), out + err)
         self.assertIn("backends", out + err)
+
+    def test_check_prints_every_setting(self):
+        cfg = valid_config()
+        cfg["cloudwatch"] = {"region": "us-east-1"}
+        path = self.write_config(cfg)
+        rc, out, err = run(["--config", path, "--check"])
+        self.assertEqual(rc, 0, out + err)
+        for s in ("listen ", "threads 1\n", "engine epoll\n", "admin off\n", "access_log off\n",
+                  "log_level info\n", "desync_mitigation defensive\n",
+                  "limits max_header_bytes=16384 max_headers=100 max_connections=100000 "
+                  "min_body_rate_bps=1024\n",
+                  "timeouts_ms connect=500 client_header=1000 idle=5000 backend_response=1000 "
+                  "drain=1000\n",
+                  "default_response 404 text/plain (9 bytes)\n", "cluster cluster1\n",
+                  "  strip_prefix false\n", "  strategy peak-ewma\n", "  retries 0\n",
+                  "  discovery.ec2 off\n", "  health_check path=/health interval_ms=1000",
+                  "  outlier_detection consecutive_5xx=5", "  slow_start_ms 0\n",
+                  "  stickiness off\n", "  dns_refresh_s 30\n",
+                  "cloudwatch namespace=CustomLB region=us-east-1 interval_s=60"):
+            self.assertIn(s, out, "--check output lacks %r:\n%s" % (s, out))
 
     def test_flag_overrides_config_route(self):
         # --route with a prefix from the config replaces that cluster's backends.

@@ -132,11 +132,19 @@ int config_from_args(struct proxy_config *cfg, int argc, char **argv);
 /* The same, with the messages about bad flags or fields written to errors
  * (a reload captures them for its log line and /status). */
 int config_load(struct proxy_config *cfg, int argc, char **argv, FILE *errors);
+/* The same, the message (without "proxy: ") in err: what a reload logs and
+ * shows in /status. */
+int config_read(struct proxy_config *cfg, int argc, char **argv, char *err, size_t errlen);
 /* Parses JSON text into cfg (on top of defaults). 0, or -1 with err naming
  * the field, e.g. "clusters[0].health_check.interval_ms: expected an integer". */
 int config_parse_json(struct proxy_config *cfg, const char *json, char *err, size_t err_len);
 void config_defaults(struct proxy_config *cfg);
 void config_free(struct proxy_config *cfg);
+/* The settings that differ between a and b but that a reload cannot apply
+ * (they need a restart): their top-level names ("timeouts_ms"), each once, in
+ * names (at most max). Returns how many differ. */
+size_t config_restart_diff(const struct proxy_config *a, const struct proxy_config *b,
+                           const char **names, size_t max);
 /* Writes a human-readable summary of what would run (for --check). */
 void config_print(const struct proxy_config *cfg, FILE *out);
 
