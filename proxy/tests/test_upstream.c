@@ -24,7 +24,7 @@
 
 struct fixture {
     struct proxy_config cfg;
-    struct balancer b;
+    struct balancer *b;
     struct worker w;
     struct backend *be[NBACKENDS];
     int listen_fd[NBACKENDS];
@@ -38,6 +38,13 @@ static int listen_any(struct sockaddr_in *sa) {
         getsockname(fd, (struct sockaddr *)sa, &len) < 0)
         abort();
     return fd;
+}
+
+static void keep_backends(const struct table_cluster *c, void *arg) {
+    struct fixture *f = arg;
+    if (c->n != NBACKENDS) abort();
+    for (size_t i = 0; i < NBACKENDS; i++)
+        f->be[i] = c->backends[i];
 }
 
 /* One cluster of NBACKENDS listening backends, one worker (id 0) on an
@@ -59,16 +66,11 @@ static void setup(struct fixture *f) {
         snprintf(ba->text, sizeof(ba->text), "127.0.0.1:%u", ntohs(sa.sin_port));
         if (net_parse_addr(ba->text, NULL, &ba->addr, &err) < 0) abort();
     }
-    if (balancer_init(&f->b, &f->cfg, 1) < 0) abort();
-    balancer_reader_offline(&f->b, BALANCER_PROBE(&f->b));
-    balancer_reader_offline(&f->b, BALANCER_ADMIN(&f->b));
-    balancer_ready(&f->b);
-    struct table_cluster *c = &balancer_table(&f->b)->clusters[0];
-    if (c->n != NBACKENDS) abort();
-    for (size_t i = 0; i < NBACKENDS; i++)
-        f->be[i] = c->rows[i];
+    if (!(f->b = balancer_new(&f->cfg, 1))) abort();
+    balancer_ready(f->b);
+    balancer_each_cluster(f->b, keep_backends, f); /* worker 0, online; nothing swaps */
     f->w.cfg = &f->cfg;
-    f->w.bal = &f->b;
+    f->w.bal = f->b;
     f->w.loop = ev_loop_new(EV_ENGINE_EPOLL, NULL, 0);
     if (!f->w.loop) abort();
     list_init(&f->w.idle_lru);
@@ -82,7 +84,7 @@ static void teardown(struct fixture *f) {
     }
     CHECK(list_empty(&f->w.idle_lru));
     ev_loop_free(f->w.loop);
-    balancer_free(&f->b);
+    balancer_free(f->b);
     free(f->cfg.clusters[0].backends);
     free(f->cfg.clusters);
 }
