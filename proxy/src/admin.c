@@ -271,6 +271,7 @@ struct admin *admin_start(const struct admin_view *v, char *err, size_t errlen) 
 void admin_stop(struct admin *a) {
     if (!a) return;
     atomic_store(&a->stop, 1);
+    ev_wake(a->loop);
     pthread_join(a->thread, NULL);
     ev_loop_free(a->loop); /* first: no pending op may still reach a buffer */
     while (a->conns) {
