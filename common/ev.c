@@ -216,6 +216,7 @@ void ev_run(ev_loop *loop) {
         if (loop->stopping) break;
         loop->be->wait(loop, next_timeout(loop));
     }
+    loop->stopping = 0;
 }
 
 /* ---- ops ---- */

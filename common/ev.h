@@ -65,10 +65,10 @@ const char *ev_engine_name(enum ev_engine e);
 /* Parses "auto", "uring" or "epoll"; -1 when unknown. */
 int ev_engine_parse(const char *s);
 
-/* Runs until ev_stop(); tick (if set) runs once per iteration. An iteration
- * ends when an op completes, a timer is due or ev_wake() is called, and only
- * then: an idle loop sleeps, so a thread that sets a flag for the tick to see
- * calls ev_wake() after. */
+/* Runs until ev_stop() (which ends this run: the loop may run again); tick
+ * (if set) runs once per iteration. An iteration ends when an op completes,
+ * a timer is due or ev_wake() is called, and only then: an idle loop sleeps,
+ * so a thread that sets a flag for the tick to see calls ev_wake() after. */
 void ev_run(ev_loop *loop);
 void ev_stop(ev_loop *loop);
 /* From any thread: a loop blocked in its wait returns and runs an iteration
