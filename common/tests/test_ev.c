@@ -468,13 +468,16 @@ struct fired {
     int count, rearm;  /* firings; how many times the callback re-arms */
 };
 
-static void on_fired(ev_timer *t) {
-    struct fired *f = t->ctx;
+static void note_firing(struct fired *f) {
     f->fired_us = ev_clock_us();
     f->count++;
     if (f->order) *f->order = (*f->next)++;
-    CHECK(!ev_timer_armed(t));                                /* disarmed before its callback */
+    CHECK(!ev_timer_armed(&f->timer));                        /* disarmed before its callback */
     CHECK(f->fired_us - f->started_us >= f->after_ms * 1000); /* never early */
+}
+
+static void on_fired(ev_timer *t) {
+    note_firing(t->ctx);
 }
 
 static void start_fired(ev_loop *loop, struct fired *f, uint64_t after_ms) {
@@ -526,7 +529,7 @@ struct rearming {
 
 static void on_rearming(ev_timer *t) {
     struct rearming *ra = t->ctx;
-    on_fired(t);
+    note_firing(&ra->f);
     if (ra->f.count < 3) start_fired(ra->loop, &ra->f, 10);
 }
 
@@ -534,7 +537,6 @@ static void test_timer_rearm_from_callback(void) {
     ev_loop *loop = new_loop();
     struct rearming ra = {.loop = loop};
     ev_timer_init(&ra.f.timer, on_rearming, &ra);
-    ra.f.timer.ctx = &ra;
     start_fired(loop, &ra.f, 10);
     run_until(loop, &ra.f.count, 3, GUARD_MS);
     run_ms(loop, 30);
