@@ -10,6 +10,7 @@
 #define BACKEND_H
 
 #include "ev.h"
+#include "list.h"
 
 #include <llhttp.h>
 #include <stddef.h>
@@ -112,7 +113,7 @@ struct worker;
 
 struct conn {
     struct worker *w;
-    struct conn *prev, *next;
+    struct list in_worker; /* in w->conns */
     int fd;
     uint64_t id;
     enum phase phase;
@@ -156,10 +157,10 @@ struct worker {
     int lfd;
     ev_op accept_op;
     ev_timer accept_retry;
-    struct conn *conns;
+    struct list conns; /* every open connection */
     size_t nconns;
     int draining;
-    uint64_t drain_deadline_ms;
+    ev_timer drain_timer; /* the loop stops then, connections closed or not */
     char logbuf[LOG_CAP];
     size_t loglen;
     /* Start-up report: errmsg when it failed, why_fallback when AUTO fell

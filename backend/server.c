@@ -111,11 +111,7 @@ static void conn_free(struct conn *c) {
     close(c->fd);
     if (c->pipe_r >= 0) close(c->pipe_r);
     if (c->pipe_w >= 0) close(c->pipe_w);
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        w->conns = c->next;
-    if (c->next) c->next->prev = c->prev;
+    list_remove(&c->in_worker);
     w->nconns--;
     free(c->in);
     free(c->out);
@@ -369,9 +365,7 @@ static void conn_new(struct worker *w, int fd) {
     ev_timer_init(&c->idle_timer, on_idle, c);
     ev_timer_init(&c->delay_timer, on_delay, c);
     http_conn_init(c);
-    c->next = w->conns;
-    if (w->conns) w->conns->prev = c;
-    w->conns = c;
+    list_push(&w->conns, &c->in_worker);
     w->nconns++;
     if (!cfg.quiet) {
         char line[600];
@@ -431,29 +425,39 @@ static void on_accept_retry(ev_timer *t) {
 
 /* ---- the worker ---- */
 
+/* Connections whose ops are not cancelled by then are left to the teardown. */
+#define DRAIN_MS 1000
+
+static void on_drain_timeout(ev_timer *t) {
+    struct worker *w = t->ctx;
+    ev_stop(w->loop);
+}
+
 static void begin_drain(struct worker *w) {
     w->draining = 1;
-    w->drain_deadline_ms = ev_now_ms(w->loop) + 1000;
+    ev_timer_start(w->loop, &w->drain_timer, DRAIN_MS);
     ev_timer_stop(w->loop, &w->accept_retry);
     if (ev_op_busy(&w->accept_op)) ev_cancel(w->loop, &w->accept_op);
-    for (struct conn *c = w->conns, *next; c; c = next) {
-        next = c->next;
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &w->conns) {
+        struct conn *c = list_entry(pos, struct conn, in_worker);
         conn_close(c);
         conn_settle(c);
     }
 }
 
+/* Once per loop iteration: main sets the stop flag and interrupts the
+ * loop's wait with SIGRTMIN. */
 static void on_tick(ev_loop *loop, void *arg) {
     struct worker *w = arg;
     if (w->loglen) log_flush(w);
     if (!w->draining && backend_stop_requested()) begin_drain(w);
-    if (w->draining &&
-        ((!w->nconns && !ev_op_busy(&w->accept_op)) || ev_now_ms(loop) >= w->drain_deadline_ms))
-        ev_stop(loop);
+    if (w->draining && !w->nconns && !ev_op_busy(&w->accept_op)) ev_stop(loop);
 }
 
 int worker_setup(struct worker *w, const struct net_addr *addr) {
     w->lfd = -1;
+    list_init(&w->conns);
     w->loop = ev_loop_new(cfg.engine, w->why_fallback, sizeof(w->why_fallback));
     if (!w->loop) {
         snprintf(w->errmsg, sizeof(w->errmsg), "cannot start the %s event loop: %.200s",
@@ -471,6 +475,7 @@ int worker_setup(struct worker *w, const struct net_addr *addr) {
     ev_set_tick(w->loop, on_tick, w);
     ev_op_init(&w->accept_op, on_accept, w);
     ev_timer_init(&w->accept_retry, on_accept_retry, w);
+    ev_timer_init(&w->drain_timer, on_drain_timeout, w);
     ev_accept(w->loop, &w->accept_op, w->lfd);
     return 0;
 }
@@ -484,9 +489,9 @@ void worker_teardown(struct worker *w) {
     /* The loop goes first: nothing may complete into freed memory. */
     if (w->loop) ev_loop_free(w->loop);
     w->loop = NULL;
-    while (w->conns) {
-        struct conn *c = w->conns;
-        w->conns = c->next;
+    while (!list_empty(&w->conns)) {
+        struct conn *c = list_first(&w->conns, struct conn, in_worker);
+        list_remove(&c->in_worker);
         close(c->fd);
         if (c->pipe_r >= 0) close(c->pipe_r);
         if (c->pipe_w >= 0) close(c->pipe_w);

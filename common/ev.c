@@ -5,10 +5,13 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 
 uint64_t ev_clock_us(void) {
@@ -51,7 +54,14 @@ static ev_loop *loop_with(const struct ev_backend *be, enum ev_engine e, char *w
     loop->be = be;
     loop->engine = e;
     loop->now_ms = ev_clock_ms();
+    loop->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (loop->wake_fd < 0) {
+        snprintf(why, len, "eventfd: %s", strerror(errno));
+        free(loop);
+        return NULL;
+    }
     if (be->init(loop, why, len) != 0) {
+        close(loop->wake_fd);
         free(loop);
         return NULL;
     }
@@ -73,6 +83,7 @@ ev_loop *ev_loop_new(enum ev_engine want, char *why_fallback, size_t why_len) {
 void ev_loop_free(ev_loop *loop) {
     if (!loop) return;
     loop->be->fini(loop);
+    close(loop->wake_fd);
     free(loop->heap);
     free(loop);
 }
@@ -96,6 +107,25 @@ void ev_set_tick(ev_loop *loop, void (*tick)(ev_loop *, void *), void *arg) {
 
 void ev_stop(ev_loop *loop) {
     loop->stopping = 1;
+}
+
+/* One write per wake-up however many threads call: wake_sent stays set until
+ * the loop drains the eventfd. The exchange orders what the caller stored
+ * before it (a flag) before the loop's drain, and so before its tick. */
+void ev_wake(ev_loop *loop) {
+    if (atomic_exchange_explicit(&loop->wake_sent, 1, memory_order_acq_rel)) return;
+    uint64_t one = 1;
+    /* Fails only with the counter at its maximum: the loop is woken anyway. */
+    if (write(loop->wake_fd, &one, sizeof(one)) < 0) return;
+}
+
+/* wake_sent is cleared before the read: a wake that comes between the two
+ * either is read here (the loop's tick runs after) or leaves the eventfd
+ * readable for the next wait. */
+void ev_wake_drain(ev_loop *loop) {
+    atomic_exchange_explicit(&loop->wake_sent, 0, memory_order_acq_rel);
+    uint64_t n;
+    if (read(loop->wake_fd, &n, sizeof(n)) < 0) return; /* EAGAIN: already drained */
 }
 
 /* ---- timers: a binary min-heap, each timer knowing its slot ---- */
@@ -168,16 +198,14 @@ static void run_timers(ev_loop *loop) {
     }
 }
 
-/* The tick runs at least this often, so that a flag another thread sets
- * (drain, stop) is seen within that time without a wake-up channel. */
-#define EV_MAX_WAIT_MS 100
-
+/* Until the first timer, or -1 (no timer: forever). Other threads reach a
+ * sleeping loop through ev_wake(), so no wake-up is needed to poll flags. */
 static int next_timeout(const ev_loop *loop) {
     if (loop->done_head) return 0;
-    if (!loop->heap_len) return EV_MAX_WAIT_MS;
+    if (!loop->heap_len) return -1;
     uint64_t d = loop->heap[1]->deadline_ms;
     if (d <= loop->now_ms) return 0;
-    return d - loop->now_ms > EV_MAX_WAIT_MS ? EV_MAX_WAIT_MS : (int)(d - loop->now_ms);
+    return d - loop->now_ms > INT_MAX ? INT_MAX : (int)(d - loop->now_ms);
 }
 
 void ev_run(ev_loop *loop) {
@@ -188,6 +216,7 @@ void ev_run(ev_loop *loop) {
         if (loop->stopping) break;
         loop->be->wait(loop, next_timeout(loop));
     }
+    loop->stopping = 0;
 }
 
 /* ---- ops ---- */
@@ -236,7 +265,7 @@ void ev_forget_fd(ev_loop *loop, int fd) {
     if (fd >= 0) loop->be->forget_fd(loop, fd);
 }
 
-static int connect_result(int fd) {
+int ev_socket_error(int fd) {
     int err = 0;
     socklen_t len = sizeof(err);
     if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) return -errno;
@@ -254,7 +283,7 @@ int ev_try_op(ev_op *op) {
             op->addr = NULL;
             if (r < 0 && errno == EINPROGRESS) return -EAGAIN;
         } else {
-            return connect_result(op->fd);
+            return ev_socket_error(op->fd);
         }
         break;
     case EVK_RECV: r = recv(op->fd, op->buf, op->len, MSG_DONTWAIT); break;

@@ -12,7 +12,11 @@
  * accepts may wait on one listener); splice_in only into an empty pipe (the
  * loop waits on the socket, not the pipe); an op must stay allocated until
  * its callback ran; call ev_forget_fd() before close() on a descriptor that
- * had ops. */
+ * had ops. A loop belongs to one thread: only ev_wake() may be called from
+ * another.
+ *
+ * Kept small on purpose: ops are embedded in their owner (no allocation per
+ * op), and both engines keep the same rules, pinned by common/tests/test_ev.c. */
 #ifndef LB_EV_H
 #define LB_EV_H
 
@@ -61,9 +65,17 @@ const char *ev_engine_name(enum ev_engine e);
 /* Parses "auto", "uring" or "epoll"; -1 when unknown. */
 int ev_engine_parse(const char *s);
 
-/* Runs until ev_stop(); tick (if set) runs once per iteration. */
+/* Runs until ev_stop() (which ends this run: the loop may run again); tick
+ * (if set) runs once per iteration. An iteration ends when an op completes,
+ * a timer is due or ev_wake() is called, and only then: an idle loop sleeps,
+ * so a thread that sets a flag for the tick to see calls ev_wake() after. */
 void ev_run(ev_loop *loop);
 void ev_stop(ev_loop *loop);
+/* From any thread: a loop blocked in its wait returns and runs an iteration
+ * (its tick sees what the caller stored before the call). Wakes that come
+ * before the loop took the first are one; a loop that nobody wakes pays
+ * nothing for it. */
+void ev_wake(ev_loop *loop);
 void ev_set_tick(ev_loop *loop, void (*tick)(ev_loop *, void *), void *arg);
 /* Monotonic milliseconds, refreshed once per iteration. */
 uint64_t ev_now_ms(const ev_loop *loop);

@@ -41,6 +41,13 @@ static int ep_init(ev_loop *loop, char *why, size_t why_len) {
         free(s);
         return -1;
     }
+    struct epoll_event e = {.events = EPOLLIN, .data.fd = loop->wake_fd};
+    if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, loop->wake_fd, &e) < 0) {
+        snprintf(why, why_len, "epoll_ctl(eventfd): %s", strerror(errno));
+        close(s->epfd);
+        free(s);
+        return -1;
+    }
     s->loop = loop;
     loop->be_state = s;
     return 0;
@@ -67,10 +74,6 @@ static struct fd_slot *slot_for(struct ep_state *s, int fd) {
     return &s->slots[fd];
 }
 
-static int is_write_side(const ev_op *op) {
-    return op->kind == EVK_CONNECT || op->kind == EVK_SEND || op->kind == EVK_SPLICE_OUT;
-}
-
 static void queue_done(struct ep_state *s, ev_op *op, int res) {
     ev_queue_done(s->loop, op, res);
 }
@@ -86,7 +89,7 @@ static void park(struct ep_state *s, ev_op *op) {
         }
         slot->registered = 1;
     }
-    ev_op **head = is_write_side(op) ? &slot->wr : &slot->rd;
+    ev_op **head = ev_is_write_side(op) ? &slot->wr : &slot->rd;
     op->next = *head;
     *head = op;
 }
@@ -107,7 +110,7 @@ static void ep_cancel(ev_loop *loop, ev_op *op) {
     struct ep_state *s = st(loop);
     if ((size_t)op->fd >= s->nslots) return;
     struct fd_slot *slot = &s->slots[op->fd];
-    for (ev_op **pp = is_write_side(op) ? &slot->wr : &slot->rd; *pp; pp = &(*pp)->next) {
+    for (ev_op **pp = ev_is_write_side(op) ? &slot->wr : &slot->rd; *pp; pp = &(*pp)->next) {
         if (*pp == op) {
             *pp = op->next;
             queue_done(s, op, -ECANCELED);
@@ -130,7 +133,7 @@ static void retry_all(struct ep_state *s, ev_op *list) {
     }
 }
 
-static void wake(struct ep_state *s, int fd, uint32_t events) {
+static void on_ready(struct ep_state *s, int fd, uint32_t events) {
     if ((size_t)fd >= s->nslots) return;
     struct fd_slot *slot = &s->slots[fd];
     int err = events & (EPOLLERR | EPOLLHUP);
@@ -153,8 +156,12 @@ static void ep_wait(ev_loop *loop, int timeout_ms) {
     struct epoll_event evs[256];
     int n = epoll_wait(s->epfd, evs, 256, timeout_ms);
     loop->now_ms = ev_clock_ms();
-    for (int i = 0; i < n; i++)
-        wake(s, evs[i].data.fd, evs[i].events);
+    for (int i = 0; i < n; i++) {
+        if (evs[i].data.fd == loop->wake_fd)
+            ev_wake_drain(loop);
+        else
+            on_ready(s, evs[i].data.fd, evs[i].events);
+    }
     /* Only what is queued now: ops finishing at once while these run go to
      * the next round, after epoll has had its say. */
     ev_run_done(loop);

@@ -2,6 +2,8 @@
 #ifndef LB_EV_INTERNAL_H
 #define LB_EV_INTERNAL_H
 
+#include <stdatomic.h>
+
 #include "ev.h"
 
 enum ev_kind { EVK_ACCEPT = 1, EVK_CONNECT, EVK_RECV, EVK_SEND, EVK_SPLICE_IN, EVK_SPLICE_OUT };
@@ -29,10 +31,25 @@ struct ev_loop {
     size_t heap_len, heap_cap;
     struct ev_stats stats;
     ev_op *done_head, *done_tail; /* finished without the kernel's help */
+    int wake_fd;                  /* eventfd: ev_wake() writes, the back end waits on it */
+    atomic_int wake_sent;         /* a write is on its way: later ev_wake()s need none */
 };
 
 extern const struct ev_backend ev_uring_backend;
 extern const struct ev_backend ev_epoll_backend;
+
+/* connect, send and splice_out wait for a socket to become writable; the
+ * others for it to become readable. */
+static inline int ev_is_write_side(const ev_op *op) {
+    return op->kind == EVK_CONNECT || op->kind == EVK_SEND || op->kind == EVK_SPLICE_OUT;
+}
+
+/* The socket's pending error (SO_ERROR) as -errno, 0 when none: a connect's
+ * outcome once the socket is writable. */
+int ev_socket_error(int fd);
+/* The back end saw wake_fd readable: empties it, so that the next ev_wake()
+ * writes again. The tick of this iteration sees what the waker set. */
+void ev_wake_drain(ev_loop *loop);
 
 /* Does the syscall an op stands for, without blocking: result or -errno. */
 int ev_try_op(ev_op *op);

@@ -1,6 +1,7 @@
 /* io_uring back end: one SQE per op. An op that reports EAGAIN (splice always
  * goes this way first) waits on a POLL_ADD tagged with the op's address + 1
- * and is issued again once the descriptor is ready. */
+ * and is issued again once the descriptor is ready. A POLL_ADD tagged
+ * WAKE_TAG waits on the loop's eventfd (ev_wake). */
 #define _GNU_SOURCE
 #include "ev_internal.h"
 
@@ -14,6 +15,10 @@
 #include <liburing.h>
 
 enum { OPF_POLLING = 1, OPF_CANCELLED = 2 };
+
+/* The eventfd poll's user_data: ops are aligned, so neither an op's address
+ * nor its address + 1 (its poll) is 2. */
+#define WAKE_TAG ((uintptr_t)2)
 
 static struct io_uring *ring_of(ev_loop *loop) {
     return loop->be_state;
@@ -40,6 +45,24 @@ static int probe_ops(char *why, size_t why_len) {
     return 0;
 }
 
+static struct io_uring_sqe *sqe_get(ev_loop *loop) {
+    struct io_uring *ring = ring_of(loop);
+    struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+    if (!sqe) {
+        io_uring_submit(ring);
+        sqe = io_uring_get_sqe(ring);
+    }
+    if (!sqe) abort(); /* the SQ was just emptied: cannot happen */
+    return sqe;
+}
+
+/* Submitted with the next wait; no syscall of its own. */
+static void arm_wake(ev_loop *loop) {
+    struct io_uring_sqe *sqe = sqe_get(loop);
+    io_uring_prep_poll_add(sqe, loop->wake_fd, POLLIN);
+    io_uring_sqe_set_data(sqe, (void *)WAKE_TAG);
+}
+
 static int ur_init(ev_loop *loop, char *why, size_t why_len) {
     struct io_uring *ring = calloc(1, sizeof(*ring));
     if (!ring) {
@@ -64,6 +87,7 @@ static int ur_init(ev_loop *loop, char *why, size_t why_len) {
         return -1;
     }
     loop->be_state = ring;
+    arm_wake(loop);
     return 0;
 }
 
@@ -72,24 +96,9 @@ static void ur_fini(ev_loop *loop) {
     free(ring_of(loop));
 }
 
-static struct io_uring_sqe *sqe_get(ev_loop *loop) {
-    struct io_uring *ring = ring_of(loop);
-    struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
-    if (!sqe) {
-        io_uring_submit(ring);
-        sqe = io_uring_get_sqe(ring);
-    }
-    if (!sqe) abort(); /* the SQ was just emptied: cannot happen */
-    return sqe;
-}
-
-static int is_write_side(const ev_op *op) {
-    return op->kind == EVK_CONNECT || op->kind == EVK_SEND || op->kind == EVK_SPLICE_OUT;
-}
-
 static void arm_poll(ev_loop *loop, ev_op *op) {
     struct io_uring_sqe *sqe = sqe_get(loop);
-    io_uring_prep_poll_add(sqe, op->fd, is_write_side(op) ? POLLOUT : POLLIN);
+    io_uring_prep_poll_add(sqe, op->fd, ev_is_write_side(op) ? POLLOUT : POLLIN);
     io_uring_sqe_set_data(sqe, (char *)op + 1);
     op->flags |= OPF_POLLING;
 }
@@ -152,10 +161,7 @@ static void on_poll_done(ev_loop *loop, ev_op *op, int res) {
         return;
     }
     if (op->kind == EVK_CONNECT) {
-        int err = 0;
-        socklen_t len = sizeof(err);
-        getsockopt(op->fd, SOL_SOCKET, SO_ERROR, &err, &len);
-        ev_complete(loop, op, -err);
+        ev_complete(loop, op, ev_socket_error(op->fd));
         return;
     }
     issue(loop, op);
@@ -163,6 +169,11 @@ static void on_poll_done(ev_loop *loop, ev_op *op, int res) {
 
 static void on_cqe(ev_loop *loop, uintptr_t data, int res) {
     if (!data) return;
+    if (data == WAKE_TAG) {
+        ev_wake_drain(loop);
+        arm_wake(loop);
+        return;
+    }
     ev_op *op = (ev_op *)(data & ~(uintptr_t)1);
     if (data & 1) {
         on_poll_done(loop, op, res);
@@ -182,7 +193,7 @@ static void ur_wait(ev_loop *loop, int timeout_ms) {
     struct io_uring_cqe *cqe;
     struct __kernel_timespec ts = {.tv_sec = timeout_ms / 1000,
                                    .tv_nsec = (long long)(timeout_ms % 1000) * 1000000};
-    io_uring_submit_and_wait_timeout(ring, &cqe, 1, &ts, NULL);
+    io_uring_submit_and_wait_timeout(ring, &cqe, 1, timeout_ms < 0 ? NULL : &ts, NULL);
     loop->now_ms = ev_clock_ms();
     struct io_uring_cqe *batch[256];
     uintptr_t data[256];

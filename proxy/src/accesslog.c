@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "ev.h"
 #include "fmt.h"
 #include "log.h"
 
@@ -38,7 +39,9 @@ struct alog_buf {
     struct alog *log;
     struct chunk *cur; /* NULL when none could be allocated */
     uint64_t tick_ms;  /* now_ms of the last alog_tick */
-    uint64_t first_ms; /* tick_ms when cur got its first line */
+    uint64_t first_ms; /* tick_ms (the loop's now) when cur got its first line */
+    ev_loop *loop;     /* the writing thread's loop, or NULL (alog_set_loop) */
+    ev_timer flush;    /* armed at a first line, so that an idle loop ticks */
     int64_t cached_sec;
     char cached_time[20]; /* "YYYY-MM-DDTHH:MM:SS." of cached_sec */
 } __attribute__((aligned(CACHELINE)));
@@ -239,6 +242,28 @@ static void hand_over(struct alog_buf *b, int force) {
     b->cur = fresh;
 }
 
+/* The loop's clock is fresher than the last tick's: an idle loop may not
+ * have ticked for long. */
+static void first_line(struct alog_buf *b) {
+    if (!b->loop) {
+        b->first_ms = b->tick_ms;
+        return;
+    }
+    b->first_ms = ev_now_ms(b->loop);
+    ev_timer_start(b->loop, &b->flush, FLUSH_AGE_MS);
+}
+
+static void on_flush(ev_timer *t) {
+    struct alog_buf *b = t->ctx;
+    alog_tick(b, ev_now_ms(b->loop));
+}
+
+void alog_set_loop(struct alog_buf *b, ev_loop *loop) {
+    if (!b) return;
+    b->loop = loop;
+    ev_timer_init(&b->flush, on_flush, b);
+}
+
 static size_t field_len(const char *s) {
     return s ? strnlen(s, ALOG_FIELD_MAX) : 0;
 }
@@ -259,7 +284,7 @@ void alog_write(struct alog_buf *b, const struct alog_entry *e) {
         return;
     }
     struct chunk *c = b->cur;
-    if (!c->len) b->first_ms = b->tick_ms;
+    if (!c->len) first_line(b);
     char *p = c->data + c->len;
     p = FMT_LIT(p, "{\"time\":");
     p = put_time(b, p, e->time_us);
@@ -299,9 +324,10 @@ void alog_tick(struct alog_buf *b, uint64_t now_ms) {
     int flush_now = now_ms == ALOG_FLUSH_NOW;
     if (!flush_now) b->tick_ms = now_ms;
     if (!b->cur || !b->cur->len) return;
-    /* first_ms is the tick before the first line, so the line is at most
-     * FLUSH_AGE_MS older than it looks; ticks at least every 100 ms bound the
-     * delay to ~200 ms. A clock that went back hands over too. */
+    /* Without a loop, first_ms is the tick before the first line, so the line
+     * is at most FLUSH_AGE_MS older than it looks; ticks at least every 100 ms
+     * bound the delay to ~200 ms. With one, the flush timer fires when the
+     * first line is FLUSH_AGE_MS old. A clock that went back hands over too. */
     if (flush_now || now_ms < b->first_ms || now_ms - b->first_ms >= FLUSH_AGE_MS) hand_over(b, 0);
 }
 

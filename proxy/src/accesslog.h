@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ev.h"
+
 struct alog;     /* the log file and its writer thread */
 struct alog_buf; /* one per worker thread: only that thread appends to it */
 
@@ -40,10 +42,14 @@ struct alog_buf *alog_thread_buf(struct alog *l, int thread_id);
  * the writer. Never blocks on I/O; when the writer is more than 16 MiB behind,
  * the buffer's lines are dropped and counted. b NULL: no-op. */
 void alog_write(struct alog_buf *b, const struct alog_entry *e);
-/* From the worker's loop tick (at least every 100 ms, now_ms monotonic): hands
- * over a non-empty buffer whose first line is ~100 ms old, so lines reach the
- * file within ~200 ms. */
+/* From the worker's loop tick (now_ms monotonic): hands over a non-empty
+ * buffer whose first line is ~100 ms old. Lines reach the file within ~200 ms
+ * when ticks come at least every 100 ms, or within ~100 ms with a loop set. */
 void alog_tick(struct alog_buf *b, uint64_t now_ms);
+/* b's lines are written from loop's thread: a first line in the buffer arms
+ * a timer on loop, so that it is handed over even when the loop is idle and
+ * does not tick. b NULL: no-op. */
+void alog_set_loop(struct alog_buf *b, ev_loop *loop);
 /* As now_ms: hand over whatever is buffered, at once (tests). */
 #define ALOG_FLUSH_NOW UINT64_MAX
 /* Asks the writer to reopen the path (log rotation, SIGUSR1); returns at once.

@@ -302,6 +302,7 @@ int admin_start(const struct admin_view *v, struct admin **out, char *err, size_
 void admin_stop(struct admin *a) {
     if (!a) return;
     atomic_store(&a->stop, 1);
+    ev_wake(a->loop);
     pthread_join(a->thread, NULL);
     ev_loop_free(a->loop); /* first: no pending op may still reach a buffer */
     struct list *pos, *tmp;

@@ -1097,13 +1097,6 @@ static void on_resp_read(ev_op *op, int res) {
 
 /* ---- accept and drain ---- */
 
-/* The worker's client list: worker_init() zeroes the worker, the head is
- * made on first use. */
-static struct list *clients_of(struct worker *w) {
-    if (!w->clients.next) list_init(&w->clients);
-    return &w->clients;
-}
-
 void client_accept(struct worker *w, int fd) {
     const struct proxy_config *cfg = w->cfg;
     struct client *c = calloc(1, sizeof(*c));
@@ -1128,7 +1121,7 @@ void client_accept(struct worker *w, int fd) {
     ev_timer_init(&c->body_timer, on_body_timer, c);
     pump_init(&c->reqp, w->loop, c, on_reqp_done, on_progress);
     pump_init(&c->respp, w->loop, c, on_respp_done, on_progress);
-    list_append(clients_of(w), &c->in_worker);
+    list_append(&w->clients, &c->in_worker);
     w->nclients++;
     ctr_add(&w->counters.connections, 1);
     start_head(c);
@@ -1136,7 +1129,7 @@ void client_accept(struct worker *w, int fd) {
 
 void clients_close_idle(struct worker *w) {
     struct list *pos, *tmp;
-    list_for_each_safe(pos, tmp, clients_of(w)) {
+    list_for_each_safe(pos, tmp, &w->clients) {
         struct client *c = list_entry(pos, struct client, in_worker);
         if (c->state == C_HEAD && c->in.len == c->in.pos) client_close(c);
     }

@@ -81,6 +81,14 @@ static long nofile_setup(long max_connections) {
     return cap;
 }
 
+/* Sets g_draining or g_stop_now and wakes every worker to see it: an idle
+ * loop sleeps until then. */
+static void tell_workers(atomic_int *flag, struct worker *w, int n) {
+    atomic_store(flag, 1);
+    for (int i = 0; i < n; i++)
+        ev_wake(w[i].loop);
+}
+
 /* Waits for the workers to finish draining, at most drain_ms. */
 static void wait_drain(struct worker *w, int n, int drain_ms) {
     struct timespec deadline;
@@ -94,7 +102,7 @@ static void wait_drain(struct worker *w, int n, int drain_ms) {
     for (int i = 0; i < n; i++) {
         if (pthread_timedjoin_np(w[i].thread, NULL, &deadline) == 0) continue;
         log_warn("drain timeout (%d ms): closing the remaining connections", drain_ms);
-        atomic_store(&g_stop_now, 1);
+        tell_workers(&g_stop_now, w + i, n - i);
         for (int j = i; j < n; j++)
             pthread_join(w[j].thread, NULL);
         return;
@@ -137,7 +145,7 @@ static int init_workers(struct worker *w, int n, const struct proxy_config *cfg,
     return 0;
 }
 
-/* Waits for signals until one asks to drain. */
+/* Waits for signals until one asks to drain (the caller tells the workers). */
 static void serve_signals(const sigset_t *sigs, struct reloader *rl, struct alog *alog) {
     for (;;) {
         int sig = sigwaitinfo(sigs, NULL);
@@ -152,7 +160,6 @@ static void serve_signals(const sigset_t *sigs, struct reloader *rl, struct alog
         } else if (sig == SIGTERM || sig == SIGINT) {
             log_info("%s: draining (up to %d ms)", sig == SIGTERM ? "SIGTERM" : "SIGINT",
                      rl->boot->timeouts_ms.drain);
-            atomic_store(&g_draining, 1);
             return;
         }
     }
@@ -226,6 +233,7 @@ static int run(const struct proxy_config *cfg, struct balancer *bal, struct dns 
             log_info("cloudwatch: PutMetricData to %s every %d s", cfg->cloudwatch.namespace_,
                      cfg->cloudwatch.interval_s);
         serve_signals(&sigs, &rl, alog);
+        tell_workers(&g_draining, w, started);
         uint64_t drain_until = ev_clock_ms() + (uint64_t)cfg->timeouts_ms.drain;
         dns_stop(dns);        /* its table changes wait for the workers, as discovery's */
         discovery_stop(disc); /* its table changes wait for the workers: stop it first */
@@ -234,7 +242,7 @@ static int run(const struct proxy_config *cfg, struct balancer *bal, struct dns 
         cloudwatch_stop_flush(cw, drain_until); /* the last publication, within the drain */
         cw = NULL;
     } else {
-        atomic_store(&g_stop_now, 1);
+        tell_workers(&g_stop_now, w, started);
         for (int i = 0; i < started; i++)
             pthread_join(w[i].thread, NULL);
     }

@@ -16,6 +16,9 @@
  * live answers say more about a busy backend than one check a second (a
  * check on a fresh connection, from a thread of its own, reads slower). */
 #define PROBE_SAMPLE_IDLE_MS 1000
+/* Readmissions are logged (and start their slow start) within this, and
+ * ejection multipliers decay (balancer_tick). */
+#define BALANCER_TICK_MS 50
 
 struct probe {
     struct prober *pr;
@@ -42,7 +45,7 @@ struct prober {
     struct probe *probes;
     size_t n;
     int rebuilding;
-    int64_t ticked_ms; /* the last balancer_tick() */
+    ev_timer balancer_tick; /* balancer_tick() every BALANCER_TICK_MS */
     atomic_int stop;
     pthread_t thread;
 };
@@ -260,16 +263,23 @@ static void tick(ev_loop *loop, void *arg) {
     /* online only here: an idle prober never holds up a table swap */
     balancer_reader_online(pr->b, pr->reader_id);
     follow_table(pr);
-    int64_t now = ev_clock_ms();
-    if (now - pr->ticked_ms >= 50) { /* readmissions logged within 50-100 ms */
-        pr->ticked_ms = now;
-        balancer_tick(pr->b);
-    }
     balancer_reader_offline(pr->b, pr->reader_id);
+}
+
+/* Also how soon a new table's backends get their first checks: the
+ * iteration this timer ends runs the tick (follow_table). */
+static void on_balancer_tick(ev_timer *t) {
+    struct prober *pr = t->ctx;
+    balancer_reader_online(pr->b, pr->reader_id);
+    balancer_tick(pr->b);
+    balancer_reader_offline(pr->b, pr->reader_id);
+    ev_timer_start(pr->loop, t, BALANCER_TICK_MS);
 }
 
 static void *prober_main(void *arg) {
     struct prober *pr = arg;
+    ev_timer_init(&pr->balancer_tick, on_balancer_tick, pr);
+    ev_timer_start(pr->loop, &pr->balancer_tick, BALANCER_TICK_MS);
     ev_run(pr->loop);
     for (size_t i = 0; i < pr->n; i++) {
         struct probe *p = &pr->probes[i];
@@ -316,6 +326,7 @@ int prober_start(struct balancer *b, const struct proxy_config *cfg, struct prob
 void prober_stop(struct prober *pr) {
     if (!pr) return;
     atomic_store(&pr->stop, 1);
+    ev_wake(pr->loop);
     pthread_join(pr->thread, NULL);
     ev_loop_free(pr->loop);
     free(pr);

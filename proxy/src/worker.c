@@ -29,6 +29,9 @@ atomic_long g_max_connections; /* main() sets it before any worker starts */
 #define ACCEPT_PAUSE_MIN_MS 10
 #define ACCEPT_PAUSE_MAX_MS 1000
 #define ACCEPT_LOG_EVERY_MS 10000
+/* How often idle backend connections are checked for age; armed only while
+ * the pool holds one, so an idle worker sleeps. */
+#define POOL_SWEEP_MS 1000
 
 static void on_accept(ev_op *op, int res);
 static void on_accept_backoff(ev_timer *t);
@@ -47,9 +50,16 @@ void workers_sum(const struct worker *w, int n, struct worker_sums *out) {
         worker_counters_add(&w[i].counters, out);
 }
 
+/* A table swap waits for every worker's next quiescent point (its tick):
+ * an idle worker is woken for it rather than polled. */
+static void wake_loop(void *loop) {
+    ev_wake(loop);
+}
+
 int worker_init(struct worker *w, int id, const struct proxy_config *cfg, struct balancer *bal) {
     memset(w, 0, sizeof(*w));
     list_init(&w->idle_lru);
+    list_init(&w->clients);
     w->id = id;
     w->cfg = cfg;
     w->bal = bal;
@@ -69,6 +79,7 @@ int worker_init(struct worker *w, int id, const struct proxy_config *cfg, struct
     for (int i = 0; i < ACCEPTS_IN_FLIGHT; i++)
         ev_op_init(&w->accept_op[i], on_accept, w);
     ev_timer_init(&w->accept_backoff, on_accept_backoff, w);
+    balancer_set_waker(bal, id, wake_loop, w->loop);
     return 0;
 }
 
@@ -159,16 +170,19 @@ static void start_drain(struct worker *w) {
     pool_close_all(w);
 }
 
+/* The tick arms it again while the pool holds a connection. */
 static void on_sweep(ev_timer *t) {
-    struct worker *w = t->ctx;
-    pool_sweep(w);
-    ev_timer_start(w->loop, t, 1000);
+    pool_sweep(t->ctx);
 }
 
+/* Once per loop iteration. The main thread sets g_draining and g_stop_now,
+ * then wakes the loop (ev_wake): an idle worker sleeps until then. */
 static void tick(ev_loop *loop, void *arg) {
     struct worker *w = arg;
     balancer_quiescent(w->bal, w->id);
     if (w->alog) alog_tick(w->alog, ev_now_ms(loop));
+    if (!ev_timer_armed(&w->sweep) && !list_empty(&w->idle_lru))
+        ev_timer_start(loop, &w->sweep, POOL_SWEEP_MS);
     if (atomic_load_explicit(&g_stop_now, memory_order_relaxed)) {
         ev_stop(loop);
         return;
@@ -190,7 +204,7 @@ void *worker_main(void *arg) {
     struct worker *w = arg;
     ev_set_tick(w->loop, tick, w);
     ev_timer_init(&w->sweep, on_sweep, w);
-    ev_timer_start(w->loop, &w->sweep, 1000);
+    alog_set_loop(w->alog, w->loop);
     for (int i = 0; i < ACCEPTS_IN_FLIGHT; i++)
         ev_accept(w->loop, &w->accept_op[i], w->listen_fd);
     ev_run(w->loop);
