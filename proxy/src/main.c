@@ -173,29 +173,109 @@ static int start_failed(int rc, const char *what, const char *err) {
     return 1;
 }
 
-static int run(const struct proxy_config *cfg, struct balancer *bal, struct dns *dns, int argc,
-               char **argv) {
-    int n = cfg->threads, started = 0, rc = 0;
-    struct proxy_status st = {.started_ms = ev_wall_us() / 1000};
-    pthread_mutex_init(&st.lock, NULL);
-    struct reloader rl = {argc, argv, cfg, (struct proxy_config *)cfg, bal, &st};
+/* What run() starts, stopped in the reverse order. */
+struct running {
+    const struct proxy_config *cfg;
+    struct balancer *bal;
+    struct worker *w;
+    int n, started; /* workers, and of them the threads running */
+    struct alog *alog;
+    struct admin *admin;
+    struct prober *prober;
+    struct discovery *disc;
+    struct cloudwatch *cw;
+};
+
+/* The listener check, the access log and the workers' loops and sockets. */
+static int prepare(struct running *r) {
+    const struct proxy_config *cfg = r->cfg;
     char err[300];
     if (net_port_taken(&cfg->listen)) {
         log_error("cannot listen on %s: address already in use", cfg->listen_text);
         return 1;
     }
-    struct alog *alog = NULL;
-    if (cfg->access_log[0] && !(alog = alog_open(cfg->access_log, n, err, sizeof(err)))) {
+    if (cfg->access_log[0] && !(r->alog = alog_open(cfg->access_log, r->n, err, sizeof(err)))) {
         log_error("access log: %s", err);
         return 1;
     }
-    struct worker *w = aligned_alloc(64, (size_t)n * sizeof(*w));
-    if (w) memset(w, 0, (size_t)n * sizeof(*w));
-    if (!w || init_workers(w, n, cfg, bal, alog) < 0) {
-        free(w);
-        alog_close(alog);
+    r->w = aligned_alloc(64, (size_t)r->n * sizeof(*r->w));
+    if (r->w) memset(r->w, 0, (size_t)r->n * sizeof(*r->w));
+    if (!r->w || init_workers(r->w, r->n, cfg, r->bal, r->alog) < 0) {
+        free(r->w);
+        alog_close(r->alog);
         return 1;
     }
+    return 0;
+}
+
+/* The admin listener, the workers' threads, then the threads that read or
+ * change the table. 1 when one failed (logged). */
+static int start_threads(struct running *r, struct proxy_status *st, struct dns *dns) {
+    const struct proxy_config *cfg = r->cfg;
+    char err[300];
+    if (cfg->admin_set) {
+        struct admin_view view = {cfg, r->bal, r->w, r->n, r->alog, st};
+        if (start_failed(admin_start(&view, &r->admin, err, sizeof(err)), "admin listener", err))
+            return 1;
+    }
+    log_start(cfg, &r->w[0]);
+    balancer_ready(r->bal);
+    for (; r->started < r->n; r->started++)
+        if (pthread_create(&r->w[r->started].thread, NULL, worker_main, &r->w[r->started])) {
+            log_error("cannot start worker thread %d of %d", r->started + 1, r->n);
+            return 1;
+        }
+    if (start_failed(prober_start(r->bal, cfg, &r->prober, err, sizeof(err)), "health checks",
+                     err) ||
+        start_failed(discovery_start(r->bal, &r->disc, err, sizeof(err)), "discovery", err))
+        return 1;
+    if (cfg->cloudwatch.enabled && start_failed(cloudwatch_start(&cfg->cloudwatch, r->bal, r->w,
+                                                                 r->n, &r->cw, err, sizeof(err)),
+                                                "cloudwatch", err))
+        return 1;
+    /* the names' refresher, once the readers run */
+    return start_failed(dns_start(dns, err, sizeof(err)), "dns", err);
+}
+
+/* SIGTERM: the writers stop first (their table changes wait for the
+ * workers), then the workers drain, then the last CloudWatch publication. */
+static void drain(struct running *r, struct dns *dns) {
+    tell_workers(&g_draining, r->w, r->started);
+    uint64_t drain_until = ev_clock_ms() + (uint64_t)r->cfg->timeouts_ms.drain;
+    dns_stop(dns);
+    discovery_stop(r->disc);
+    r->disc = NULL;
+    wait_drain(r->w, r->started, r->cfg->timeouts_ms.drain);
+    cloudwatch_stop_flush(r->cw, drain_until);
+    r->cw = NULL;
+}
+
+static void stop_threads(struct running *r) {
+    tell_workers(&g_stop_now, r->w, r->started);
+    for (int i = 0; i < r->started; i++)
+        pthread_join(r->w[i].thread, NULL);
+    r->started = 0;
+}
+
+static void release(struct running *r) {
+    discovery_stop(r->disc);
+    cloudwatch_stop(r->cw);
+    prober_stop(r->prober);
+    admin_stop(r->admin);
+    alog_close(r->alog);
+    log_exit(r->w, r->n, r->bal);
+    for (int i = 0; i < r->n; i++)
+        worker_fini(&r->w[i]);
+    free(r->w);
+}
+
+static int run(const struct proxy_config *cfg, struct balancer *bal, struct dns *dns, int argc,
+               char **argv) {
+    struct running r = {.cfg = cfg, .bal = bal, .n = cfg->threads};
+    if (prepare(&r)) return 1;
+    struct proxy_status st = {.started_ms = ev_wall_us() / 1000};
+    pthread_mutex_init(&st.lock, NULL);
+    struct reloader rl = {argc, argv, cfg, (struct proxy_config *)cfg, bal, &st};
     sigset_t sigs;
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGTERM);
@@ -203,58 +283,18 @@ static int run(const struct proxy_config *cfg, struct balancer *bal, struct dns 
     sigaddset(&sigs, SIGHUP);
     sigaddset(&sigs, SIGUSR1);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
-    struct admin *admin = NULL;
-    if (cfg->admin_set) {
-        struct admin_view view = {cfg, bal, w, n, alog, &st};
-        rc = start_failed(admin_start(&view, &admin, err, sizeof(err)), "admin listener", err);
-    }
-    if (!rc) log_start(cfg, &w[0]);
-    balancer_ready(bal);
-    for (; !rc && started < n; started++)
-        if (pthread_create(&w[started].thread, NULL, worker_main, &w[started]) != 0) break;
-    if (!rc && started < n) {
-        log_error("cannot start worker thread %d of %d", started + 1, n);
-        rc = 1;
-    }
-    struct prober *prober = NULL;
-    struct discovery *disc = NULL;
-    struct cloudwatch *cw = NULL;
-    if (!rc)
-        rc = start_failed(prober_start(bal, cfg, &prober, err, sizeof(err)), "health checks", err);
-    if (!rc) rc = start_failed(discovery_start(bal, &disc, err, sizeof(err)), "discovery", err);
-    if (!rc && cfg->cloudwatch.enabled)
-        rc = start_failed(cloudwatch_start(&cfg->cloudwatch, bal, w, n, &cw, err, sizeof(err)),
-                          "cloudwatch", err);
-    /* the names' refresher, once the readers run */
-    if (!rc) rc = start_failed(dns_start(dns, err, sizeof(err)), "dns", err);
+    int rc = start_threads(&r, &st, dns);
     if (!rc) {
-        if (admin) log_info("admin listener on %s: /metrics /status /healthz", cfg->admin_text);
-        if (cw)
+        if (r.admin) log_info("admin listener on %s: /metrics /status /healthz", cfg->admin_text);
+        if (r.cw)
             log_info("cloudwatch: PutMetricData to %s every %d s", cfg->cloudwatch.namespace_,
                      cfg->cloudwatch.interval_s);
-        serve_signals(&sigs, &rl, alog);
-        tell_workers(&g_draining, w, started);
-        uint64_t drain_until = ev_clock_ms() + (uint64_t)cfg->timeouts_ms.drain;
-        dns_stop(dns);        /* its table changes wait for the workers, as discovery's */
-        discovery_stop(disc); /* its table changes wait for the workers: stop it first */
-        disc = NULL;
-        wait_drain(w, started, cfg->timeouts_ms.drain);
-        cloudwatch_stop_flush(cw, drain_until); /* the last publication, within the drain */
-        cw = NULL;
+        serve_signals(&sigs, &rl, r.alog);
+        drain(&r, dns);
     } else {
-        tell_workers(&g_stop_now, w, started);
-        for (int i = 0; i < started; i++)
-            pthread_join(w[i].thread, NULL);
+        stop_threads(&r);
     }
-    discovery_stop(disc);
-    cloudwatch_stop(cw);
-    prober_stop(prober);
-    admin_stop(admin);
-    alog_close(alog);
-    log_exit(w, n, bal);
-    for (int i = 0; i < n; i++)
-        worker_fini(&w[i]);
-    free(w);
+    release(&r);
     reloader_free(&rl);
     pthread_mutex_destroy(&st.lock);
     return rc;
