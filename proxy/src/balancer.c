@@ -80,6 +80,9 @@ struct balancer {
     pthread_cond_t passed; /* on CLOCK_MONOTONIC */
     int nreaders;          /* the workers, then READER_OTHERS */
     struct reader *readers;
+    /* balancer_set_tick_waker(): arg stored before fn, read after it */
+    _Atomic(void (*)(void *)) tick_wake;
+    void *_Atomic tick_wake_arg;
 };
 
 /* ---- backends ---- */
@@ -438,11 +441,17 @@ static void mark_removed(const struct lb_table *old, const struct lb_table *next
         }
 }
 
+static void wake_ticker(struct balancer *b) {
+    void (*wake)(void *) = atomic_load(&b->tick_wake);
+    if (wake) wake(atomic_load(&b->tick_wake_arg));
+}
+
 /* Publishes next and, after the grace period, frees the old table (backends
  * still in use live on until their last reference goes). write_lock held. */
 static void table_swap(struct balancer *b, struct lb_table *next) {
     struct lb_table *old = atomic_exchange(&b->table, next);
     mark_removed(old, next);
+    wake_ticker(b);   /* new backends get their checks now */
     if (b->started) { /* else no reader yet */
         uint64_t e = atomic_fetch_add(&b->epoch, 1) + 1;
         /* pairs with balancer_reader_online()'s */
@@ -702,6 +711,7 @@ static void eject(struct balancer *b, struct backend *be, const char *what, int 
              what, why ? ", last: " : "", why ? why : "");
         log_warn("backend %s (%s): ejected for %d ms (%d %s%s%s; ejection %d)", be->name, lc->name,
                  ms, count, what, why ? ", last: " : "", why ? why : "", times);
+        wake_ticker(b); /* its readmission needs a tick */
     } else if (!backend_ejected(be, now)) {
         log_debug("backend %s (%s): %d %s, not ejected: the cluster is at its ejection cap",
                   be->name, lc->name, count, what);
@@ -763,7 +773,13 @@ void balancer_done(struct balancer *b, struct backend *be, enum outcome o, int s
 /* Readmits backends whose ejection is over (picks took them back at that
  * instant; this logs it), and decays the
  * multiplier of backends that stayed in and failed nothing for an interval. */
-static void tick_cluster(const struct table_cluster *c, int64_t now) {
+static void earliest(int64_t *next, int64_t at) {
+    if (*next < 0 || at < *next) *next = at;
+}
+
+/* Readmissions and decay in one cluster; *next: when it needs the next
+ * tick (kept when it needs none). */
+static void tick_cluster(const struct table_cluster *c, int64_t now, int64_t *next) {
     const struct outlier_config *od = &c->cfg->outlier;
     int decay = now - c->id->decayed_ms >= od->interval_ms;
     if (decay) c->id->decayed_ms = now;
@@ -776,14 +792,23 @@ static void tick_cluster(const struct table_cluster *c, int64_t now) {
                    !atomic_load(&be->consec_5xx) && !atomic_load(&be->consec_gw)) {
             atomic_fetch_sub(&be->times_ejected, 1);
         }
+        if (until > now) earliest(next, until);
+        if (atomic_load(&be->times_ejected) > 0)
+            earliest(next, c->id->decayed_ms + od->interval_ms);
     }
 }
 
-void balancer_tick(struct balancer *b) {
+int64_t balancer_tick(struct balancer *b) {
     const struct lb_table *t = current(b);
-    int64_t now = ev_clock_ms();
+    int64_t now = ev_clock_ms(), next = -1;
     for (size_t i = 0; i < t->nclusters; i++)
-        tick_cluster(&t->clusters[i], now);
+        tick_cluster(&t->clusters[i], now, &next);
+    return next < 0 ? -1 : next > now ? next - now : 1;
+}
+
+void balancer_set_tick_waker(struct balancer *b, void (*wake)(void *arg), void *arg) {
+    atomic_store(&b->tick_wake_arg, arg);
+    atomic_store(&b->tick_wake, wake);
 }
 
 uint64_t backend_requests(const struct backend *be, int nworkers) {

@@ -209,9 +209,16 @@ enum outcome {
  * the outlier detection's consecutive counts (which may eject it). */
 void balancer_done(struct balancer *b, struct backend *be, enum outcome o, int status,
                    uint64_t latency_us, const char *why, int worker);
-/* The probe thread (online), every 100 ms or so: readmissions are logged and start
- * their slow start, and ejection multipliers decay. */
-void balancer_tick(struct balancer *b);
+/* The probe thread (online): readmissions are logged and start their slow
+ * start, and ejection multipliers decay. Returns the milliseconds until it
+ * is needed again, or -1 when nothing is ejected or decaying: then the
+ * next ejection calls the tick waker. */
+int64_t balancer_tick(struct balancer *b);
+/* How the balancer tells the probe thread, which sleeps between its timers,
+ * that it has work: an ejection (on a worker) whose readmission needs a
+ * tick, or a new table (on a writer) whose backends need checks. The waker
+ * must stay valid as long as the workers and writers run. */
+void balancer_set_tick_waker(struct balancer *b, void (*wake)(void *arg), void *arg);
 /* Requests sent to the backend, and live ones it failed, over all workers. */
 uint64_t backend_requests(const struct backend *be, int nworkers);
 uint64_t backend_failures(const struct backend *be, int nworkers);

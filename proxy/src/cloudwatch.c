@@ -408,7 +408,7 @@ static void log_outcome(struct cloudwatch *cw, int rc, const char *err) {
     }
 }
 
-static void publish(void *arg) {
+static int publish(void *arg) {
     struct cloudwatch *cw = arg;
     char err[1200] = "";
     measure(cw);
@@ -416,6 +416,7 @@ static void publish(void *arg) {
     /* a call a stop cut short is not an outage: the last publication says
      * what became of its datums */
     if (!atomic_load(&cw->stopping) || !rc) log_outcome(cw, rc, err);
+    return cw->cfg.interval_s;
 }
 
 int cloudwatch_start(const struct cloudwatch_config *cfg, struct balancer *b,
@@ -432,7 +433,7 @@ int cloudwatch_start(const struct cloudwatch_config *cfg, struct balancer *b,
     cw->reader_id = balancer_reader_id(b, READER_CLOUDWATCH);
     cw->workers = workers;
     cw->nworkers = nworkers;
-    int rc = periodic_start(&cw->thread, cfg->interval_s, 0, publish, cw);
+    int rc = periodic_start(&cw->thread, cfg->interval_s, publish, cw);
     if (rc < 0) {
         snprintf(err, errlen, "cannot start its thread: %s", strerror(-rc));
         free(cw);

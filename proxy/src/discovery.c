@@ -194,18 +194,21 @@ static void run_job(struct discovery *d, struct job *j, struct backend_addr *buf
         log_error("discovery %s: out of memory", j->cluster);
 }
 
-/* One pass: the jobs due now. The thread wakes every second, so a due job
- * or a reload that adds one is seen within a second. */
-static void discover(void *arg) {
+/* One pass: the jobs due now; the seconds until the next is due, or 0
+ * when there is none (a reload that adds one kicks the thread). */
+static int discover(void *arg) {
     struct discovery *d = arg;
     refresh_jobs(d);
-    uint64_t now = ev_clock_ms();
+    uint64_t now = ev_clock_ms(), next = 0;
     for (size_t i = 0; i < d->njobs; i++) {
         struct job *j = &d->jobs[i];
-        if (now < j->due_ms) continue;
-        run_job(d, j, d->buf);
-        j->due_ms = ev_clock_ms() + (uint64_t)j->ec2.interval_s * 1000;
+        if (now >= j->due_ms) {
+            run_job(d, j, d->buf);
+            j->due_ms = ev_clock_ms() + (uint64_t)j->ec2.interval_s * 1000;
+        }
+        if (!next || j->due_ms < next) next = j->due_ms;
     }
+    return next ? periodic_seconds_until(next, ev_clock_ms()) : 0;
 }
 
 int discovery_start(struct balancer *b, struct discovery **out, char *err, size_t errlen) {
@@ -218,7 +221,7 @@ int discovery_start(struct balancer *b, struct discovery **out, char *err, size_
     }
     d->bal = b;
     d->reader_id = balancer_reader_id(b, READER_DISCOVERY);
-    int rc = periodic_start(&d->thread, 1, 1, discover, d);
+    int rc = periodic_start(&d->thread, 0, discover, d);
     if (rc < 0) {
         snprintf(err, errlen, "cannot start its thread: %s", strerror(-rc));
         free(d->buf);
@@ -227,6 +230,10 @@ int discovery_start(struct balancer *b, struct discovery **out, char *err, size_
     }
     *out = d;
     return 0;
+}
+
+void discovery_kick(struct discovery *d) {
+    if (d) periodic_kick(&d->thread);
 }
 
 void discovery_stop(struct discovery *d) {

@@ -15,5 +15,8 @@ int discovery_start(struct balancer *b, struct discovery **out, char *err, size_
 /* Stops it: before the workers stop, since each change it makes waits for
  * every reader of the table. */
 void discovery_stop(struct discovery *d);
+/* The configuration changed: its clusters are looked at now, not at the
+ * next due job (there may be none). NULL: nothing. */
+void discovery_kick(struct discovery *d);
 
 #endif

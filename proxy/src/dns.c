@@ -288,19 +288,24 @@ static void run_job(struct dns *d, struct job *j) {
     free(set);
 }
 
-/* One pass: the clusters due now. The thread wakes every second, so a due
- * cluster or a reload that adds a name is seen within a second. */
-static void refresh(void *arg) {
+/* One pass: the clusters due now; the seconds until the next is due, or 0
+ * when no cluster has names (a reload that adds one kicks the thread). */
+static int refresh(void *arg) {
     struct dns *d = arg;
     refresh_jobs(d);
+    uint64_t next = 0;
     for (size_t i = 0; i < d->njobs; i++) {
         struct job *j = &d->jobs[i];
         uint64_t now = ev_clock_ms();
-        if (j->last_ms && now < j->last_ms + (uint64_t)j->refresh_s * 1000) continue;
-        run_job(d, j);
-        j->last_ms = ev_clock_ms();
-        if (!j->last_ms) j->last_ms = 1;
+        if (!j->last_ms || now >= j->last_ms + (uint64_t)j->refresh_s * 1000) {
+            run_job(d, j);
+            j->last_ms = ev_clock_ms();
+            if (!j->last_ms) j->last_ms = 1;
+        }
+        uint64_t due = j->last_ms + (uint64_t)j->refresh_s * 1000;
+        if (!next || due < next) next = due;
     }
+    return next ? periodic_seconds_until(next, ev_clock_ms()) : 0;
 }
 
 /* ---- the interface ---- */
@@ -384,13 +389,17 @@ int dns_open(struct balancer *b, int argc, char **argv, struct dns **out, char *
 }
 
 int dns_start(struct dns *d, char *err, size_t errlen) {
-    int rc = periodic_start(&d->thread, 1, 0, refresh, d);
+    int rc = periodic_start(&d->thread, 1, refresh, d);
     if (rc < 0) {
         snprintf(err, errlen, "cannot start its thread: %s", strerror(-rc));
         return rc;
     }
     d->started = 1;
     return 0;
+}
+
+void dns_kick(struct dns *d) {
+    if (d && d->started) periodic_kick(&d->thread);
 }
 
 void dns_stop(struct dns *d) {

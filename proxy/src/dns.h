@@ -27,6 +27,9 @@ int dns_start(struct dns *d, char *err, size_t errlen);
 /* Stops the thread, if started: before the workers stop, since each change
  * it makes waits for every reader of the table. NULL: nothing. */
 void dns_stop(struct dns *d);
+/* The configuration changed: its names are looked at now. NULL or not
+ * started: nothing. */
+void dns_kick(struct dns *d);
 /* Stops it if need be and frees d (after the run: the balancer may be
  * freed next). NULL: nothing. */
 void dns_free(struct dns *d);

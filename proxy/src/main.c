@@ -275,7 +275,12 @@ static int run(const struct proxy_config *cfg, struct balancer *bal, struct dns 
     if (prepare(&r)) return 1;
     struct proxy_status st = {.started_ms = ev_wall_us() / 1000};
     pthread_mutex_init(&st.lock, NULL);
-    struct reloader rl = {argc, argv, cfg, (struct proxy_config *)cfg, bal, &st};
+    struct reloader rl = {.argc = argc,
+                          .argv = argv,
+                          .boot = cfg,
+                          .current = (struct proxy_config *)cfg,
+                          .bal = bal,
+                          .st = &st};
     sigset_t sigs;
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGTERM);
@@ -284,6 +289,8 @@ static int run(const struct proxy_config *cfg, struct balancer *bal, struct dns 
     sigaddset(&sigs, SIGUSR1);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     int rc = start_threads(&r, &st, dns);
+    rl.disc = r.disc;
+    rl.dns = dns;
     if (!rc) {
         if (r.admin) log_info("admin listener on %s: /metrics /status /healthz", cfg->admin_text);
         if (r.cw)

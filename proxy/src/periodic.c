@@ -2,41 +2,54 @@
 
 #include <time.h>
 
-/* Waits out one interval; whether to go on (no stop asked). Lock held. */
-static int wait_interval(struct periodic *p) {
+/* Waits delay_s seconds (0: until a kick, < 0: not at all); whether to go
+ * on (no stop asked). Lock held. */
+static int wait_next(struct periodic *p, int delay_s) {
+    if (delay_s < 0) return !p->stop;
     struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += p->interval_s;
-    while (!p->stop && pthread_cond_timedwait(&p->wake, &p->lock, &until) == 0) {
-    }
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    until.tv_sec += delay_s;
+    int timed_out = 0;
+    while (!p->stop && !p->kicked && !timed_out)
+        timed_out = delay_s ? pthread_cond_timedwait(&p->wake, &p->lock, &until) != 0
+                            : pthread_cond_wait(&p->wake, &p->lock) != 0;
+    p->kicked = 0;
     return !p->stop;
 }
 
 static void *periodic_main(void *arg) {
     struct periodic *p = arg;
+    int delay = p->first_s ? p->first_s : -1;
     pthread_mutex_lock(&p->lock);
-    int go = p->run_at_start ? !p->stop : wait_interval(p);
-    while (go) {
+    while (wait_next(p, delay)) {
         pthread_mutex_unlock(&p->lock);
-        p->run(p->arg);
+        delay = p->run(p->arg);
         pthread_mutex_lock(&p->lock);
-        go = wait_interval(p);
     }
     pthread_mutex_unlock(&p->lock);
     return NULL;
 }
 
-int periodic_start(struct periodic *p, int interval_s, int run_at_start, void (*run)(void *),
-                   void *arg) {
-    *p = (struct periodic){
-        .run = run, .arg = arg, .interval_s = interval_s, .run_at_start = run_at_start};
+int periodic_start(struct periodic *p, int first_s, periodic_fn run, void *arg) {
+    *p = (struct periodic){.run = run, .arg = arg, .first_s = first_s};
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
     pthread_mutex_init(&p->lock, NULL);
-    pthread_cond_init(&p->wake, NULL);
+    pthread_cond_init(&p->wake, &attr);
+    pthread_condattr_destroy(&attr);
     int rc = pthread_create(&p->thread, NULL, periodic_main, p);
     if (!rc) return 0;
     pthread_mutex_destroy(&p->lock);
     pthread_cond_destroy(&p->wake);
     return -rc;
+}
+
+void periodic_kick(struct periodic *p) {
+    pthread_mutex_lock(&p->lock);
+    p->kicked = 1;
+    pthread_cond_signal(&p->wake);
+    pthread_mutex_unlock(&p->lock);
 }
 
 void periodic_stop(struct periodic *p) {
@@ -47,6 +60,11 @@ void periodic_stop(struct periodic *p) {
     pthread_join(p->thread, NULL);
     pthread_mutex_destroy(&p->lock);
     pthread_cond_destroy(&p->wake);
+}
+
+int periodic_seconds_until(uint64_t due_ms, uint64_t now_ms) {
+    if (due_ms <= now_ms + 1000) return 1;
+    return (int)((due_ms - now_ms + 999) / 1000);
 }
 
 enum outage_say outage_failed(struct outage *o, uint64_t now_ms, unsigned *calls) {

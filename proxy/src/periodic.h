@@ -1,27 +1,35 @@
-/* A thread of its own that runs a function at a fixed interval, for the
- * proxy's background work that talks to AWS (discovery, CloudWatch): a
- * stop does not wait for the rest of an interval, only for a run under way. */
+/* A thread of its own that runs a function on a schedule the function
+ * returns, for the proxy's background work that talks to AWS or DNS
+ * (discovery, CloudWatch, names): a stop does not wait for the rest of an
+ * interval, only for a run under way, and a thread with nothing to do sleeps
+ * until it is kicked (a reload), never waking to poll. */
 #ifndef LB_PERIODIC_H
 #define LB_PERIODIC_H
 
 #include <pthread.h>
 #include <stdint.h>
 
+/* One run: the seconds until the next one, or 0 for none until a kick. */
+typedef int (*periodic_fn)(void *arg);
+
 struct periodic {
-    void (*run)(void *arg);
+    periodic_fn run;
     void *arg;
-    int interval_s;
-    int run_at_start; /* run once at once, before the first interval */
     pthread_t thread;
     pthread_mutex_t lock;
     pthread_cond_t wake;
-    int stop;
+    int first_s;
+    int stop, kicked;
 };
 
-/* Starts the thread: 0, or -errno (pthread_create's). */
-int periodic_start(struct periodic *p, int interval_s, int run_at_start, void (*run)(void *),
-                   void *arg);
+/* Starts the thread; its first run comes after first_s seconds (0: at
+ * once). 0, or -errno (pthread_create's). */
+int periodic_start(struct periodic *p, int first_s, periodic_fn run, void *arg);
+/* Runs it again now (after the run under way, if any): any thread. */
+void periodic_kick(struct periodic *p);
 void periodic_stop(struct periodic *p);
+/* Whole seconds from now_ms until due_ms (monotonic), at least 1. */
+int periodic_seconds_until(uint64_t due_ms, uint64_t now_ms);
 
 /* The log lines of a call that fails for a while (a cluster's discovery,
  * CloudWatch's publication): one when it starts failing, at most one a

@@ -16,9 +16,6 @@
  * live answers say more about a busy backend than one check a second (a
  * check on a fresh connection, from a thread of its own, reads slower). */
 #define PROBE_SAMPLE_IDLE_MS 1000
-/* Readmissions are logged (and start their slow start) within this, and
- * ejection multipliers decay (balancer_tick). */
-#define BALANCER_TICK_MS 50
 
 struct probe {
     struct prober *pr;
@@ -45,7 +42,8 @@ struct prober {
     struct probe *probes;
     size_t n;
     int rebuilding;
-    ev_timer balancer_tick; /* balancer_tick() every BALANCER_TICK_MS */
+    ev_timer balancer_tick; /* armed while balancer_tick() has work ahead */
+    atomic_int woken;       /* the balancer has work for it: an ejection or a table */
     atomic_int stop;
     pthread_t thread;
 };
@@ -254,6 +252,14 @@ static void follow_table(struct prober *pr) {
     if (build_probes(pr) < 0) log_error("health checks: out of memory");
 }
 
+/* Readmissions and decay now, and the timer for the next time they are
+ * due, if any: an idle prober has only its checks' timers. Online. */
+static void balancer_work(struct prober *pr) {
+    int64_t next = balancer_tick(pr->b);
+    ev_timer_stop(pr->loop, &pr->balancer_tick);
+    if (next >= 0) ev_timer_start(pr->loop, &pr->balancer_tick, (uint64_t)next);
+}
+
 static void tick(ev_loop *loop, void *arg) {
     struct prober *pr = arg;
     if (atomic_load(&pr->stop)) {
@@ -263,23 +269,27 @@ static void tick(ev_loop *loop, void *arg) {
     /* online only here: an idle prober never holds up a table swap */
     balancer_reader_online(pr->b, pr->reader_id);
     follow_table(pr);
+    if (atomic_exchange(&pr->woken, 0)) balancer_work(pr);
     balancer_reader_offline(pr->b, pr->reader_id);
 }
 
-/* Also how soon a new table's backends get their first checks: the
- * iteration this timer ends runs the tick (follow_table). */
 static void on_balancer_tick(ev_timer *t) {
     struct prober *pr = t->ctx;
     balancer_reader_online(pr->b, pr->reader_id);
-    balancer_tick(pr->b);
+    balancer_work(pr);
     balancer_reader_offline(pr->b, pr->reader_id);
-    ev_timer_start(pr->loop, t, BALANCER_TICK_MS);
+}
+
+/* The balancer's tick waker (any thread): the next iteration's tick does
+ * the work. */
+static void prober_wake(void *arg) {
+    struct prober *pr = arg;
+    atomic_store(&pr->woken, 1);
+    ev_wake(pr->loop);
 }
 
 static void *prober_main(void *arg) {
     struct prober *pr = arg;
-    ev_timer_init(&pr->balancer_tick, on_balancer_tick, pr);
-    ev_timer_start(pr->loop, &pr->balancer_tick, BALANCER_TICK_MS);
     ev_run(pr->loop);
     for (size_t i = 0; i < pr->n; i++) {
         struct probe *p = &pr->probes[i];
@@ -312,9 +322,13 @@ int prober_start(struct balancer *b, const struct proxy_config *cfg, struct prob
         return -e;
     }
     ev_set_tick(pr->loop, tick, pr); /* the first tick makes the probes */
+    ev_timer_init(&pr->balancer_tick, on_balancer_tick, pr);
+    atomic_init(&pr->woken, 1);
+    balancer_set_tick_waker(b, prober_wake, pr);
     int rc = pthread_create(&pr->thread, NULL, prober_main, pr);
     if (rc) {
         snprintf(err, errlen, "cannot start its thread: %s", strerror(rc));
+        balancer_set_tick_waker(b, NULL, NULL);
         ev_loop_free(pr->loop);
         free(pr);
         return -rc;
@@ -325,6 +339,7 @@ int prober_start(struct balancer *b, const struct proxy_config *cfg, struct prob
 
 void prober_stop(struct prober *pr) {
     if (!pr) return;
+    balancer_set_tick_waker(pr->b, NULL, NULL);
     atomic_store(&pr->stop, 1);
     ev_wake(pr->loop);
     pthread_join(pr->thread, NULL);

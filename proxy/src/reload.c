@@ -56,6 +56,8 @@ int reload_config(struct reloader *r) {
         free(r->current);
     }
     r->current = next;
+    discovery_kick(r->disc);
+    dns_kick(r->dns);
     char summary[160];
     snprintf(summary, sizeof(summary), "%zu clusters, %d backends added, %d removed",
              next->nclusters, added, removed);

@@ -6,6 +6,8 @@
 #define LB_RELOAD_H
 
 #include "admin.h"
+#include "discovery.h"
+#include "dns.h"
 
 struct reloader {
     int argc;
@@ -14,6 +16,9 @@ struct reloader {
     struct proxy_config *current;    /* the clusters in force: boot until the first reload */
     struct balancer *bal;
     struct proxy_status *st;
+    /* kicked after a reload: it may give them work (NULL: not running) */
+    struct discovery *disc;
+    struct dns *dns;
 };
 
 /* Reads the configuration again (the same flags, the same file) and applies
