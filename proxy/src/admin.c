@@ -181,7 +181,7 @@ static void handle_buffered(struct admin_conn *c) {
     }
     if (r < 0) {
         c->keep = 0;
-        respond_text(c, -r, "bad request\n", "");
+        respond_text(c, c->req.refuse_status, "bad request\n", "");
         return;
     }
     c->keep = c->req.keep_alive && !atomic_load(&c->a->stop);

@@ -517,8 +517,9 @@ static void parse_head(struct client *c) {
         return;
     }
     if (r < 0) {
-        if (r != -431) c->flags |= CF_CLASSIFIED; /* 400 and 505 refuse a severe head */
-        head_error(c, -r);
+        /* 400 and 505 refuse a severe head */
+        if (c->req.refuse_status != 431) c->flags |= CF_CLASSIFIED;
+        head_error(c, c->req.refuse_status);
         return;
     }
     if (c->req.head_len > (size_t)cfg->limits.max_header_bytes) {

@@ -233,6 +233,12 @@ static void note(struct http_msg *m, enum desync_class k, const char *why) {
     }
 }
 
+/* A head that is not forwarded: the status to answer it with. */
+static int refuse(struct http_msg *m, int status) {
+    m->refuse_status = status;
+    return HTTP_REFUSED;
+}
+
 /* Every line of the head ends in CRLF: no bare LF (llhttp's strict mode
  * still takes one after the request line), no bare CR. */
 static const char *line_end_problem(const char *head, size_t len) {
@@ -397,29 +403,29 @@ static int finish_request_head(struct http_msg *m, const char *buf) {
     m->minor = p->http_minor;
     if (m->major == 0) {
         note(m, DESYNC_SEVERE, "no HTTP version in the request line");
-        return -400;
+        return refuse(m, 400);
     }
     if (m->major != 1 || m->minor > 1) {
         note(m, DESYNC_SEVERE, "unsupported HTTP version");
-        return -505;
+        return refuse(m, 505);
     }
-    if (m->too_many) return m->why = "too many fields", -431;
+    if (m->too_many) return m->why = "too many fields", refuse(m, 431);
     if ((why = line_end_problem(buf, m->head_len)) || (why = field_problem(m))) {
         note(m, DESYNC_SEVERE, why);
-        return -400;
+        return refuse(m, 400);
     }
     if (!request_line_ok(m)) {
         note(m, DESYNC_SEVERE, "malformed request line");
-        return -400;
+        return refuse(m, 400);
     }
     int hosts = count_hdr(m, "host");
     if (hosts > 1 || (hosts == 0 && m->minor == 1)) {
         note(m, DESYNC_SEVERE, hosts ? "two Host fields" : "no Host field");
-        return -400;
+        return refuse(m, 400);
     }
     if (read_framing(m) < 0 || split_target(m) < 0) {
         note(m, DESYNC_SEVERE, m->why);
-        return -400;
+        return refuse(m, 400);
     }
     for (int i = 0; i < m->nhdr && i < m->max_hdr; i++)
         if (suspicious_name(&m->hdr[i])) note(m, DESYNC_AMBIGUOUS, "field name like a framing one");
@@ -459,7 +465,7 @@ static int finish_response_head(struct http_msg *m, const char *buf, int respons
         why = m->why;
     if (why) {
         note(m, DESYNC_SEVERE, why);
-        return -502;
+        return refuse(m, 502);
     }
     if (response_to_head || m->status < 200 || m->status == 204 || m->status == 304)
         m->framing = BODY_NONE;
@@ -476,12 +482,12 @@ int http_parse_head(struct http_msg *m, const char *buf, size_t len, int respons
     llhttp_errno_t e = llhttp_execute(&m->parser, buf + m->parsed, len - m->parsed);
     if (e == HPE_OK) {
         m->parsed = len;
-        if (m->too_many) return m->why = "too many fields", is_request ? -431 : -502;
+        if (m->too_many) return m->why = "too many fields", refuse(m, is_request ? 431 : 502);
         return HTTP_NEED_MORE;
     }
     if (e != HPE_PAUSED || !m->head_done) {
         note(m, DESYNC_SEVERE, llhttp_get_error_reason(&m->parser));
-        return is_request ? -400 : -502;
+        return refuse(m, is_request ? 400 : 502);
     }
     m->head_len = (size_t)(llhttp_get_error_pos(&m->parser) - buf);
     m->parsed = m->head_len;

@@ -41,8 +41,9 @@ struct http_msg {
     int span; /* 0: between headers, 1: in a name, 2: in a value */
     const char *url, *reason;
     size_t url_len, reason_len;
-    size_t parsed;   /* bytes of the head fed to llhttp so far */
-    size_t head_len; /* set when the head is complete */
+    size_t parsed;     /* bytes of the head fed to llhttp so far */
+    size_t head_len;   /* set when the head is complete */
+    int refuse_status; /* HTTP_REFUSED: what to answer (400, 431, 505; 502 for a response) */
     int head_done;
     int too_many;
     int folded;            /* a field value continued on another line (obs-fold) */
@@ -67,7 +68,7 @@ struct http_msg {
     int expect_continue;
 };
 
-enum { HTTP_NEED_MORE = 0, HTTP_HEAD_DONE = 1, HTTP_BODY_DONE = 2 };
+enum { HTTP_REFUSED = -1, HTTP_NEED_MORE = 0, HTTP_HEAD_DONE = 1, HTTP_BODY_DONE = 2 };
 
 /* Allocates room for max_headers headers. 0 or -1. */
 int http_msg_init(struct http_msg *m, llhttp_type_t type, int max_headers);
@@ -77,9 +78,9 @@ void http_msg_reset(struct http_msg *m);
 
 /* Feeds the head bytes buf[m->parsed .. len) (buf holds the whole head so
  * far, from its first byte). HTTP_NEED_MORE, HTTP_HEAD_DONE (m->head_len,
- * m->klass set), or a negative HTTP status to answer with: for requests
- * -400 (severe), -431, -505; for responses -502 (framing invalid or
- * ambiguous). m->why says why. response_to_head: for responses, whether the
+ * m->klass set), or HTTP_REFUSED with m->refuse_status the status to answer
+ * with: for requests 400 (severe), 431, 505; for responses 502 (framing
+ * invalid or ambiguous). m->why says why. response_to_head: for responses, whether the
  * request was HEAD. */
 int http_parse_head(struct http_msg *m, const char *buf, size_t len, int response_to_head);
 /* Decodes chunked body bytes (RFC 9112 7.1, strictly). The data is appended
