@@ -23,6 +23,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
+#include <time.h>
 
 enum ev_engine { EV_ENGINE_AUTO, EV_ENGINE_URING, EV_ENGINE_EPOLL };
 
@@ -83,6 +84,9 @@ uint64_t ev_clock_ms(void);
 uint64_t ev_clock_us(void);
 /* Wall-clock (CLOCK_REALTIME) microseconds since the epoch, for logs. */
 int64_t ev_wall_us(void);
+/* clock's time ms milliseconds from now, for the timed waits of threads
+ * (pthread_cond_timedwait, pthread_timedjoin_np). */
+struct timespec ev_timespec_in(clockid_t clock, uint64_t ms);
 
 static inline void ev_op_init(ev_op *op, ev_cb cb, void *ctx) {
     *op = (ev_op){.cb = cb, .ctx = ctx};

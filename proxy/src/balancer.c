@@ -399,18 +399,6 @@ static int first_behind(struct balancer *b, uint64_t e) {
     return -1;
 }
 
-static struct timespec deadline_in(int ms) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_sec += ms / 1000;
-    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
-    return ts;
-}
-
 /* Waits until every online reader passed epoch e: each one behind is woken
  * once, then the writer sleeps on `passed` (signalled by the readers),
  * re-checking every GRACE_RECHECK_MS. write_lock held. */
@@ -422,7 +410,7 @@ static void grace_period(struct balancer *b, uint64_t e) {
     int logged = 0, late;
     pthread_mutex_lock(&b->grace_lock);
     while ((late = first_behind(b, e)) >= 0) {
-        struct timespec until = deadline_in(GRACE_RECHECK_MS);
+        struct timespec until = ev_timespec_in(CLOCK_MONOTONIC, GRACE_RECHECK_MS);
         pthread_cond_timedwait(&b->passed, &b->grace_lock, &until);
         if (!logged && ev_clock_ms() - t0 >= GRACE_SLOW_MS) {
             log_warn("table swap: reader %d has passed no quiescent point for %d ms", late,

@@ -91,14 +91,7 @@ static void tell_workers(atomic_int *flag, struct worker *w, int n) {
 
 /* Waits for the workers to finish draining, at most drain_ms. */
 static void wait_drain(struct worker *w, int n, int drain_ms) {
-    struct timespec deadline;
-    clock_gettime(CLOCK_REALTIME, &deadline);
-    deadline.tv_sec += drain_ms / 1000;
-    deadline.tv_nsec += (long)(drain_ms % 1000) * 1000000L;
-    if (deadline.tv_nsec >= 1000000000L) {
-        deadline.tv_sec++;
-        deadline.tv_nsec -= 1000000000L;
-    }
+    struct timespec deadline = ev_timespec_in(CLOCK_REALTIME, (uint64_t)drain_ms);
     for (int i = 0; i < n; i++) {
         if (pthread_timedjoin_np(w[i].thread, NULL, &deadline) == 0) continue;
         log_warn("drain timeout (%d ms): closing the remaining connections", drain_ms);

@@ -1,14 +1,14 @@
 #include "periodic.h"
 
+#include "ev.h"
+
 #include <time.h>
 
 /* Waits delay_s seconds (0: until a kick, < 0: not at all); whether to go
  * on (no stop asked). Lock held. */
 static int wait_next(struct periodic *p, int delay_s) {
     if (delay_s < 0) return !p->stop;
-    struct timespec until;
-    clock_gettime(CLOCK_MONOTONIC, &until);
-    until.tv_sec += delay_s;
+    struct timespec until = ev_timespec_in(CLOCK_MONOTONIC, (uint64_t)delay_s * 1000);
     int timed_out = 0;
     while (!p->stop && !p->kicked && !timed_out)
         timed_out = delay_s ? pthread_cond_timedwait(&p->wake, &p->lock, &until) != 0
