@@ -357,12 +357,13 @@ static void signal_writer(struct balancer *b) {
 }
 
 void balancer_reader_online(struct balancer *b, int id) {
-    atomic_store_explicit(&b->readers[id].seen,
-                          atomic_load_explicit(&b->epoch, memory_order_acquire),
-                          memory_order_relaxed);
-    /* Pairs with the writer's fence: either the writer sees this reader
-     * online, or this reader's next loads see the writer's new table. */
-    atomic_thread_fence(memory_order_seq_cst);
+    /* Dekker with table_swap(), all four accesses seq_cst (no fences: TSan
+     * does not model them): this store of seen, then this load of the table;
+     * the writer's exchange of the table, then its loads of seen. Either the
+     * writer sees this reader online, or this load sees the new table, and
+     * the reader's later (acquire) loads see no older one. */
+    atomic_store(&b->readers[id].seen, atomic_load(&b->epoch));
+    (void)atomic_load(&b->table);
 }
 
 void balancer_reader_offline(struct balancer *b, int id) {
@@ -442,9 +443,7 @@ static void table_swap(struct balancer *b, struct lb_table *next) {
     wake_ticker(b);   /* new backends get their checks now */
     if (b->started) { /* else no reader yet */
         uint64_t e = atomic_fetch_add(&b->epoch, 1) + 1;
-        /* pairs with balancer_reader_online()'s */
-        atomic_thread_fence(memory_order_seq_cst);
-        grace_period(b, e);
+        grace_period(b, e); /* its loads of seen are seq_cst: see balancer_reader_online() */
     }
     table_free(old);
 }
@@ -777,7 +776,11 @@ static void tick_cluster(const struct table_cluster *c, int64_t now, int64_t *ne
         if (until && until <= now) {
             readmit(be);
         } else if (decay && !until && atomic_load(&be->times_ejected) > 0 &&
+                   now - atomic_load(&be->joined_ms) >= od->interval_ms &&
                    !atomic_load(&be->consec_5xx) && !atomic_load(&be->consec_gw)) {
+            /* only after a whole interval back in: the tick comes the moment
+             * an ejection ends, and an interval begun while it was out is
+             * not one it stayed in */
             atomic_fetch_sub(&be->times_ejected, 1);
         }
         if (until > now) earliest(next, until);

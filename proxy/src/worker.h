@@ -40,7 +40,8 @@ struct worker {
     char engine_note[256];
 } __attribute__((aligned(64))); /* workers side by side share no cache line */
 
-/* Set by the main thread; workers read them in their tick. */
+/* Set by the main thread, which then wakes each worker's loop (ev_wake);
+ * workers read them in their tick. */
 extern atomic_int g_draining;
 extern atomic_int g_stop_now;
 extern atomic_long g_connections;
