@@ -23,7 +23,8 @@ from unittest import mock
 
 import moto_server
 from aws_standin import AwsClient, StandIn, parse_xml
-from lbtest import (SANITIZE, LBTestCase, Loadgen, admin_status, free_port, get, wait_until)
+from lbtest import (SANITIZE, LBTestCase, Loadgen, admin_status, free_port, get, wait_admin,
+                    wait_until)
 
 NS = "CustomLB"
 LB_NAME = "app/lb-test"
@@ -150,6 +151,7 @@ class AWSCase(LBTestCase):
         with mock.patch.dict(os.environ, self.aws.env(), clear=True):
             p = self.proxy(config=cfg)
         p.admin = admin
+        wait_admin(admin)  # the public port listens before the admin one does
         return p
 
     def wait_ready(self, p, backends, cluster="cluster1", timeout=15):

@@ -242,14 +242,16 @@ static void hand_over(struct alog_buf *b, int force) {
     b->cur = fresh;
 }
 
-/* The loop's clock is fresher than the last tick's: an idle loop may not
- * have ticked for long. */
+/* The clock, not the loop's now: that is as old as the loop's last sleep,
+ * so a worker woken after a long idle would hand its line over at once while
+ * a busy one waits FLUSH_AGE_MS, and the log would show two requests, one
+ * after the other on two workers, in the wrong order. */
 static void first_line(struct alog_buf *b) {
     if (!b->loop) {
         b->first_ms = b->tick_ms;
         return;
     }
-    b->first_ms = ev_now_ms(b->loop);
+    b->first_ms = ev_clock_ms();
     ev_timer_start(b->loop, &b->flush, FLUSH_AGE_MS);
 }
 
@@ -327,8 +329,10 @@ void alog_tick(struct alog_buf *b, uint64_t now_ms) {
     /* Without a loop, first_ms is the tick before the first line, so the line
      * is at most FLUSH_AGE_MS older than it looks; ticks at least every 100 ms
      * bound the delay to ~200 ms. With one, the flush timer fires when the
-     * first line is FLUSH_AGE_MS old. A clock that went back hands over too. */
-    if (flush_now || now_ms < b->first_ms || now_ms - b->first_ms >= FLUSH_AGE_MS) hand_over(b, 0);
+     * first line is FLUSH_AGE_MS old (first_ms is then the clock's, which may
+     * be a millisecond ahead of the loop's now). */
+    if (flush_now || (now_ms >= b->first_ms && now_ms - b->first_ms >= FLUSH_AGE_MS))
+        hand_over(b, 0);
 }
 
 /* ---- the writer thread ---- */
