@@ -177,11 +177,25 @@ class Proxy(Process):
             argv += ["--route", "%s=%s" % (prefix, ",".join(addrs))]
         argv += list(args)
         super().__init__(argv, "proxy")
+        self.admin_port = self._admin_port(config, args)
         if wait:
             try:
                 wait_port(self.port, self.proc)
+                if self.admin_port:  # the admin listener opens just after the public one
+                    wait_port(self.admin_port, self.proc)
             except RuntimeError as e:
                 raise RuntimeError("%s\n--- proxy log ---\n%s" % (e, self.log()))
+
+    @staticmethod
+    def _admin_port(config, args):
+        """The admin listener's port on 127.0.0.1 from --admin or the
+        config's "admin", or None."""
+        args = list(args)
+        addr = args[args.index("--admin") + 1] if "--admin" in args[:-1] else None
+        addr = addr or (config or {}).get("admin")
+        if not isinstance(addr, str) or not addr.startswith("127.0.0.1:"):
+            return None
+        return int(addr.rsplit(":", 1)[1])
 
     def cleanup(self):
         super().cleanup()
