@@ -95,6 +95,11 @@ ev_loop *ev_loop_new(enum ev_engine want, char *why_fallback, size_t why_len) {
 void ev_loop_free(ev_loop *loop) {
     if (!loop) return;
     loop->be->fini(loop);
+    while (loop->buf_free) {
+        void *next = *(void **)loop->buf_free;
+        free(loop->buf_free);
+        loop->buf_free = next;
+    }
     close(loop->wake_fd);
     free(loop->heap);
     free(loop);
@@ -261,6 +266,51 @@ void ev_send(ev_loop *loop, ev_op *op, int fd, const void *buf, size_t len) {
     submit(loop, op, EVK_SEND, fd, -1, (void *)buf, len);
 }
 
+/* Free blocks kept per loop beyond those in use: a burst's worth. */
+#define BUF_FREE_MAX 256
+
+int ev_bufs_init(ev_loop *loop, size_t headroom, size_t size) {
+    /* aligned blocks: the headroom holds the caller's structures */
+    loop->buf_headroom = (headroom + 15) & ~(size_t)15;
+    loop->buf_size = size;
+    return loop->be->bufs_init ? loop->be->bufs_init(loop) : 0;
+}
+
+size_t ev_buf_headroom(const ev_loop *loop) {
+    return loop->buf_headroom;
+}
+
+size_t ev_buf_size(const ev_loop *loop) {
+    return loop->buf_size;
+}
+
+void *ev_buf_get(ev_loop *loop) {
+    void *b = loop->buf_free;
+    if (b) {
+        loop->buf_free = *(void **)b;
+        loop->buf_nfree--;
+        return b;
+    }
+    b = malloc(loop->buf_headroom + loop->buf_size);
+    if (b) loop->stats.bufs_allocated++;
+    return b;
+}
+
+void ev_buf_put(ev_loop *loop, void *block) {
+    if (!block) return;
+    if (loop->buf_nfree >= BUF_FREE_MAX) {
+        free(block);
+        return;
+    }
+    *(void **)block = loop->buf_free;
+    loop->buf_free = block;
+    loop->buf_nfree++;
+}
+
+void ev_recv_lent(ev_loop *loop, ev_op *op, int fd) {
+    submit(loop, op, EVK_RECV_LENT, fd, -1, NULL, loop->buf_size);
+}
+
 void ev_splice_in(ev_loop *loop, ev_op *op, int sock, int pipe_w, size_t len) {
     submit(loop, op, EVK_SPLICE_IN, sock, pipe_w, NULL, len);
 }
@@ -284,9 +334,23 @@ int ev_socket_error(int fd) {
     return -err;
 }
 
-int ev_try_op(ev_op *op) {
+static int try_recv_lent(ev_loop *loop, ev_op *op) {
+    char *block = ev_buf_get(loop);
+    if (!block) return -ENOMEM;
+    ssize_t r = recv(op->fd, block + loop->buf_headroom, op->len, MSG_DONTWAIT);
+    if (r > 0) {
+        op->buf = block;
+        return (int)r;
+    }
+    ev_buf_put(loop, block);
+    if (r < 0) return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+    return 0;
+}
+
+int ev_try_op(ev_loop *loop, ev_op *op) {
     ssize_t r;
     switch (op->kind) {
+    case EVK_RECV_LENT: return try_recv_lent(loop, op);
     case EVK_ACCEPT: r = accept4(op->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC); break;
     case EVK_CONNECT:
         /* The first try starts the connect; later ones read its outcome. */
@@ -335,9 +399,14 @@ void ev_run_done(ev_loop *loop) {
 
 void ev_complete(ev_loop *loop, ev_op *op, int res) {
     op->state = EV_OP_IDLE;
+    if (op->kind == EVK_RECV_LENT && res <= 0 && op->buf) {
+        ev_buf_put(loop, op->buf); /* no bytes: no block for the caller */
+        op->buf = NULL;
+    }
     if (res > 0) {
         switch (op->kind) {
-        case EVK_RECV: loop->stats.recv_bytes += (unsigned)res; break;
+        case EVK_RECV:
+        case EVK_RECV_LENT: loop->stats.recv_bytes += (unsigned)res; break;
         case EVK_SEND: loop->stats.send_bytes += (unsigned)res; break;
         case EVK_SPLICE_OUT:
             loop->stats.splice_ops++;

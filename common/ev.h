@@ -99,6 +99,26 @@ void ev_accept(ev_loop *loop, ev_op *op, int listen_fd);
 void ev_connect(ev_loop *loop, ev_op *op, int fd, const struct sockaddr *sa, socklen_t len);
 void ev_recv(ev_loop *loop, ev_op *op, int fd, void *buf, size_t len);
 void ev_send(ev_loop *loop, ev_op *op, int fd, const void *buf, size_t len);
+
+/* Lent buffers: a read that takes a buffer only once bytes are there, so an
+ * idle connection holds none. A buffer is one block of headroom + size bytes
+ * (the headroom is the caller's, for what it keeps beside the bytes); reads
+ * land at block + headroom. io_uring lends them from a provided-buffer ring,
+ * epoll from the loop's free list once the socket is readable. */
+/* Once per loop, before the first ev_recv_lent. 0 or -errno. */
+int ev_bufs_init(ev_loop *loop, size_t headroom, size_t size);
+size_t ev_buf_headroom(const ev_loop *loop);
+size_t ev_buf_size(const ev_loop *loop);
+/* Reads up to ev_buf_size() bytes into a lent block. Result > 0: the block is
+ * the caller's (ev_op_buf()), to give back with ev_buf_put(); otherwise no
+ * block came with it. */
+void ev_recv_lent(ev_loop *loop, ev_op *op, int fd);
+static inline void *ev_op_buf(const ev_op *op) {
+    return op->buf;
+}
+/* A block from the free list (NULL when out of memory), and back. */
+void *ev_buf_get(ev_loop *loop);
+void ev_buf_put(ev_loop *loop, void *block);
 /* Socket to pipe, and pipe to socket. Result: bytes moved, 0 at EOF. */
 void ev_splice_in(ev_loop *loop, ev_op *op, int sock, int pipe_w, size_t len);
 void ev_splice_out(ev_loop *loop, ev_op *op, int pipe_r, int sock, size_t len);
@@ -117,6 +137,7 @@ static inline int ev_timer_armed(const ev_timer *t) {
 /* Counters of bytes moved, per loop, for the exit summary. */
 struct ev_stats {
     uint64_t splice_ops, splice_bytes, recv_bytes, send_bytes;
+    uint64_t bufs_allocated; /* lent blocks allocated: a busy loop reuses them */
 };
 const struct ev_stats *ev_loop_stats(const ev_loop *loop);
 

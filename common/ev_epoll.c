@@ -95,7 +95,7 @@ static void park(struct ep_state *s, ev_op *op) {
 }
 
 static void attempt(struct ep_state *s, ev_op *op) {
-    int r = ev_try_op(op);
+    int r = ev_try_op(s->loop, op);
     if (r == -EAGAIN)
         park(s, op);
     else

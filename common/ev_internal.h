@@ -6,7 +6,15 @@
 
 #include "ev.h"
 
-enum ev_kind { EVK_ACCEPT = 1, EVK_CONNECT, EVK_RECV, EVK_SEND, EVK_SPLICE_IN, EVK_SPLICE_OUT };
+enum ev_kind {
+    EVK_ACCEPT = 1,
+    EVK_CONNECT,
+    EVK_RECV,
+    EVK_SEND,
+    EVK_SPLICE_IN,
+    EVK_SPLICE_OUT,
+    EVK_RECV_LENT
+};
 
 struct ev_backend {
     const char *name;
@@ -15,6 +23,8 @@ struct ev_backend {
     void (*submit)(ev_loop *loop, ev_op *op);
     void (*cancel)(ev_loop *loop, ev_op *op);
     void (*forget_fd)(ev_loop *loop, int fd);
+    /* ev_bufs_init's part of the back end (NULL: nothing to do): 0 or -errno */
+    int (*bufs_init)(ev_loop *loop);
     /* Waits up to timeout_ms (-1: forever) and runs the callbacks. */
     void (*wait)(ev_loop *loop, int timeout_ms);
 };
@@ -33,6 +43,10 @@ struct ev_loop {
     ev_op *done_head, *done_tail; /* finished without the kernel's help */
     int wake_fd;                  /* eventfd: ev_wake() writes, the back end waits on it */
     atomic_int wake_sent;         /* a write is on its way: later ev_wake()s need none */
+    /* lent buffers (ev_bufs_init) */
+    size_t buf_headroom, buf_size;
+    void *buf_free; /* free blocks, linked through their first word, newest first */
+    size_t buf_nfree;
 };
 
 extern const struct ev_backend ev_uring_backend;
@@ -51,8 +65,10 @@ int ev_socket_error(int fd);
  * writes again. The tick of this iteration sees what the waker set. */
 void ev_wake_drain(ev_loop *loop);
 
-/* Does the syscall an op stands for, without blocking: result or -errno. */
-int ev_try_op(ev_op *op);
+/* Does the syscall an op stands for, without blocking: result or -errno. A
+ * lent recv takes its block from the free list and gives it back unless
+ * bytes came. */
+int ev_try_op(ev_loop *loop, ev_op *op);
 /* Marks the op idle, counts its bytes and runs its callback. */
 void ev_complete(ev_loop *loop, ev_op *op, int res);
 /* An op that finished at once: its callback runs from ev_run_done(), never

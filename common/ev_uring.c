@@ -1,7 +1,9 @@
 /* io_uring back end: one SQE per op. An op that reports EAGAIN (splice always
  * goes this way first) waits on a POLL_ADD tagged with the op's address + 1
  * and is issued again once the descriptor is ready. A POLL_ADD tagged
- * WAKE_TAG waits on the loop's eventfd (ev_wake). */
+ * WAKE_TAG waits on the loop's eventfd (ev_wake). Lent recvs select their
+ * buffer from a provided-buffer ring (group BGID): the kernel picks one only
+ * when bytes arrive, and the slot is refilled from the free list at once. */
 #define _GNU_SOURCE
 #include "ev_internal.h"
 
@@ -11,17 +13,35 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <liburing.h>
 
-enum { OPF_POLLING = 1, OPF_CANCELLED = 2 };
+/* OPF_OWN_BLOCK: a lent recv that reads into a block of its own (op->buf),
+ * not one the ring selects: no ring, or the ring was empty (ENOBUFS). */
+enum { OPF_POLLING = 1, OPF_CANCELLED = 2, OPF_OWN_BLOCK = 4 };
+
+/* Entries of the provided-buffer ring (a power of two): recvs completing in
+ * one batch beyond this many get ENOBUFS and read into a block of their own. */
+#define BUF_RING 128
+#define BGID     0
+
+struct ur_state {
+    struct io_uring ring;         /* first: ring_of() */
+    struct io_uring_buf_ring *br; /* NULL: none registered (kernels before 5.19) */
+    void *lent[BUF_RING];         /* the block behind each buffer id, NULL: slot empty */
+};
 
 /* The eventfd poll's user_data: ops are aligned, so neither an op's address
  * nor its address + 1 (its poll) is 2. */
 #define WAKE_TAG ((uintptr_t)2)
 
-static struct io_uring *ring_of(ev_loop *loop) {
+static struct ur_state *st(ev_loop *loop) {
     return loop->be_state;
+}
+
+static struct io_uring *ring_of(ev_loop *loop) {
+    return &st(loop)->ring;
 }
 
 static const int needed_ops[] = {IORING_OP_ACCEPT,      IORING_OP_CONNECT, IORING_OP_RECV,
@@ -64,8 +84,9 @@ static void arm_wake(ev_loop *loop) {
 }
 
 static int ur_init(ev_loop *loop, char *why, size_t why_len) {
-    struct io_uring *ring = calloc(1, sizeof(*ring));
-    if (!ring) {
+    struct ur_state *s = calloc(1, sizeof(*s));
+    struct io_uring *ring = s ? &s->ring : NULL;
+    if (!s) {
         snprintf(why, why_len, "out of memory");
         return -1;
     }
@@ -78,22 +99,87 @@ static int ur_init(ev_loop *loop, char *why, size_t why_len) {
     }
     if (r < 0) {
         snprintf(why, why_len, "io_uring_setup: %s", strerror(-r));
-        free(ring);
+        free(s);
         return -1;
     }
     if (probe_ops(why, why_len) < 0) {
         io_uring_queue_exit(ring);
-        free(ring);
+        free(s);
         return -1;
     }
-    loop->be_state = ring;
+    loop->be_state = s;
     arm_wake(loop);
     return 0;
 }
 
+static void ring_give(ev_loop *loop, unsigned bid, void *block) {
+    struct ur_state *s = st(loop);
+    s->lent[bid] = block;
+    io_uring_buf_ring_add(s->br, (char *)block + loop->buf_headroom, (unsigned)loop->buf_size,
+                          (unsigned short)bid, io_uring_buf_ring_mask(BUF_RING), 0);
+    io_uring_buf_ring_advance(s->br, 1);
+}
+
+static int ur_bufs_init(ev_loop *loop) {
+    struct ur_state *s = st(loop);
+    size_t len = BUF_RING * sizeof(struct io_uring_buf);
+    void *br = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+    if (br == MAP_FAILED) return -errno;
+    struct io_uring_buf_reg reg = {
+        .ring_addr = (unsigned long)br, .ring_entries = BUF_RING, .bgid = BGID};
+    if (io_uring_register_buf_ring(&s->ring, &reg, 0) < 0) {
+        munmap(br, len); /* before 5.19: every lent recv brings its own block */
+        return 0;
+    }
+    s->br = br;
+    io_uring_buf_ring_init(s->br);
+    for (unsigned bid = 0; bid < BUF_RING; bid++) {
+        void *block = ev_buf_get(loop);
+        if (!block) return -ENOMEM;
+        ring_give(loop, bid, block);
+    }
+    return 0;
+}
+
 static void ur_fini(ev_loop *loop) {
-    io_uring_queue_exit(ring_of(loop));
-    free(ring_of(loop));
+    struct ur_state *s = st(loop);
+    io_uring_queue_exit(&s->ring);
+    if (s->br) {
+        munmap(s->br, BUF_RING * sizeof(struct io_uring_buf));
+        for (unsigned bid = 0; bid < BUF_RING; bid++)
+            free(s->lent[bid]);
+    }
+    free(s);
+}
+
+/* A lent recv's CQE: takes the block the kernel selected (refilling its
+ * slot), or gives back a block of the op's own that got no bytes. */
+/* A lent recv's CQE: takes the block the kernel selected, refilling its
+ * slot (ev_complete gives back a block of the op's own that got no bytes). */
+static void lent_done(ev_loop *loop, ev_op *op, int res, unsigned cqe_flags) {
+    if (op->flags & OPF_OWN_BLOCK) return;
+    if (!(cqe_flags & IORING_CQE_F_BUFFER)) return;
+    unsigned bid = cqe_flags >> IORING_CQE_BUFFER_SHIFT;
+    void *block = st(loop)->lent[bid];
+    if (res <= 0) { /* consumed without bytes: straight back */
+        ring_give(loop, bid, block);
+        return;
+    }
+    op->buf = block;
+    void *fresh = ev_buf_get(loop);
+    if (fresh)
+        ring_give(loop, bid, fresh);
+    else
+        st(loop)->lent[bid] = NULL; /* out of memory: the ring is one short */
+}
+
+/* A lent recv reads into a block of its own: 0, or -ENOMEM. */
+static int own_block(ev_loop *loop, ev_op *op) {
+    if (op->flags & OPF_OWN_BLOCK) return 0;
+    op->buf = ev_buf_get(loop);
+    if (!op->buf) return -ENOMEM;
+    op->flags |= OPF_OWN_BLOCK;
+    return 0;
 }
 
 static void arm_poll(ev_loop *loop, ev_op *op) {
@@ -108,7 +194,7 @@ static void issue(ev_loop *loop, ev_op *op) {
         /* IORING_OP_SPLICE always runs on an io-wq thread, and on a socket
          * with nothing to read it only says EAGAIN: try it here first, and
          * hand it to the ring (poll, then splice) only when it would block. */
-        int r = ev_try_op(op);
+        int r = ev_try_op(loop, op);
         if (r != -EAGAIN) {
             ev_queue_done(loop, op, r);
             return;
@@ -124,6 +210,15 @@ static void issue(ev_loop *loop, ev_op *op) {
         break;
     case EVK_CONNECT: io_uring_prep_connect(sqe, op->fd, op->addr, op->addrlen); break;
     case EVK_RECV: io_uring_prep_recv(sqe, op->fd, op->buf, op->len, 0); break;
+    case EVK_RECV_LENT:
+        if (op->flags & OPF_OWN_BLOCK) {
+            io_uring_prep_recv(sqe, op->fd, (char *)op->buf + loop->buf_headroom, op->len, 0);
+        } else {
+            io_uring_prep_recv(sqe, op->fd, NULL, op->len, 0);
+            sqe->flags |= IOSQE_BUFFER_SELECT;
+            sqe->buf_group = BGID;
+        }
+        break;
     case EVK_SEND: io_uring_prep_send(sqe, op->fd, op->buf, op->len, MSG_NOSIGNAL); break;
     case EVK_SPLICE_IN:
         io_uring_prep_splice(sqe, op->fd, -1, op->fd_out, -1, (unsigned)op->len,
@@ -139,6 +234,10 @@ static void issue(ev_loop *loop, ev_op *op) {
 
 static void ur_submit(ev_loop *loop, ev_op *op) {
     op->flags = 0;
+    if (op->kind == EVK_RECV_LENT && !st(loop)->br && own_block(loop, op) < 0) {
+        ev_queue_done(loop, op, -ENOMEM);
+        return;
+    }
     issue(loop, op);
 }
 
@@ -167,7 +266,7 @@ static void on_poll_done(ev_loop *loop, ev_op *op, int res) {
     issue(loop, op);
 }
 
-static void on_cqe(ev_loop *loop, uintptr_t data, int res) {
+static void on_cqe(ev_loop *loop, uintptr_t data, int res, unsigned cqe_flags) {
     if (!data) return;
     if (data == WAKE_TAG) {
         ev_wake_drain(loop);
@@ -178,6 +277,18 @@ static void on_cqe(ev_loop *loop, uintptr_t data, int res) {
     if (data & 1) {
         on_poll_done(loop, op, res);
         return;
+    }
+    if (op->kind == EVK_RECV_LENT) {
+        lent_done(loop, op, res, cqe_flags);
+        if (res == -ENOBUFS && !(op->flags & OPF_CANCELLED)) {
+            /* every ring buffer is out at once: this one brings its own */
+            if (own_block(loop, op) < 0) {
+                ev_complete(loop, op, -ENOMEM);
+                return;
+            }
+            issue(loop, op);
+            return;
+        }
     }
     int again =
         res == -EAGAIN || (op->kind == EVK_CONNECT && (res == -EINPROGRESS || res == -EALREADY));
@@ -198,14 +309,16 @@ static void ur_wait(ev_loop *loop, int timeout_ms) {
     struct io_uring_cqe *batch[256];
     uintptr_t data[256];
     int res[256];
+    unsigned flags[256];
     unsigned n = io_uring_peek_batch_cqe(ring, batch, 256);
     for (unsigned i = 0; i < n; i++) {
         data[i] = (uintptr_t)io_uring_cqe_get_data(batch[i]);
         res[i] = batch[i]->res;
+        flags[i] = batch[i]->flags;
     }
     io_uring_cq_advance(ring, n);
     for (unsigned i = 0; i < n; i++)
-        on_cqe(loop, data[i], res[i]);
+        on_cqe(loop, data[i], res[i], flags[i]);
     ev_run_done(loop);
 }
 
@@ -216,5 +329,6 @@ const struct ev_backend ev_uring_backend = {
     .submit = ur_submit,
     .cancel = ur_cancel,
     .forget_fd = ur_forget_fd,
+    .bufs_init = ur_bufs_init,
     .wait = ur_wait,
 };

@@ -617,6 +617,99 @@ static void test_wake_from_thread(void) {
     ev_loop_free(loop);
 }
 
+/* ---- lent buffers ---- */
+
+#define LENT_HEADROOM 40 /* rounded up to 48 by the loop */
+#define LENT_SIZE     4096
+
+static ev_loop *new_lent_loop(void) {
+    ev_loop *loop = new_loop();
+    CHECK(ev_bufs_init(loop, LENT_HEADROOM, LENT_SIZE) == 0);
+    CHECK(ev_buf_headroom(loop) == 48 && ev_buf_size(loop) == LENT_SIZE);
+    return loop;
+}
+
+/* The block comes with the bytes, at its headroom, and only with bytes. */
+static void test_recv_lent(void) {
+    ev_loop *loop = new_lent_loop();
+    int sv[2];
+    tcp_pair(sv);
+    struct rec r = {0};
+    ev_op op;
+    ev_op_init(&op, on_rec, &r);
+    CALL(ev_recv_lent(loop, &op, sv[0]));
+    run_ms(loop, 20);
+    CHECK(r.calls == 0 && ev_op_busy(&op)); /* waits, holding no block */
+    CHECK(write(sv[1], "hello", 5) == 5);
+    CHECK(result_of(loop, &r) == 5);
+    char *block = ev_op_buf(&op);
+    CHECK(block && !memcmp(block + ev_buf_headroom(loop), "hello", 5));
+    ev_buf_put(loop, block);
+
+    r = (struct rec){0};
+    CALL(ev_recv_lent(loop, &op, sv[0]));
+    shutdown(sv[1], SHUT_WR);
+    CHECK(result_of(loop, &r) == 0 && !ev_op_buf(&op)); /* EOF: no block */
+    close_all(loop, sv, 2);
+    ev_loop_free(loop);
+}
+
+/* More reads complete at once than the ring has buffers: each gets a block
+ * of its own, with its own bytes. */
+enum { MANY = 300 };
+static void test_recv_lent_many(void) {
+    ev_loop *loop = new_lent_loop();
+    static int sv[MANY][2];
+    static struct rec r[MANY];
+    static ev_op op[MANY];
+    int done = 0;
+    for (int i = 0; i < MANY; i++) {
+        unix_pair(sv[i]);
+        r[i] = (struct rec){0};
+        ev_op_init(&op[i], on_rec, &r[i]);
+        CALL(ev_recv_lent(loop, &op[i], sv[i][0]));
+    }
+    run_ms(loop, 10);
+    for (int i = 0; i < MANY; i++)
+        CHECK(dprintf(sv[i][1], "n%d", i) > 0);
+    for (int i = 0; i < 200 && done < MANY; i++) {
+        run_ms(loop, 10);
+        done = 0;
+        for (int j = 0; j < MANY; j++)
+            done += r[j].calls;
+    }
+    CHECK(done == MANY);
+    int right = 0;
+    for (int i = 0; i < MANY; i++) {
+        char want[16];
+        int n = snprintf(want, sizeof(want), "n%d", i);
+        char *block = ev_op_buf(&op[i]);
+        right += r[i].res == n && block && !memcmp(block + ev_buf_headroom(loop), want, (size_t)n);
+        ev_buf_put(loop, block);
+        close_all(loop, sv[i], 2);
+    }
+    CHECK(right == MANY);
+    ev_loop_free(loop);
+}
+
+static void test_recv_lent_cancel(void) {
+    ev_loop *loop = new_lent_loop();
+    int sv[2];
+    unix_pair(sv);
+    struct rec r = {0};
+    ev_op op;
+    ev_op_init(&op, on_rec, &r);
+    CALL(ev_recv_lent(loop, &op, sv[0]));
+    run_ms(loop, 20);
+    CALL(ev_cancel(loop, &op));
+    CHECK(result_of(loop, &r) == -ECANCELED && !ev_op_buf(&op));
+    CHECK(write(sv[1], "x", 1) == 1); /* nobody reads it now */
+    run_ms(loop, 20);
+    CHECK(r.calls == 1);
+    close_all(loop, sv, 2);
+    ev_loop_free(loop);
+}
+
 /* ---- both engines ---- */
 
 static void run_cases(void) {
@@ -631,6 +724,9 @@ static void run_cases(void) {
     test_cancel_pending();
     test_cancel_racing_result();
     test_cancel_idle();
+    test_recv_lent();
+    test_recv_lent_many();
+    test_recv_lent_cancel();
     test_timers_order();
     test_timer_stop_and_restart();
     test_timer_rearm_from_callback();
