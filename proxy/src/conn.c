@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "accesslog.h"
+#include "inbuf.h"
 #include "log.h"
 #include "net.h"
 #include "pump.h"
@@ -255,13 +256,12 @@ static void client_free(struct client *c) {
     list_remove(&c->in_worker);
     w->nclients--;
     atomic_fetch_sub_explicit(&g_connections, 1, memory_order_relaxed);
-    http_msg_free(&c->req);
     sbuf_free(&c->reqhead);
     sbuf_free(&c->out);
     sbuf_free(&c->path);
     pump_free(&c->reqp);
     pump_free(&c->respp);
-    free(c->in.data);
+    inbuf_release(w->loop, &c->in, &c->req);
     free(c);
 }
 
@@ -448,18 +448,35 @@ static void fail(struct client *c, int status) {
 
 static void on_head_read(ev_op *op, int res) {
     struct client *c = op->ctx;
+    /* a lent read (no buffer yet) brings its block: the client's from here,
+     * so that even a stale result is given back with it */
+    if (res > 0 && !c->in.data)
+        inbuf_attach(loop_of(c), &c->in, &c->req, ev_op_buf(op), (size_t)res);
+    else if (res > 0)
+        c->in.len += (size_t)res;
     if (stale(c, C_HEAD)) return;
     if (res <= 0) {
         client_close(c);
         return;
     }
-    c->in.len += (size_t)res;
     parse_head(c);
 }
 
 static void read_head(struct client *c) {
-    ev_recv(loop_of(c), op_to(&c->rd, on_head_read, c), c->fd, c->in.data + c->in.len,
-            c->in.cap - c->in.len);
+    ev_op *op = op_to(&c->rd, on_head_read, c);
+    if (!c->in.data)
+        ev_recv_lent(loop_of(c), op, c->fd);
+    else
+        ev_recv(loop_of(c), op, c->fd, c->in.data + c->in.len, c->in.cap - c->in.len);
+}
+
+/* Between requests with nothing buffered: the connection gives back its
+ * buffer and the heads' growable buffers, so an idle one holds none. */
+static void go_idle(struct client *c) {
+    inbuf_release(loop_of(c), &c->in, &c->req);
+    sbuf_free(&c->reqhead);
+    sbuf_free(&c->out);
+    sbuf_free(&c->path);
 }
 
 static void start_head(struct client *c) {
@@ -475,6 +492,7 @@ static void start_head(struct client *c) {
         parse_head(c);
         return;
     }
+    go_idle(c);
     arm(c, cfg_of(c)->timeouts_ms.idle);
     read_head(c);
 }
@@ -751,8 +769,11 @@ static void send_reqhead(struct client *c) {
 
 static void read_resp(struct client *c) {
     struct upconn *u = c->up;
-    ev_recv(loop_of(c), op_to(&u->rd, on_resp_read, c), u->fd, u->in.data + u->in.len,
-            u->in.cap - u->in.len);
+    ev_op *op = op_to(&u->rd, on_resp_read, c);
+    if (!u->in.data)
+        ev_recv_lent(loop_of(c), op, u->fd);
+    else
+        ev_recv(loop_of(c), op, u->fd, u->in.data + u->in.len, u->in.cap - u->in.len);
 }
 
 /* The body is cut when the client sends it slower than min_body_rate_bps
@@ -1083,6 +1104,11 @@ static void parse_resp(struct client *c) {
 
 static void on_resp_read(ev_op *op, int res) {
     struct client *c = op->ctx;
+    struct upconn *u = c->up;
+    if (res > 0 && !u->in.data) /* as on_head_read */
+        inbuf_attach(loop_of(c), &u->in, &u->resp, ev_op_buf(op), (size_t)res);
+    else if (res > 0)
+        u->in.len += (size_t)res;
     if (stale(c, C_TXN)) return;
     if (res <= 0) {
         /* No answer yet: an idempotent request without a body may go again,
@@ -1092,7 +1118,6 @@ static void on_resp_read(ev_op *op, int res) {
                             : "closed before the response");
         return;
     }
-    c->up->in.len += (size_t)res;
     parse_resp(c);
 }
 
@@ -1101,17 +1126,12 @@ static void on_resp_read(ev_op *op, int res) {
 void client_accept(struct worker *w, int fd) {
     const struct proxy_config *cfg = w->cfg;
     struct client *c = calloc(1, sizeof(*c));
-    size_t cap = (size_t)cfg->limits.max_header_bytes + 1;
-    if (cap < 16384) cap = 16384;
-    if (!c || !(c->in.data = malloc(cap)) ||
-        http_msg_init(&c->req, HTTP_REQUEST, cfg->limits.max_headers) < 0) {
-        if (c) free(c->in.data);
-        free(c);
+    if (!c) {
         close(fd);
         atomic_fetch_sub_explicit(&g_connections, 1, memory_order_relaxed);
         return;
     }
-    c->in.cap = cap;
+    http_msg_init_lent(&c->req, HTTP_REQUEST, cfg->limits.max_headers);
     c->w = w;
     c->fd = fd;
     net_set_nodelay(fd);

@@ -135,30 +135,35 @@ static void settings_once(void) {
     settings = s;
 }
 
-int http_msg_init(struct http_msg *m, llhttp_type_t type, int max_headers) {
+void http_msg_init_lent(struct http_msg *m, llhttp_type_t type, int max_headers) {
     static pthread_once_t once = PTHREAD_ONCE_INIT;
     pthread_once(&once, settings_once);
     memset(m, 0, sizeof(*m));
     m->max_hdr = max_headers;
-    m->hdr = calloc((size_t)max_headers + 1, sizeof(*m->hdr));
-    if (!m->hdr) return -1;
     llhttp_init(&m->parser, type, &settings);
     m->parser.data = m;
-    return 0;
+}
+
+int http_msg_init(struct http_msg *m, llhttp_type_t type, int max_headers) {
+    http_msg_init_lent(m, type, max_headers);
+    m->hdr = calloc(HTTP_INDEX_LEN(max_headers), sizeof(*m->hdr));
+    m->own_index = 1;
+    return m->hdr ? 0 : -1;
 }
 
 void http_msg_free(struct http_msg *m) {
-    free(m->hdr);
+    if (m->own_index) free(m->hdr);
     m->hdr = NULL;
 }
 
 void http_msg_reset(struct http_msg *m) {
     struct http_hdr *hdr = m->hdr;
-    int max = m->max_hdr;
+    int max = m->max_hdr, own = m->own_index;
     llhttp_t p = m->parser;
     memset(m, 0, sizeof(*m));
     m->hdr = hdr;
     m->max_hdr = max;
+    m->own_index = own;
     m->parser = p;
     llhttp_reset(&m->parser);
     m->parser.data = m;

@@ -36,9 +36,10 @@ extern const char *const desync_class_names[DESYNC_CLASSES];
 
 struct http_msg {
     llhttp_t parser;
-    struct http_hdr *hdr;
+    struct http_hdr *hdr; /* the index: HTTP_INDEX_LEN(max_hdr) entries */
     int nhdr, max_hdr;
-    int span; /* 0: between headers, 1: in a name, 2: in a value */
+    int own_index; /* allocated by http_msg_init, else the caller's */
+    int span;      /* 0: between headers, 1: in a name, 2: in a value */
     const char *url, *reason;
     size_t url_len, reason_len;
     size_t parsed;     /* bytes of the head fed to llhttp so far */
@@ -70,8 +71,13 @@ struct http_msg {
 
 enum { HTTP_REFUSED = -1, HTTP_NEED_MORE = 0, HTTP_HEAD_DONE = 1, HTTP_BODY_DONE = 2 };
 
+/* Entries of a message's header index: one spare past max_headers. */
+#define HTTP_INDEX_LEN(max_headers) ((size_t)(max_headers) + 1)
 /* Allocates room for max_headers headers. 0 or -1. */
 int http_msg_init(struct http_msg *m, llhttp_type_t type, int max_headers);
+/* Without an index: the caller sets m->hdr (HTTP_INDEX_LEN entries) before
+ * each parse, from the buffer the head is read into (inbuf.h). */
+void http_msg_init_lent(struct http_msg *m, llhttp_type_t type, int max_headers);
 void http_msg_free(struct http_msg *m);
 /* Ready for the next message on the same connection. */
 void http_msg_reset(struct http_msg *m);

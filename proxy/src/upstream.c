@@ -9,11 +9,10 @@
 #include <unistd.h>
 
 #include "balancer.h"
+#include "inbuf.h"
 #include "log.h"
 #include "net.h"
 #include "worker.h"
-
-#define UPCONN_BUF 16384
 
 struct upconn *upconn_open(struct worker *w, struct backend *be) {
     int fd = net_socket_for(&be->addr);
@@ -22,15 +21,12 @@ struct upconn *upconn_open(struct worker *w, struct backend *be) {
         return NULL;
     }
     struct upconn *u = calloc(1, sizeof(*u));
-    char *buf = malloc(UPCONN_BUF);
-    if (!u || !buf || http_msg_init(&u->resp, HTTP_RESPONSE, w->cfg->limits.max_headers) < 0) {
+    if (!u) {
         close(fd);
-        free(buf);
-        free(u);
         return NULL;
     }
+    http_msg_init_lent(&u->resp, HTTP_RESPONSE, w->cfg->limits.max_headers);
     u->fd = fd;
-    u->in = (struct iobuf){.data = buf, .cap = UPCONN_BUF};
     u->be = be;
     list_init(&u->in_slot);
     list_init(&u->in_lru);
@@ -42,8 +38,7 @@ void upconn_free(struct worker *w, struct upconn *u) {
     ev_forget_fd(w->loop, u->fd);
     close(u->fd);
     backend_unref(u->be);
-    http_msg_free(&u->resp);
-    free(u->in.data);
+    inbuf_release(w->loop, &u->in, &u->resp);
     free(u);
 }
 
@@ -82,7 +77,7 @@ void pool_put(struct worker *w, struct upconn *u) {
         upconn_free(w, u);
         return;
     }
-    u->in.pos = u->in.len = 0;
+    inbuf_release(w->loop, &u->in, &u->resp); /* the caller checked: nothing unread */
     http_msg_reset(&u->resp);
     u->idle_since_ms = ev_now_ms(w->loop);
     list_push(&p->idle, &u->in_slot);

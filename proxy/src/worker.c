@@ -12,6 +12,7 @@
 
 #include "accesslog.h"
 #include "conn.h"
+#include "inbuf.h"
 #include "log.h"
 #include "net.h"
 #include "pump.h"
@@ -69,6 +70,12 @@ int worker_init(struct worker *w, int id, const struct proxy_config *cfg, struct
     w->loop = ev_loop_new(cfg->engine, w->engine_note, sizeof(w->engine_note));
     if (!w->loop) {
         log_error("cannot start the %s engine: %s", ev_engine_name(cfg->engine), w->engine_note);
+        return -1;
+    }
+    int r = inbuf_setup(w->loop, cfg->limits.max_header_bytes, cfg->limits.max_headers);
+    if (r < 0) {
+        log_error("cannot set up the %s engine's buffers: %s", ev_engine_name(cfg->engine),
+                  strerror(-r));
         return -1;
     }
     w->listen_fd = net_listen(&cfg->listen, 1, 4096);
