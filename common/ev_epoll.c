@@ -1,6 +1,12 @@
 /* epoll back end: each op is tried at once; one that would block waits,
  * parked on its descriptor, for the edge-triggered readiness that lets it
- * go on. Finished ops run their callbacks from a queue, never inline. */
+ * go on. Finished ops run their callbacks from a queue, never inline.
+ *
+ * Each side of a descriptor remembers whether it may be ready (HAProxy's
+ * speculative I/O): a side that said EAGAIN, or a recv that came back short
+ * of its length (the socket emptied), is not ready until epoll says so, and
+ * an op on it is parked without a syscall that would only say EAGAIN. An
+ * edge comes with every arrival after that point, so nothing is missed. */
 #define _GNU_SOURCE
 #include "ev_internal.h"
 
@@ -15,7 +21,8 @@
  * listener, so each side is a list. */
 struct fd_slot {
     ev_op *rd, *wr;
-    int registered;
+    uint8_t registered;
+    uint8_t rd_idle, wr_idle; /* known not ready: wait for epoll's word */
 };
 
 struct ep_state {
@@ -94,8 +101,27 @@ static void park(struct ep_state *s, ev_op *op) {
     *head = op;
 }
 
+static int is_recv(const ev_op *op) {
+    return op->kind == EVK_RECV || op->kind == EVK_RECV_LENT;
+}
+
 static void attempt(struct ep_state *s, ev_op *op) {
+    int write_side = ev_is_write_side(op);
+    struct fd_slot *slot = (size_t)op->fd < s->nslots ? &s->slots[op->fd] : NULL;
+    if (slot && slot->registered && (write_side ? slot->wr_idle : slot->rd_idle)) {
+        park(s, op);
+        return;
+    }
     int r = ev_try_op(s->loop, op);
+    int idle =
+        r == -EAGAIN || (r > 0 && (size_t)r < op->len && (is_recv(op) || op->kind == EVK_SEND));
+    if (idle) {
+        slot = slot_for(s, op->fd);
+        if (write_side)
+            slot->wr_idle = 1;
+        else
+            slot->rd_idle = 1;
+    }
     if (r == -EAGAIN)
         park(s, op);
     else
@@ -137,6 +163,8 @@ static void on_ready(struct ep_state *s, int fd, uint32_t events) {
     if ((size_t)fd >= s->nslots) return;
     struct fd_slot *slot = &s->slots[fd];
     int err = events & (EPOLLERR | EPOLLHUP);
+    if (err || (events & (EPOLLIN | EPOLLRDHUP))) slot->rd_idle = 0;
+    if (err || (events & EPOLLOUT)) slot->wr_idle = 0;
     if (slot->rd && (err || (events & (EPOLLIN | EPOLLRDHUP)))) {
         ev_op *list = slot->rd;
         slot->rd = NULL;

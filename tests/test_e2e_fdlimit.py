@@ -120,7 +120,7 @@ class FdLimitTest(LBTestCase):
                        config={"limits": {"max_connections": 100000}},
                        wrapper=["prlimit", "--nofile=1024:1024", "--"])
         self.assertEqual(wait_routable(p.port, timeout=10 * SLOW), 200, p.log())
-        # max_connections capped to (1024 - 64) / 2 = 480 at start: more than
+        # max_connections capped to (1024 - 64) * 3/4 = 720 at start: more than
         # the clients below, so descriptors run out first.
         limit = self.starve(p, 24)
         slow = b"GET /cluster1/delay/3000 HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -155,13 +155,12 @@ class FdLimitTest(LBTestCase):
                        wrapper=["prlimit", "--nofile=256:1024", "--"])
         log = wait_until(lambda: "capped" in p.log() and p.log(), 5 * SLOW) or p.log()
         self.assertRegex(log, r"RLIMIT_NOFILE.*\b256\b.*\b1024\b")
-        # 2 descriptors a connection (its socket, its backend's): splice
-        # pipes are optional, a body goes through the buffer without one
-        self.assertRegex(log, r"max_connections 100000 capped to 480\b.*RLIMIT_NOFILE 1024")
-        # the cap holds: 480 clients held, the next ones closed at once
-        socks = open_clients(p.port, 490)
+        # 3/4 of the descriptors for clients, the rest for backend sockets
+        self.assertRegex(log, r"max_connections 100000 capped to 720\b.*RLIMIT_NOFILE 1024")
+        # the cap holds: 720 clients held, the next ones closed at once
+        socks = open_clients(p.port, 730)
         try:
-            self.assertEqual(len(socks), 490)
+            self.assertEqual(len(socks), 730)
             closed = 0
             for s in socks[-10:]:
                 s.settimeout(2 * SLOW)
@@ -171,7 +170,7 @@ class FdLimitTest(LBTestCase):
                     closed += 1
                 except socket.timeout:
                     pass
-            self.assertEqual(closed, 10, "clients beyond the cap of 480 left open:\n" + p.log()[-2000:])
+            self.assertEqual(closed, 10, "clients beyond the cap of 720 left open:\n" + p.log()[-2000:])
         finally:
             close_all(socks)
 

@@ -42,13 +42,15 @@ static void log_start(const struct proxy_config *cfg, const struct worker *w0) {
     }
 }
 
-/* Descriptors kept for everything but client connections (listeners, loops,
- * logs, health checks, cached pipes), and those one client connection needs:
- * its socket and its backend's. Splice pipes are not counted: without one a
- * body goes through the buffer (pump.c), so 10,000 idle keep-alive clients
- * need 10,000 descriptors, not 40,000. */
-#define NOFILE_RESERVED       64
-#define NOFILE_PER_CONNECTION 2
+/* Descriptors kept for everything but connections (listeners, loops, logs,
+ * health checks), and the share of the rest that client sockets may take:
+ * three quarters, the last for backend connections and splice pipes. An idle
+ * keep-alive client holds one descriptor, a request in flight two (pipes are
+ * optional: a body goes through the buffer without one), so 10,000 clients
+ * fit in 20,000 descriptors, as with nginx and HAProxy; a backend socket that
+ * cannot be had then is a 503, the proxy's own limit. */
+#define NOFILE_RESERVED     64
+#define NOFILE_CLIENT_SHARE 3 / 4
 
 /* Raises RLIMIT_NOFILE's soft limit to its hard limit (the hard one is the
  * operator's, as for nginx) and returns max_connections capped to what the
@@ -73,14 +75,12 @@ static long nofile_setup(long max_connections) {
     } else {
         log_info("RLIMIT_NOFILE %llu (the hard limit)", (unsigned long long)have);
     }
-    long cap =
-        have > NOFILE_RESERVED ? (long)((have - NOFILE_RESERVED) / NOFILE_PER_CONNECTION) : 0;
+    long cap = have > NOFILE_RESERVED ? (long)(have - NOFILE_RESERVED) * NOFILE_CLIENT_SHARE : 0;
     if (cap < 1) cap = 1;
     if (cap >= max_connections) return max_connections;
     log_warn("limits.max_connections %ld capped to %ld by RLIMIT_NOFILE %llu (%d descriptors "
-             "reserved, %d a connection)",
-             max_connections, cap, (unsigned long long)have, NOFILE_RESERVED,
-             NOFILE_PER_CONNECTION);
+             "reserved, 3/4 of the rest for clients)",
+             max_connections, cap, (unsigned long long)have, NOFILE_RESERVED);
     return cap;
 }
 

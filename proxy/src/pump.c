@@ -14,34 +14,39 @@
 static __thread int pipe_cache[PIPE_CACHE][2];
 static __thread int pipe_cached;
 
-static int pipe_get(struct pump *p) {
-    if (p->pipe_r >= 0) return 0;
+static int pipe_open(struct pump_pipe *pp) {
+    if (pp->r >= 0) return 0;
     if (pipe_cached) {
         pipe_cached--;
-        p->pipe_r = pipe_cache[pipe_cached][0];
-        p->pipe_w = pipe_cache[pipe_cached][1];
+        pp->r = pipe_cache[pipe_cached][0];
+        pp->w = pipe_cache[pipe_cached][1];
         return 0;
     }
     int fds[2];
     if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) < 0) return -errno;
     fcntl(fds[1], F_SETPIPE_SZ, PIPE_SIZE); /* best effort: the default 64 KiB works too */
-    p->pipe_r = fds[0];
-    p->pipe_w = fds[1];
+    pp->r = fds[0];
+    pp->w = fds[1];
     return 0;
 }
 
-static void pump_release(struct pump *p) {
-    if (p->pipe_r < 0) return;
-    if (p->piped == 0 && pipe_cached < PIPE_CACHE) {
-        pipe_cache[pipe_cached][0] = p->pipe_r;
-        pipe_cache[pipe_cached][1] = p->pipe_w;
+static void pipe_close(struct pump_pipe *pp) {
+    if (pp->r < 0) return;
+    if (pp->piped == 0 && pipe_cached < PIPE_CACHE) {
+        pipe_cache[pipe_cached][0] = pp->r;
+        pipe_cache[pipe_cached][1] = pp->w;
         pipe_cached++;
     } else {
-        close(p->pipe_r);
-        close(p->pipe_w);
+        close(pp->r);
+        close(pp->w);
     }
-    p->pipe_r = p->pipe_w = -1;
-    p->piped = 0;
+    *pp = (struct pump_pipe){.r = -1, .w = -1};
+}
+
+static void pump_release(struct pump *p) {
+    pipe_close(&p->pipes[0]);
+    pipe_close(&p->pipes[1]);
+    p->fill = p->empty = 0;
 }
 
 void pump_thread_cleanup(void) {
@@ -67,6 +72,14 @@ static void give_back(ev_op *op, const struct op_owner *saved) {
     op->ctx = saved->ctx;
 }
 
+static int reading(const struct pump *p) {
+    return ev_op_busy(p->rd);
+}
+
+static int writing(const struct pump *p) {
+    return p->wr && ev_op_busy(p->wr);
+}
+
 static void finish(struct pump *p, int err) {
     p->active = 0;
     give_back(p->rd, &p->rd_owner);
@@ -75,6 +88,18 @@ static void finish(struct pump *p, int err) {
     sbuf_free(&p->enc);
     p->enc_off = 0;
     p->done(p, err);
+}
+
+/* The first failure wins: the other op is cancelled, and done runs once
+ * neither is in flight. */
+static void fail(struct pump *p, int err, int at_dst) {
+    if (!p->err) {
+        p->err = err;
+        p->failed_at_dst = at_dst;
+    }
+    if (reading(p)) ev_cancel(p->loop, p->rd);
+    if (writing(p)) ev_cancel(p->loop, p->wr);
+    if (!reading(p) && !writing(p)) finish(p, p->err);
 }
 
 static void step(struct pump *p);
@@ -88,10 +113,12 @@ static void moved(struct pump *p, size_t n, int from_user) {
 
 static void on_write(ev_op *op, int res) {
     struct pump *p = op->ctx;
-    p->inflight = NULL;
+    if (p->err) {
+        fail(p, p->err, p->failed_at_dst);
+        return;
+    }
     if (res <= 0) {
-        p->failed_at_dst = 1;
-        finish(p, res < 0 ? res : -EPIPE);
+        fail(p, res < 0 ? res : -EPIPE, 1);
         return;
     }
     if (p->from_buffer && p->msg) {
@@ -101,7 +128,9 @@ static void on_write(ev_op *op, int res) {
         p->in->pos += (size_t)res;
         moved(p, (size_t)res, 1);
     } else {
-        p->piped -= (size_t)res;
+        struct pump_pipe *pp = &p->pipes[p->empty];
+        pp->piped -= (size_t)res;
+        if (!pp->piped && p->pipes[p->empty ^ 1].r >= 0) p->empty ^= 1;
         p->moved += (size_t)res;
         if (p->progress) p->progress(p, 0);
     }
@@ -110,24 +139,33 @@ static void on_write(ev_op *op, int res) {
 
 static void on_read(ev_op *op, int res) {
     struct pump *p = op->ctx;
-    p->inflight = NULL;
+    if (p->err) {
+        fail(p, p->err, p->failed_at_dst);
+        return;
+    }
     if (res < 0) {
-        finish(p, res);
+        fail(p, res, 0);
         return;
     }
     if (res == 0) { /* EOF: the end for a tunnel or a drain to the close, a truncation otherwise */
-        finish(p, p->left == PUMP_UNTIL_EOF && !p->msg ? 0 : -ECONNRESET);
+        if (p->left != PUMP_UNTIL_EOF || p->msg) {
+            fail(p, -ECONNRESET, 0);
+            return;
+        }
+        p->src_eof = 1;
+        step(p); /* what is piped still goes */
         return;
     }
     p->received += (size_t)res;
     if (p->drain && p->received > p->budget) {
-        finish(p, -EMSGSIZE);
+        fail(p, -EMSGSIZE, 0);
         return;
     }
-    if (p->msg || p->pipe_r < 0) {
+    if (p->msg || p->pipes[0].r < 0) {
         p->in->len += (size_t)res;
     } else {
-        p->piped += (size_t)res;
+        p->pipes[p->fill].piped += (size_t)res;
+        if (p->pipes[p->fill ^ 1].r >= 0) p->fill ^= 1;
         if (p->left != PUMP_UNTIL_EOF) p->left -= (size_t)res;
     }
     step(p);
@@ -135,7 +173,6 @@ static void on_read(ev_op *op, int res) {
 
 static void send_from(struct pump *p, const char *data, size_t n) {
     p->from_buffer = 1;
-    p->inflight = p->wr;
     ev_send(p->loop, p->wr, p->dst, data, n);
 }
 
@@ -144,28 +181,45 @@ static void send_from(struct pump *p, const char *data, size_t n) {
  * fault, so the bytes take the slower way instead of failing). */
 static void read_to_buffer(struct pump *p, size_t max) {
     p->in->pos = p->in->len = 0;
-    p->inflight = p->rd;
     ev_recv(p->loop, p->rd, p->src, p->in->data, max < p->in->cap ? max : p->in->cap);
 }
 
-static void splice_out(struct pump *p) {
-    p->from_buffer = 0;
-    p->inflight = p->wr;
-    ev_splice_out(p->loop, p->wr, p->pipe_r, p->dst, p->piped);
+/* The buffer's bytes first (they came before any piped ones), then, at once
+ * if both can go, splice_out from the pipe filled first and splice_in into
+ * an empty one: the sink drains one pipe while the source fills the other. */
+static void step_pipes(struct pump *p) {
+    size_t avail = p->in->len - p->in->pos; /* of the body: a next message may follow */
+    if (avail > p->left) avail = (size_t)p->left;
+    struct pump_pipe *out = &p->pipes[p->empty], *in = &p->pipes[p->fill];
+    if (!writing(p)) {
+        if (avail)
+            send_from(p, p->in->data + p->in->pos, avail);
+        else if (out->piped) {
+            p->from_buffer = 0;
+            ev_splice_out(p->loop, p->wr, out->r, p->dst, out->piped);
+        }
+    }
+    if (!reading(p) && !avail && p->left && !p->src_eof && !in->piped)
+        ev_splice_in(p->loop, p->rd, p->src, in->w,
+                     p->left < PIPE_SIZE ? (size_t)p->left : PIPE_SIZE);
+    if (!reading(p) && !writing(p)) finish(p, 0); /* nothing left to move */
 }
 
-static void splice_in(struct pump *p) {
-    p->inflight = p->rd;
-    ev_splice_in(p->loop, p->rd, p->src, p->pipe_w,
-                 p->left < PIPE_SIZE ? (size_t)p->left : PIPE_SIZE);
+/* A second pipe when one can be had: without it the pipe fills and drains in
+ * turn. 0, or -1 when there is not even one (the buffer path then). */
+static int pipes_open(struct pump *p) {
+    if (pipe_open(&p->pipes[0]) < 0) return -1;
+    if (p->pipes[1].r < 0 && pipe_open(&p->pipes[1]) < 0)
+        p->pipes[1] = (struct pump_pipe){-1, -1, 0};
+    return 0;
 }
 
 static void step_length(struct pump *p) {
-    for (;;) {
-        if (p->piped) {
-            splice_out(p);
-            return;
-        }
+    if (p->pipes[0].r >= 0 || (!p->drain && pipes_open(p) == 0)) {
+        step_pipes(p);
+        return;
+    }
+    for (;;) { /* through the buffer: a drain, or no pipe */
         size_t avail = p->in->len - p->in->pos;
         if (avail && p->left) {
             size_t n = p->left < avail ? (size_t)p->left : avail;
@@ -177,14 +231,11 @@ static void step_length(struct pump *p) {
             if (p->left != PUMP_UNTIL_EOF) p->left -= n;
             continue;
         }
-        if (!p->left) {
+        if (!p->left || p->src_eof) {
             finish(p, 0);
             return;
         }
-        if (p->drain || pipe_get(p) < 0)
-            read_to_buffer(p, p->left < SIZE_MAX ? (size_t)p->left : SIZE_MAX);
-        else
-            splice_in(p);
+        read_to_buffer(p, p->left < SIZE_MAX ? (size_t)p->left : SIZE_MAX);
         return;
     }
 }
@@ -229,7 +280,7 @@ static void step_chunked(struct pump *p) {
 
 static void step(struct pump *p) {
     if (p->aborted) {
-        finish(p, -ECANCELED);
+        fail(p, -ECANCELED, 0);
         return;
     }
     if (p->msg)
@@ -243,8 +294,7 @@ void pump_init(struct pump *p, ev_loop *loop, void *owner, pump_fn done, pump_fn
                        .owner = owner,
                        .done = done,
                        .progress = progress,
-                       .pipe_r = -1,
-                       .pipe_w = -1};
+                       .pipes = {{.r = -1, .w = -1}, {.r = -1, .w = -1}}};
 }
 
 void pump_prepare(struct pump *p, ev_op *rd, int src, struct iobuf *in, ev_op *wr, int dst,
@@ -262,6 +312,8 @@ void pump_prepare(struct pump *p, ev_op *rd, int src, struct iobuf *in, ev_op *w
     p->drain = 0;
     p->aborted = 0;
     p->failed_at_dst = 0;
+    p->err = 0;
+    p->src_eof = 0;
 }
 
 void pump_set_sink(struct pump *p, ev_op *wr, int dst) {
@@ -285,7 +337,7 @@ void pump_start_drain(struct pump *p, uint64_t length, uint64_t budget) {
 }
 
 int pump_waits_for_source(const struct pump *p) {
-    return p->active && p->inflight == p->rd;
+    return p->active && reading(p) && !writing(p);
 }
 
 int pump_source_done(const struct pump *p) {
@@ -303,5 +355,6 @@ void pump_free(struct pump *p) {
 void pump_abort(struct pump *p) {
     if (!p->active) return;
     p->aborted = 1;
-    if (p->inflight) ev_cancel(p->loop, p->inflight);
+    if (reading(p)) ev_cancel(p->loop, p->rd);
+    if (writing(p)) ev_cancel(p->loop, p->wr);
 }

@@ -1,7 +1,9 @@
 /* A pump moves one direction of a connection pair: the bytes already read
  * into the source's buffer first, then the rest of the body. Bodies of known
- * length and tunnels go socket -> pipe -> socket with splice (through the
- * buffer when no pipe can be had); chunked bodies are decoded and written
+ * length and tunnels go socket -> pipe -> socket with splice, through two
+ * pipes taken in turn so that one fills while the other drains (one pipe
+ * when a second cannot be had, the buffer when none can: EMFILE); chunked
+ * bodies are decoded and written
  * out canonically re-encoded (or de-chunked), never relayed byte for byte.
  * Without a sink (dst < 0) a pump drains: it reads and drops a body the
  * other side will not take, so that it is never read as requests.
@@ -33,7 +35,6 @@ struct pump {
     ev_loop *loop;
     ev_op *rd, *wr; /* the source's read-side op and the sink's write-side op */
     struct op_owner rd_owner, wr_owner;
-    ev_op *inflight; /* rd, wr, or NULL between steps */
     int src, dst;
     int drain;            /* no sink: what is read is dropped */
     struct iobuf *in;     /* the source's buffer */
@@ -46,8 +47,13 @@ struct pump {
     int complete;    /* chunked: the last chunk was seen */
     int aborted;
     int from_buffer; /* the pending write is a send from in or enc, not a splice */
-    int pipe_r, pipe_w;
-    size_t piped;
+    struct pump_pipe {
+        int r, w;     /* -1: none */
+        size_t piped; /* bytes in it */
+    } pipes[2];
+    unsigned fill, empty;   /* the pipe splice_in fills next, the one splice_out drains */
+    int err;                /* the first failure: finish once no op is in flight */
+    int src_eof;            /* until-EOF: the source closed, what is piped still goes */
     uint64_t moved, copied; /* delivered since pump_take_counts(); of which from user space */
     pump_fn done;           /* err: 0, -errno, -EBADMSG for bad chunk framing */
     pump_fn progress;       /* optional, after each step that moved bytes */
