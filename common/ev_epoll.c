@@ -6,7 +6,8 @@
  * speculative I/O): a side that said EAGAIN, or a recv that came back short
  * of its length (the socket emptied), is not ready until epoll says so, and
  * an op on it is parked without a syscall that would only say EAGAIN. An
- * edge comes with every arrival after that point, so nothing is missed. */
+ * edge comes with every arrival after that point, so nothing is missed; once
+ * the peer's FIN (or an error) was reported, only EAGAIN counts. */
 #define _GNU_SOURCE
 #include "ev_internal.h"
 
@@ -23,6 +24,7 @@ struct fd_slot {
     ev_op *rd, *wr;
     uint8_t registered;
     uint8_t rd_idle, wr_idle; /* known not ready: wait for epoll's word */
+    uint8_t hup;              /* epoll said RDHUP, HUP or ERR: no edge comes after that one */
 };
 
 struct ep_state {
@@ -113,9 +115,10 @@ static void attempt(struct ep_state *s, ev_op *op) {
         return;
     }
     int r = ev_try_op(s->loop, op);
-    int idle =
-        r == -EAGAIN || (r > 0 && (size_t)r < op->len && (is_recv(op) || op->kind == EVK_SEND));
-    if (idle) {
+    /* (a short recv after the peer's FIN was reported: the 0 that follows
+     * would wait for an edge that already came) */
+    int short_io = r > 0 && (size_t)r < op->len && (is_recv(op) || op->kind == EVK_SEND);
+    if (r == -EAGAIN || (short_io && !(slot && slot->hup))) {
         slot = slot_for(s, op->fd);
         if (write_side)
             slot->wr_idle = 1;
@@ -163,6 +166,7 @@ static void on_ready(struct ep_state *s, int fd, uint32_t events) {
     if ((size_t)fd >= s->nslots) return;
     struct fd_slot *slot = &s->slots[fd];
     int err = events & (EPOLLERR | EPOLLHUP);
+    if (err || (events & EPOLLRDHUP)) slot->hup = 1;
     if (err || (events & (EPOLLIN | EPOLLRDHUP))) slot->rd_idle = 0;
     if (err || (events & EPOLLOUT)) slot->wr_idle = 0;
     if (slot->rd && (err || (events & (EPOLLIN | EPOLLRDHUP)))) {

@@ -232,6 +232,29 @@ static void test_recv_parked(void) {
     ev_loop_free(loop);
 }
 
+/* Bytes and the FIN in one go, read short of the buffer: the EOF after them
+ * still comes (no readiness edge follows the FIN's). */
+static void test_recv_short_then_eof(void) {
+    ev_loop *loop = new_loop();
+    int sv[2];
+    tcp_pair(sv);
+    char buf[64];
+    struct rec r = {0};
+    ev_op op;
+    ev_op_init(&op, on_rec, &r);
+    CALL(ev_recv(loop, &op, sv[0], buf, sizeof(buf)));
+    run_ms(loop, 20); /* parked: the socket is watched */
+    CHECK(write(sv[1], "abc", 3) == 3);
+    shutdown(sv[1], SHUT_WR);
+    run_ms(loop, 20);
+    CHECK(result_of(loop, &r) == 3);
+    r = (struct rec){0};
+    CALL(ev_recv(loop, &op, sv[0], buf, sizeof(buf)));
+    CHECK(result_of(loop, &r) == 0);
+    close_all(loop, sv, 2);
+    ev_loop_free(loop);
+}
+
 static void test_send_to_closed_peer(void) {
     ev_loop *loop = new_loop();
     int sv[2];
@@ -715,6 +738,7 @@ static void test_recv_lent_cancel(void) {
 static void run_cases(void) {
     test_recv_send();
     test_recv_parked();
+    test_recv_short_then_eof();
     test_send_to_closed_peer();
     test_connect();
     test_accepts_parked();
