@@ -86,6 +86,16 @@ _Static_assert(sizeof(cflag_names) / sizeof(cflag_names[0]) == 16, "a name for e
 
 _Static_assert(DESYNC_CLASSES == LB_DESYNC_CLASSES, "one counter per desync class");
 
+/* What only a request in flight needs: allocated when its first bytes come,
+ * freed when the connection goes idle, so that an idle one is small. */
+struct txn {
+    struct pump reqp, respp;
+    ev_timer body_timer;                               /* the request body's rate check */
+    uint64_t rate_mark;                                /* reqp.received at the last check */
+    char be_name[sizeof(((struct backend *)0)->name)]; /* for the access log */
+    char request_id[65];
+};
+
 struct client {
     struct worker *w;
     struct list in_worker; /* in w->clients */
@@ -104,8 +114,6 @@ struct client {
     int status;         /* the response's, once its head is on its way */
     struct sbuf path;   /* the target, kept for the access log (the buffer is reused) */
     uint64_t bytes_out; /* sent by the proxy from its buffers */
-    char be_name[sizeof(((struct backend *)0)->name)]; /* for the access log */
-    char request_id[65];
     struct backend *be; /* picked: counted in flight until release_be() */
     const struct backend *failed_be;
     int attempts; /* sends of the request after the first, bounded by retries */
@@ -115,9 +123,7 @@ struct client {
     uint64_t body_left; /* length: request body bytes not yet moved (the pump's while it runs) */
     struct sbuf out;
     size_t out_off;
-    struct pump reqp, respp;
-    ev_timer body_timer; /* the request body's rate check */
-    uint64_t rate_mark;  /* reqp.received at the last check */
+    struct txn *t; /* while a request is in flight; NULL on an idle connection */
     int req_err, resp_err;
     uint64_t t_start_us, t_sent_us, ttfb_us;
 };
@@ -185,12 +191,12 @@ static void log_request(struct client *c, uint64_t duration_us, uint64_t bytes_i
         .path_len = c->path.len,
         .status = c->status,
         .cluster = c->lc ? c->lc->name : "none",
-        .backend = c->be_name[0] ? c->be_name : NULL,
+        .backend = c->t->be_name[0] ? c->t->be_name : NULL,
         .bytes_in = bytes_in,
         .bytes_out = bytes_out,
         .duration_us = duration_us,
         .backend_us = c->ttfb_us ? (int64_t)c->ttfb_us : -1,
-        .request_id = c->request_id[0] ? c->request_id : NULL,
+        .request_id = c->t->request_id[0] ? c->t->request_id : NULL,
         .desync_class = classified ? desync_class_names[c->req.klass] : NULL,
         .desync_reason = classified && c->req.klass != DESYNC_COMPLIANT ? c->req.why : NULL,
     };
@@ -215,8 +221,8 @@ static void request_end(struct client *c) {
     hist_observe(&cc->duration, duration);
     if (c->ttfb_us) hist_observe(&cc->backend, c->ttfb_us);
     uint64_t req_moved, req_copied, resp_moved, resp_copied;
-    pump_take_counts(&c->reqp, &req_moved, &req_copied);
-    pump_take_counts(&c->respp, &resp_moved, &resp_copied);
+    pump_take_counts(&c->t->reqp, &req_moved, &req_copied);
+    pump_take_counts(&c->t->respp, &resp_moved, &resp_copied);
     uint64_t in = c->req.head_done ? c->req.head_len + c->reqhead_body + req_moved : 0;
     uint64_t out = c->bytes_out + resp_moved;
     ctr_add(&w->counters.bytes_in, in);
@@ -228,14 +234,47 @@ static void request_end(struct client *c) {
     c->path.len = 0;
 }
 
-/* The first bytes of a request arrived. */
-static void request_begin(struct client *c) {
+static void on_body_timer(ev_timer *t);
+static void on_reqp_done(struct pump *p, int err);
+static void on_respp_done(struct pump *p, int err);
+static void on_progress(struct pump *p, int err);
+
+static int pumps_active(const struct client *c) {
+    return c->t && (c->t->reqp.active || c->t->respp.active);
+}
+
+/* The request's own state: 0, or -1 out of memory. */
+static int txn_new(struct client *c) {
+    if (c->t) return 0;
+    struct txn *t = malloc(sizeof(*t));
+    if (!t) return -1;
+    ev_timer_init(&t->body_timer, on_body_timer, c);
+    pump_init(&t->reqp, loop_of(c), c, on_reqp_done, on_progress);
+    pump_init(&t->respp, loop_of(c), c, on_respp_done, on_progress);
+    c->t = t;
+    return 0;
+}
+
+static void txn_free(struct client *c) {
+    struct txn *t = c->t;
+    if (!t) return;
+    ev_timer_stop(loop_of(c), &t->body_timer);
+    pump_free(&t->reqp);
+    pump_free(&t->respp);
+    free(t);
+    c->t = NULL;
+}
+
+/* The first bytes of a request arrived: -1 when there is no memory for it. */
+static int request_begin(struct client *c) {
+    if (txn_new(c) < 0) return -1;
     c->flags = (c->flags & ~CF_REQUEST) | CF_IN_REQUEST;
     c->t_start_us = ev_clock_us();
     c->lc = NULL;
     c->status = 0;
     c->ttfb_us = 0;
-    c->be_name[0] = c->request_id[0] = 0;
+    c->t->be_name[0] = c->t->request_id[0] = 0;
+    return 0;
 }
 
 /* Ends the request's hold on its backend, telling the table how it went. */
@@ -250,7 +289,7 @@ static void release_be(struct client *c, enum outcome o, const char *why) {
 static void client_free(struct client *c) {
     struct worker *w = c->w;
     ev_timer_stop(w->loop, &c->timer);
-    ev_timer_stop(w->loop, &c->body_timer);
+    txn_free(c);
     ev_forget_fd(w->loop, c->fd);
     close(c->fd);
     list_remove(&c->in_worker);
@@ -259,8 +298,6 @@ static void client_free(struct client *c) {
     sbuf_free(&c->reqhead);
     sbuf_free(&c->out);
     sbuf_free(&c->path);
-    pump_free(&c->reqp);
-    pump_free(&c->respp);
     inbuf_release(w->loop, &c->in, &c->req);
     free(c);
 }
@@ -274,8 +311,7 @@ static int up_busy(const struct upconn *u) {
 static void settle(struct client *c) {
     /* (an aborted pump holds the connection's ops until its cancelled op has
      * completed) */
-    if (c->up && (c->flags & CF_UP_DISCARD) && !up_busy(c->up) && !c->reqp.active &&
-        !c->respp.active) {
+    if (c->up && (c->flags & CF_UP_DISCARD) && !up_busy(c->up) && !pumps_active(c)) {
         upconn_free(c->w, c->up);
         c->up = NULL;
         c->flags &= ~CF_UP_DISCARD;
@@ -305,9 +341,11 @@ static void client_close(struct client *c) {
     request_end(c);
     release_be(c, OUTCOME_NEUTRAL, NULL);
     ev_timer_stop(loop_of(c), &c->timer);
-    ev_timer_stop(loop_of(c), &c->body_timer);
-    pump_abort(&c->reqp);
-    pump_abort(&c->respp);
+    if (c->t) {
+        ev_timer_stop(loop_of(c), &c->t->body_timer);
+        pump_abort(&c->t->reqp);
+        pump_abort(&c->t->respp);
+    }
     ev_cancel(loop_of(c), &c->rd);
     ev_cancel(loop_of(c), &c->wr);
     discard_up(c);
@@ -388,7 +426,7 @@ static void send_out(struct client *c, enum out_next after) {
 static void local_reply(struct client *c, int keep_alive) {
     c->flags |= CF_OWN_REPLY;
     ev_timer_stop(loop_of(c), &c->timer);
-    ev_timer_stop(loop_of(c), &c->body_timer);
+    if (c->t) ev_timer_stop(loop_of(c), &c->t->body_timer);
     c->state = C_REPLY;
     c->flags = keep_alive ? c->flags | CF_KEEP : c->flags & ~CF_KEEP;
     ev_cancel(loop_of(c), &c->rd);
@@ -438,7 +476,8 @@ static void fail(struct client *c, int status) {
         return;
     }
     release_be(c, OUTCOME_NEUTRAL, NULL);
-    pump_abort(&c->reqp); /* its read may still be pending: no drain after this reply */
+    if (c->t)
+        pump_abort(&c->t->reqp); /* its read may still be pending: no drain after this reply */
     discard_up(c);
     reply_error(c, status);
     settle(c);
@@ -473,6 +512,7 @@ static void read_head(struct client *c) {
 /* Between requests with nothing buffered: the connection gives back its
  * buffer and the heads' growable buffers, so an idle one holds none. */
 static void go_idle(struct client *c) {
+    if (!pumps_active(c)) txn_free(c); /* (a pump that ran holds no op any more) */
     inbuf_release(loop_of(c), &c->in, &c->req);
     sbuf_free(&c->reqhead);
     sbuf_free(&c->out);
@@ -523,7 +563,11 @@ static int admit(struct client *c) {
 static void parse_head(struct client *c) {
     const struct proxy_config *cfg = cfg_of(c);
     int was_idle = c->req.parsed == 0;
-    if (was_idle) request_begin(c);
+    if (was_idle && request_begin(c) < 0) {
+        log_warn("client %s: out of memory for a request: closed", c->ip);
+        client_close(c);
+        return;
+    }
     int r = http_parse_head(&c->req, c->in.data, c->in.len, 0);
     if (r == HTTP_NEED_MORE) {
         if (c->in.len > (size_t)cfg->limits.max_header_bytes) {
@@ -553,21 +597,25 @@ static void parse_head(struct client *c) {
 /* The client's X-Request-Id, or a new one. */
 static void request_id(struct client *c) {
     const struct http_hdr *h = http_find(&c->req, "x-request-id");
-    if (h && h->vlen && h->vlen < sizeof(c->request_id)) {
-        memcpy(c->request_id, h->value, h->vlen);
-        c->request_id[h->vlen] = 0;
+    if (h && h->vlen && h->vlen < sizeof(c->t->request_id)) {
+        memcpy(c->t->request_id, h->value, h->vlen);
+        c->t->request_id[h->vlen] = 0;
         return;
     }
-    uint64_t a = worker_random(c->w), b = worker_random(c->w);
-    snprintf(c->request_id, sizeof(c->request_id), "%016llx%016llx", (unsigned long long)a,
-             (unsigned long long)b);
+    static const char hex[] = "0123456789abcdef";
+    for (int half = 0; half < 2; half++) {
+        uint64_t r = worker_random(c->w);
+        for (int i = 15; i >= 0; i--, r >>= 4)
+            c->t->request_id[half * 16 + i] = hex[r & 15];
+    }
+    c->t->request_id[32] = 0;
 }
 
 static void build_request_head(struct client *c, const struct cluster_config *cc) {
     request_id(c);
     struct forward_info fi = {.client_ip = c->ip,
                               .listen_port = net_addr_port(&cfg_of(c)->listen),
-                              .request_id = c->request_id,
+                              .request_id = c->t->request_id,
                               .strip_len = cc->strip_prefix ? cc->prefix_len : 0};
     c->reqhead.len = 0;
     http_write_request(&c->reqhead, &c->req, &fi);
@@ -618,10 +666,10 @@ static void start_txn(struct client *c) {
         return;
     }
     c->retries = cc->retries;
-    pump_prepare(&c->reqp, &c->rd, c->fd, &c->in, NULL, -1,
+    pump_prepare(&c->t->reqp, &c->rd, c->fd, &c->in, NULL, -1,
                  c->req.framing == BODY_CHUNKED ? &c->req : NULL, 1);
     /* A chunked body whose first bytes are already bad never reaches a backend. */
-    if (c->req.framing == BODY_CHUNKED && pump_decode_buffered(&c->reqp) < 0) {
+    if (c->req.framing == BODY_CHUNKED && pump_decode_buffered(&c->t->reqp) < 0) {
         count_error(c, ERR_BAD_REQUEST); /* http_dechunk made the request severe */
         reply_error(c, 400);
         return;
@@ -735,7 +783,7 @@ static void connect_backend(struct client *c, struct backend *be, int fresh) {
     struct worker *w = c->w;
     c->flags &= ~CF_CONNECT_TIMED_OUT;
     c->be = be;
-    if (w->alog) memcpy(c->be_name, be->name, sizeof(c->be_name));
+    if (w->alog) memcpy(c->t->be_name, be->name, sizeof(c->t->be_name));
     c->up = fresh ? NULL : pool_take(w, be);
     if (c->up) {
         send_reqhead(c);
@@ -780,11 +828,11 @@ static void read_resp(struct client *c) {
  * over a window (time the proxy waits for the backend does not count). */
 static void on_body_timer(ev_timer *t) {
     struct client *c = t->ctx;
-    if ((c->flags & CF_CLOSING) || c->state != C_TXN || !c->reqp.active) return;
-    uint64_t got = c->reqp.received - c->rate_mark;
+    if ((c->flags & CF_CLOSING) || c->state != C_TXN || !c->t->reqp.active) return;
+    uint64_t got = c->t->reqp.received - c->t->rate_mark;
     uint64_t want = (uint64_t)cfg_of(c)->limits.min_body_rate_bps * BODY_RATE_WINDOW_MS / 1000;
-    c->rate_mark = c->reqp.received;
-    if (!pump_waits_for_source(&c->reqp) || got >= want) {
+    c->t->rate_mark = c->t->reqp.received;
+    if (!pump_waits_for_source(&c->t->reqp) || got >= want) {
         ev_timer_start(loop_of(c), t, BODY_RATE_WINDOW_MS);
         return;
     }
@@ -797,11 +845,11 @@ static void on_body_timer(ev_timer *t) {
 }
 
 static void start_request_body(struct client *c) {
-    pump_set_sink(&c->reqp, &c->up->wr, c->up->fd);
-    c->rate_mark = 0;
+    pump_set_sink(&c->t->reqp, &c->up->wr, c->up->fd);
+    c->t->rate_mark = 0;
     if (cfg_of(c)->limits.min_body_rate_bps)
-        ev_timer_start(loop_of(c), &c->body_timer, BODY_RATE_WINDOW_MS);
-    pump_start(&c->reqp, c->body_left);
+        ev_timer_start(loop_of(c), &c->t->body_timer, BODY_RATE_WINDOW_MS);
+    pump_start(&c->t->reqp, c->body_left);
 }
 
 static void on_reqhead_sent(ev_op *op, int res) {
@@ -848,7 +896,7 @@ static void txn_done(struct client *c) {
 static void on_reqp_done(struct pump *p, int err) {
     struct client *c = p->owner;
     if (stale(c, C_TXN)) return;
-    ev_timer_stop(loop_of(c), &c->body_timer);
+    ev_timer_stop(loop_of(c), &c->t->body_timer);
     c->flags |= CF_REQ_DONE;
     c->req_err = err;
     c->body_left = pump_left(p);
@@ -894,11 +942,11 @@ static void start_resp_body(struct client *c) {
     }
     arm(c, cfg_of(c)->timeouts_ms.idle);
     /* chunked: re-encoded for HTTP/1.1 clients, de-chunked for 1.0 ones */
-    pump_prepare(&c->respp, &u->rd, u->fd, &u->in, &c->wr, c->fd,
+    pump_prepare(&c->t->respp, &u->rd, u->fd, &u->in, &c->wr, c->fd,
                  r->framing == BODY_CHUNKED ? r : NULL, c->req.minor >= 1);
     uint64_t left =
         r->framing == BODY_LENGTH ? r->content_length - (u->in.pos - r->head_len) : PUMP_UNTIL_EOF;
-    pump_start(&c->respp, left);
+    pump_start(&c->t->respp, left);
 }
 
 static void on_tunnel_done(struct pump *p, int err);
@@ -908,12 +956,12 @@ static void start_tunnel(struct client *c) {
     c->state = C_TUNNEL;
     release_be(c, OUTCOME_OK, NULL); /* answered; the tunnel is not a request in flight */
     arm(c, cfg_of(c)->timeouts_ms.idle);
-    pump_reset(c, &c->reqp, on_tunnel_done, on_progress);
-    pump_reset(c, &c->respp, on_tunnel_done, on_progress);
-    pump_prepare(&c->reqp, &c->rd, c->fd, &c->in, &u->wr, u->fd, NULL, 0);
-    pump_prepare(&c->respp, &u->rd, u->fd, &u->in, &c->wr, c->fd, NULL, 0);
-    pump_start(&c->reqp, PUMP_UNTIL_EOF);
-    pump_start(&c->respp, PUMP_UNTIL_EOF);
+    pump_reset(c, &c->t->reqp, on_tunnel_done, on_progress);
+    pump_reset(c, &c->t->respp, on_tunnel_done, on_progress);
+    pump_prepare(&c->t->reqp, &c->rd, c->fd, &c->in, &u->wr, u->fd, NULL, 0);
+    pump_prepare(&c->t->respp, &u->rd, u->fd, &u->in, &c->wr, c->fd, NULL, 0);
+    pump_start(&c->t->reqp, PUMP_UNTIL_EOF);
+    pump_start(&c->t->respp, PUMP_UNTIL_EOF);
 }
 
 static void on_tunnel_done(struct pump *p, int err) {
@@ -923,8 +971,8 @@ static void on_tunnel_done(struct pump *p, int err) {
         client_close(c);
         return;
     }
-    shutdown(p == &c->reqp ? c->up->fd : c->fd, SHUT_WR); /* pass the half-close on */
-    if (!c->reqp.active && !c->respp.active) client_close(c);
+    shutdown(p == &c->t->reqp ? c->up->fd : c->fd, SHUT_WR); /* pass the half-close on */
+    if (!c->t->reqp.active && !c->t->respp.active) client_close(c);
 }
 
 /* ---- after a response: the next request, a drain, or the close ---- */
@@ -932,7 +980,7 @@ static void on_tunnel_done(struct pump *p, int err) {
 static void on_drain_done(struct pump *p, int err) {
     struct client *c = p->owner;
     if (stale(c, C_DRAIN)) return;
-    pump_reset(c, &c->reqp, on_reqp_done, on_progress);
+    pump_reset(c, &c->t->reqp, on_reqp_done, on_progress);
     if (!err && (c->flags & CF_KEEP))
         start_head(c);
     else
@@ -953,9 +1001,9 @@ static void start_drain(struct client *c) {
     }
     c->state = C_DRAIN;
     arm(c, DRAIN_MS);
-    pump_reset(c, &c->reqp, on_drain_done, NULL);
-    pump_prepare(&c->reqp, &c->rd, c->fd, &c->in, NULL, -1, chunked ? &c->req : NULL, 0);
-    pump_start_drain(&c->reqp, left, DRAIN_MAX_BYTES);
+    pump_reset(c, &c->t->reqp, on_drain_done, NULL);
+    pump_prepare(&c->t->reqp, &c->rd, c->fd, &c->in, NULL, -1, chunked ? &c->req : NULL, 0);
+    pump_start_drain(&c->t->reqp, left, DRAIN_MAX_BYTES);
 }
 
 static void after_response(struct client *c) {
@@ -1139,9 +1187,6 @@ void client_accept(struct worker *w, int fd) {
     ev_op_init(&c->rd, on_head_read, c);
     ev_op_init(&c->wr, on_out_sent, c);
     ev_timer_init(&c->timer, on_timer, c);
-    ev_timer_init(&c->body_timer, on_body_timer, c);
-    pump_init(&c->reqp, w->loop, c, on_reqp_done, on_progress);
-    pump_init(&c->respp, w->loop, c, on_respp_done, on_progress);
     list_append(&w->clients, &c->in_worker);
     w->nclients++;
     ctr_add(&w->counters.connections, 1);
