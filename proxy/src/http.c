@@ -549,6 +549,16 @@ void sbuf_adds(struct sbuf *b, const char *s) {
     sbuf_add(b, s, strlen(s));
 }
 
+void sbuf_addu(struct sbuf *b, uint64_t v) {
+    char tmp[20];
+    size_t i = sizeof(tmp);
+    do {
+        tmp[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    sbuf_add(b, tmp + i, sizeof(tmp) - i);
+}
+
 void sbuf_addf(struct sbuf *b, const char *fmt, ...) {
     char tmp[512];
     va_list ap;
@@ -637,12 +647,21 @@ static void add_upgrade(struct sbuf *out, const struct http_msg *m) {
     add_field(out, "Upgrade", 7, up ? up->value : "", up ? up->vlen : 0);
 }
 
+/* (written without printf: the heads are the data path's hottest strings) */
+static void add_length(struct sbuf *out, uint64_t n) {
+    sbuf_adds(out, "Content-Length: ");
+    sbuf_addu(out, n);
+    sbuf_add(out, "\r\n", 2);
+}
+
 void http_write_request(struct sbuf *out, const struct http_msg *req,
                         const struct forward_info *fi) {
     sbuf_adds(out, llhttp_method_name((llhttp_method_t)req->method));
     sbuf_add(out, " ", 1);
     add_target(out, req, fi->strip_len);
-    sbuf_addf(out, " HTTP/1.%d\r\n", req->minor);
+    sbuf_adds(out, " HTTP/1.");
+    sbuf_addu(out, (unsigned)req->minor);
+    sbuf_add(out, "\r\n", 2);
     struct sbuf xff = {0};
     int has_id = 0;
     if (req->authority) add_field(out, "Host", 4, req->authority, req->authority_len);
@@ -666,13 +685,19 @@ void http_write_request(struct sbuf *out, const struct http_msg *req,
     if (req->framing == BODY_CHUNKED)
         sbuf_adds(out, "Transfer-Encoding: chunked\r\n");
     else if (req->has_length)
-        sbuf_addf(out, "Content-Length: %llu\r\n", (unsigned long long)req->content_length);
+        add_length(out, req->content_length);
     sbuf_adds(out, "X-Forwarded-For: ");
     if (xff.len) sbuf_add(out, xff.data, xff.len);
     sbuf_free(&xff);
-    sbuf_addf(out, "%s\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Port: %d\r\n", fi->client_ip,
-              fi->listen_port);
-    if (!has_id) sbuf_addf(out, "X-Request-Id: %s\r\n", fi->request_id);
+    sbuf_adds(out, fi->client_ip);
+    sbuf_adds(out, "\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Port: ");
+    sbuf_addu(out, (unsigned)fi->listen_port);
+    sbuf_add(out, "\r\n", 2);
+    if (!has_id) {
+        sbuf_adds(out, "X-Request-Id: ");
+        sbuf_adds(out, fi->request_id);
+        sbuf_add(out, "\r\n", 2);
+    }
     if (req->upgrade)
         add_upgrade(out, req);
     else if (req->minor == 0)
@@ -685,14 +710,16 @@ static void add_response_framing(struct sbuf *out, const struct http_msg *resp, 
     if (resp->status < 200 || resp->status == 204 || resp->status == 304) return;
     /* (a HEAD response keeps the framing fields it came with, its body none) */
     if (resp->has_length)
-        sbuf_addf(out, "Content-Length: %llu\r\n", (unsigned long long)resp->content_length);
+        add_length(out, resp->content_length);
     else if (resp->te_chunked && client_minor >= 1)
         sbuf_adds(out, "Transfer-Encoding: chunked\r\n"); /* the pump re-encodes the body */
 }
 
 void http_write_response(struct sbuf *out, const struct http_msg *resp, int client_minor,
                          int keep_alive) {
-    sbuf_addf(out, "HTTP/1.1 %d ", resp->status);
+    sbuf_adds(out, "HTTP/1.1 ");
+    sbuf_addu(out, (unsigned)resp->status);
+    sbuf_add(out, " ", 1);
     if (resp->reason_len)
         sbuf_add(out, resp->reason, resp->reason_len);
     else

@@ -109,6 +109,8 @@ struct sbuf {
 };
 void sbuf_add(struct sbuf *b, const void *p, size_t n);
 void sbuf_adds(struct sbuf *b, const char *s);
+/* v in decimal. */
+void sbuf_addu(struct sbuf *b, uint64_t v);
 void sbuf_addf(struct sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void sbuf_free(struct sbuf *b);
 
