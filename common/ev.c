@@ -266,8 +266,9 @@ void ev_send(ev_loop *loop, ev_op *op, int fd, const void *buf, size_t len) {
     submit(loop, op, EVK_SEND, fd, -1, (void *)buf, len);
 }
 
-/* Free blocks kept per loop beyond those in use: a burst's worth. */
-#define BUF_FREE_MAX 256
+/* Free blocks kept per loop beyond those in use: a burst's worth (a block
+ * freed and allocated again costs its page faults each time). */
+#define BUF_FREE_MAX 1024
 
 int ev_bufs_init(ev_loop *loop, size_t headroom, size_t size) {
     /* aligned blocks: the headroom holds the caller's structures */

@@ -138,6 +138,7 @@ static inline int ev_timer_armed(const ev_timer *t) {
 struct ev_stats {
     uint64_t splice_ops, splice_bytes, recv_bytes, send_bytes;
     uint64_t bufs_allocated; /* lent blocks allocated: a busy loop reuses them */
+    uint64_t bufs_ring_empty; /* lent recvs that found io_uring's buffer ring empty */
 };
 const struct ev_stats *ev_loop_stats(const ev_loop *loop);
 

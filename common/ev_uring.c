@@ -21,15 +21,21 @@
  * not one the ring selects: no ring, or the ring was empty (ENOBUFS). */
 enum { OPF_POLLING = 1, OPF_CANCELLED = 2, OPF_OWN_BLOCK = 4 };
 
-/* Entries of the provided-buffer ring (a power of two): recvs completing in
- * one batch beyond this many get ENOBUFS and read into a block of their own. */
-#define BUF_RING 128
-#define BGID     0
+/* Entries of the provided-buffer ring (a power of two). It starts with
+ * BUF_RING_START blocks and takes BUF_RING_GROW more each time a recv finds
+ * it empty (that recv reads into a block of its own): about as many as the
+ * recvs that complete in one batch, no more (a burst of misses at once
+ * grows it by a few each, not by a fixed share of the maximum). */
+#define BUF_RING       1024
+#define BUF_RING_START 64
+#define BUF_RING_GROW  4
+#define BGID           0
 
 struct ur_state {
     struct io_uring ring;         /* first: ring_of() */
     struct io_uring_buf_ring *br; /* NULL: none registered (kernels before 5.19) */
     void *lent[BUF_RING];         /* the block behind each buffer id, NULL: slot empty */
+    unsigned nbids;               /* buffer ids given to the ring so far */
 };
 
 /* The eventfd poll's user_data: ops are aligned, so neither an op's address
@@ -120,6 +126,17 @@ static void ring_give(ev_loop *loop, unsigned bid, void *block) {
     io_uring_buf_ring_advance(s->br, 1);
 }
 
+/* n more buffer ids, each with a block: 0, or -ENOMEM. */
+static int ring_grow(ev_loop *loop, unsigned n) {
+    struct ur_state *s = st(loop);
+    for (; n && s->nbids < BUF_RING; n--) {
+        void *block = ev_buf_get(loop);
+        if (!block) return -ENOMEM;
+        ring_give(loop, s->nbids++, block);
+    }
+    return 0;
+}
+
 static int ur_bufs_init(ev_loop *loop) {
     struct ur_state *s = st(loop);
     size_t len = BUF_RING * sizeof(struct io_uring_buf);
@@ -133,12 +150,7 @@ static int ur_bufs_init(ev_loop *loop) {
     }
     s->br = br;
     io_uring_buf_ring_init(s->br);
-    for (unsigned bid = 0; bid < BUF_RING; bid++) {
-        void *block = ev_buf_get(loop);
-        if (!block) return -ENOMEM;
-        ring_give(loop, bid, block);
-    }
-    return 0;
+    return ring_grow(loop, BUF_RING_START);
 }
 
 static void ur_fini(ev_loop *loop) {
@@ -281,6 +293,8 @@ static void on_cqe(ev_loop *loop, uintptr_t data, int res, unsigned cqe_flags) {
     if (op->kind == EVK_RECV_LENT) {
         lent_done(loop, op, res, cqe_flags);
         if (res == -ENOBUFS && !(op->flags & OPF_CANCELLED)) {
+            loop->stats.bufs_ring_empty++;
+            ring_grow(loop, BUF_RING_GROW);
             /* every ring buffer is out at once: this one brings its own */
             if (own_block(loop, op) < 0) {
                 ev_complete(loop, op, -ENOMEM);

@@ -111,6 +111,8 @@ static void log_exit(struct worker *w, int n, struct balancer *bal) {
         const struct ev_stats *s = ev_loop_stats(w[i].loop);
         total.splice_bytes += s->splice_bytes;
         total.splice_ops += s->splice_ops;
+        total.bufs_allocated += s->bufs_allocated;
+        total.bufs_ring_empty += s->bufs_ring_empty;
     }
     struct worker_sums sum;
     workers_sum(w, n, &sum);
@@ -123,9 +125,11 @@ static void log_exit(struct worker *w, int n, struct balancer *bal) {
         requests += cs.requests;
     }
     free(lcs);
-    log_info("exit: splice_bytes=%llu splice_ops=%llu copied_bytes=%llu requests=%llu",
+    log_info("exit: splice_bytes=%llu splice_ops=%llu copied_bytes=%llu requests=%llu "
+             "buffers_allocated=%llu buffer_ring_empty=%llu",
              (unsigned long long)total.splice_bytes, (unsigned long long)total.splice_ops,
-             (unsigned long long)sum.copied_bytes, requests);
+             (unsigned long long)sum.copied_bytes, requests,
+             (unsigned long long)total.bufs_allocated, (unsigned long long)total.bufs_ring_empty);
 }
 
 static int init_workers(struct worker *w, int n, const struct proxy_config *cfg,
