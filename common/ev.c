@@ -328,6 +328,10 @@ void ev_forget_fd(ev_loop *loop, int fd) {
     if (fd >= 0) loop->be->forget_fd(loop, fd);
 }
 
+int ev_fd_quiet(ev_loop *loop, int fd) {
+    return fd >= 0 && loop->be->fd_quiet && loop->be->fd_quiet(loop, fd);
+}
+
 int ev_socket_error(int fd) {
     int err = 0;
     socklen_t len = sizeof(err);

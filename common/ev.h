@@ -126,6 +126,10 @@ void ev_splice_out(ev_loop *loop, ev_op *op, int pipe_r, int sock, size_t len);
  * its real result if it completed first). No-op on an idle op. */
 void ev_cancel(ev_loop *loop, ev_op *op);
 void ev_forget_fd(ev_loop *loop, int fd);
+/* 1 when the loop knows fd has nothing to read and reported no FIN or error
+ * since (epoll: no edge since a recv said EAGAIN or came back short), 0
+ * when it does not know (io_uring). Costs no syscall. */
+int ev_fd_quiet(ev_loop *loop, int fd);
 
 void ev_timer_init(ev_timer *t, void (*cb)(ev_timer *), void *ctx);
 void ev_timer_start(ev_loop *loop, ev_timer *t, uint64_t after_ms);
@@ -137,7 +141,7 @@ static inline int ev_timer_armed(const ev_timer *t) {
 /* Counters of bytes moved, per loop, for the exit summary. */
 struct ev_stats {
     uint64_t splice_ops, splice_bytes, recv_bytes, send_bytes;
-    uint64_t bufs_allocated; /* lent blocks allocated: a busy loop reuses them */
+    uint64_t bufs_allocated;  /* lent blocks allocated: a busy loop reuses them */
     uint64_t bufs_ring_empty; /* lent recvs that found io_uring's buffer ring empty */
 };
 const struct ev_stats *ev_loop_stats(const ev_loop *loop);

@@ -154,6 +154,13 @@ static void ep_forget_fd(ev_loop *loop, int fd) {
     if ((size_t)fd < s->nslots) s->slots[fd] = (struct fd_slot){0};
 }
 
+static int ep_fd_quiet(ev_loop *loop, int fd) {
+    struct ep_state *s = st(loop);
+    if ((size_t)fd >= s->nslots) return 0;
+    const struct fd_slot *slot = &s->slots[fd];
+    return slot->registered && slot->rd_idle && !slot->hup;
+}
+
 static void retry_all(struct ep_state *s, ev_op *list) {
     while (list) {
         ev_op *next = list->next;
@@ -206,5 +213,6 @@ const struct ev_backend ev_epoll_backend = {
     .submit = ep_submit,
     .cancel = ep_cancel,
     .forget_fd = ep_forget_fd,
+    .fd_quiet = ep_fd_quiet,
     .wait = ep_wait,
 };

@@ -23,6 +23,8 @@ struct ev_backend {
     void (*submit)(ev_loop *loop, ev_op *op);
     void (*cancel)(ev_loop *loop, ev_op *op);
     void (*forget_fd)(ev_loop *loop, int fd);
+    /* ev_fd_quiet (NULL: never known) */
+    int (*fd_quiet)(ev_loop *loop, int fd);
     /* ev_bufs_init's part of the back end (NULL: nothing to do): 0 or -errno */
     int (*bufs_init)(ev_loop *loop);
     /* Waits up to timeout_ms (-1: forever) and runs the callbacks. */
