@@ -784,9 +784,7 @@ static void connect_backend(struct client *c, struct backend *be, int fresh) {
     c->flags &= ~CF_CONNECT_TIMED_OUT;
     c->be = be;
     if (w->alog) memcpy(c->t->be_name, be->name, sizeof(c->t->be_name));
-    int retriable = c->attempts < c->retries && c->req.framing == BODY_NONE &&
-                    http_method_idempotent(c->req.method);
-    c->up = fresh ? NULL : pool_take(w, be, retriable);
+    c->up = fresh ? NULL : pool_take(w, be);
     if (c->up) {
         send_reqhead(c);
         return;

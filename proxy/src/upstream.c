@@ -56,23 +56,19 @@ static void unlink_idle(struct worker *w, struct upconn *u) {
     list_remove(&u->in_lru);
 }
 
-/* What the loop knows costs nothing (epoll: no edge since it went quiet); a
- * recent connection for a request that can go again is trusted; otherwise
- * one recv(MSG_PEEK) asks. */
-static int looks_alive(struct worker *w, const struct upconn *u, uint64_t idle_ms, int retriable) {
-    if (ev_fd_quiet(w->loop, u->fd)) return 1;
-    if (retriable && idle_ms < POOL_TRUST_MS) return 1;
-    return still_open(u->fd);
+/* What the loop knows costs nothing (epoll: no edge since it went quiet);
+ * otherwise one recv(MSG_PEEK) asks. */
+static int looks_alive(struct worker *w, const struct upconn *u) {
+    return ev_fd_quiet(w->loop, u->fd) || still_open(u->fd);
 }
 
-struct upconn *pool_take(struct worker *w, struct backend *be, int retriable) {
+struct upconn *pool_take(struct worker *w, struct backend *be) {
     struct row_slot *p = &be->slots[w->id];
     uint64_t now = ev_now_ms(w->loop);
     while (!list_empty(&p->idle)) {
         struct upconn *u = list_first(&p->idle, struct upconn, in_slot);
         unlink_idle(w, u);
-        uint64_t idle_ms = now - u->idle_since_ms;
-        if (idle_ms < POOL_MAX_AGE_MS && looks_alive(w, u, idle_ms, retriable)) {
+        if (now - u->idle_since_ms < POOL_MAX_AGE_MS && looks_alive(w, u)) {
             u->reused = 1;
             return u;
         }

@@ -38,15 +38,10 @@ struct upconn *upconn_open(struct worker *w, struct backend *be);
 /* Closes and frees; its ops must be idle. */
 void upconn_free(struct worker *w, struct upconn *u);
 
-/* A pooled connection is taken without asking the kernel whether the backend
- * closed it when the request may go again on a new connection if it did and
- * the connection idled less than this: backends close idle connections
- * after seconds, not milliseconds. */
-#define POOL_TRUST_MS 1000
-
-/* A pooled connection to be that still looks alive, or NULL. retriable: the
- * request would be sent again if the connection turns out closed. */
-struct upconn *pool_take(struct worker *w, struct backend *be, int retriable);
+/* A pooled connection to be that still looks alive (not closed, and nothing
+ * unsolicited to read: bytes beyond a response must never reach the next
+ * client), or NULL. */
+struct upconn *pool_take(struct worker *w, struct backend *be);
 /* Keeps u for a later request to its backend, or closes it when the slot is
  * full, the worker drains or the backend was removed. */
 void pool_put(struct worker *w, struct upconn *u);

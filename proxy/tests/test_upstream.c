@@ -133,11 +133,11 @@ static void test_reuse(void) {
     u->in.pos = 3;
     pool_put(&f.w, u);
     CHECK(f.be[0]->slots[0].n == 1 && idle_count(&f) == 1);
-    CHECK(pool_take(&f.w, f.be[1], 0) == NULL); /* another backend's slot */
-    struct upconn *got = pool_take(&f.w, f.be[0], 0);
+    CHECK(pool_take(&f.w, f.be[1]) == NULL); /* another backend's slot */
+    struct upconn *got = pool_take(&f.w, f.be[0]);
     CHECK(got == u && got->reused && got->in.pos == 0 && got->in.len == 0);
     CHECK(f.be[0]->slots[0].n == 0 && idle_count(&f) == 0);
-    CHECK(pool_take(&f.w, f.be[0], 0) == NULL);
+    CHECK(pool_take(&f.w, f.be[0]) == NULL);
     CHECK(still_open_at_backend(peer));
     upconn_free(&f.w, u);
     CHECK(closed_at_backend(peer));
@@ -161,36 +161,12 @@ static void test_dead_not_reused(void) {
     CHECK(send(chatty_peer, "x", 1, 0) == 1);
     poll(&(struct pollfd){.fd = closed->fd, .events = POLLIN}, 1, 1000);
     poll(&(struct pollfd){.fd = chatty->fd, .events = POLLIN}, 1, 1000);
-    CHECK(pool_take(&f.w, f.be[0], 0) == live);
+    CHECK(pool_take(&f.w, f.be[0]) == live);
     CHECK(f.be[0]->slots[0].n == 0 && idle_count(&f) == 0);
     CHECK(closed_at_backend(chatty_peer));
     upconn_free(&f.w, live);
     close(live_peer);
     close(chatty_peer);
-    teardown(&f);
-}
-
-/* A request that would go again on a new connection trusts one pooled less
- * than POOL_TRUST_MS ago without asking the kernel; past that, or for one
- * that would not go again, a closed connection is found and dropped. */
-static void test_trust_recent(void) {
-    struct fixture f;
-    setup(&f);
-    int peer, old_peer;
-    struct upconn *u = open_to(&f, 0, &peer);
-    pool_put(&f.w, u);
-    close(peer);
-    poll(&(struct pollfd){.fd = u->fd, .events = POLLIN}, 1, 1000);
-    CHECK(pool_take(&f.w, f.be[0], 1) == u); /* retriable, recent: trusted */
-    pool_put(&f.w, u);
-    CHECK(pool_take(&f.w, f.be[0], 0) == NULL); /* not retriable: asked, closed */
-    struct upconn *old = open_to(&f, 0, &old_peer);
-    pool_put(&f.w, old);
-    close(old_peer);
-    poll(&(struct pollfd){.fd = old->fd, .events = POLLIN}, 1, 1000);
-    old->idle_since_ms = ev_now_ms(f.w.loop) - POOL_TRUST_MS;
-    CHECK(pool_take(&f.w, f.be[0], 1) == NULL); /* retriable, but idle too long */
-    CHECK(idle_count(&f) == 0);
     teardown(&f);
 }
 
@@ -203,7 +179,7 @@ static void test_age(void) {
     struct upconn *old = open_to(&f, 0, &old_peer);
     pool_put(&f.w, old);
     old->idle_since_ms = ev_now_ms(f.w.loop) - POOL_MAX_AGE_MS;
-    CHECK(pool_take(&f.w, f.be[0], 0) == NULL);
+    CHECK(pool_take(&f.w, f.be[0]) == NULL);
     CHECK(closed_at_backend(old_peer));
     struct upconn *swept = open_to(&f, 0, &swept_peer);
     struct upconn *young = open_to(&f, 1, &young_peer);
@@ -214,7 +190,7 @@ static void test_age(void) {
     pool_sweep(&f.w);
     CHECK(closed_at_backend(swept_peer) && still_open_at_backend(young_peer));
     CHECK(f.be[0]->slots[0].n == 0 && f.be[1]->slots[0].n == 1 && idle_count(&f) == 1);
-    CHECK(pool_take(&f.w, f.be[1], 0) == young);
+    CHECK(pool_take(&f.w, f.be[1]) == young);
     upconn_free(&f.w, young);
     close(old_peer);
     close(young_peer);
@@ -279,7 +255,6 @@ int main(void) {
     log_init("test_upstream", LOG_ERROR);
     test_reuse();
     test_dead_not_reused();
-    test_trust_recent();
     test_age();
     test_cap();
     test_removed_and_drain();
