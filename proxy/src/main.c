@@ -272,6 +272,17 @@ static void release(struct running *r) {
 static int run(const struct proxy_config *cfg, struct balancer *bal, struct dns *dns, int argc,
                char **argv) {
     struct running r = {.cfg = cfg, .bal = bal, .n = cfg->threads};
+    /* Blocked before the first listener opens: a SIGHUP or SIGTERM sent as
+     * soon as the port answers waits for serve_signals() instead of taking
+     * its default action (the end of the process) while the other workers
+     * are still being set up. */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGHUP);
+    sigaddset(&sigs, SIGUSR1);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     if (prepare(&r)) return 1;
     struct proxy_status st = {.started_ms = ev_wall_us() / 1000};
     pthread_mutex_init(&st.lock, NULL);
@@ -281,13 +292,6 @@ static int run(const struct proxy_config *cfg, struct balancer *bal, struct dns 
                           .current = (struct proxy_config *)cfg,
                           .bal = bal,
                           .st = &st};
-    sigset_t sigs;
-    sigemptyset(&sigs);
-    sigaddset(&sigs, SIGTERM);
-    sigaddset(&sigs, SIGINT);
-    sigaddset(&sigs, SIGHUP);
-    sigaddset(&sigs, SIGUSR1);
-    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     int rc = start_threads(&r, &st, dns);
     rl.disc = r.disc;
     rl.dns = dns;
