@@ -164,8 +164,6 @@ static void ur_fini(ev_loop *loop) {
     free(s);
 }
 
-/* A lent recv's CQE: takes the block the kernel selected (refilling its
- * slot), or gives back a block of the op's own that got no bytes. */
 /* A lent recv's CQE: takes the block the kernel selected, refilling its
  * slot (ev_complete gives back a block of the op's own that got no bytes). */
 static void lent_done(ev_loop *loop, ev_op *op, int res, unsigned cqe_flags) {

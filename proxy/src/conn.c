@@ -487,12 +487,7 @@ static void fail(struct client *c, int status) {
 
 static void on_head_read(ev_op *op, int res) {
     struct client *c = op->ctx;
-    /* a lent read (no buffer yet) brings its block: the client's from here,
-     * so that even a stale result is given back with it */
-    if (res > 0 && !c->in.data)
-        inbuf_attach(loop_of(c), &c->in, &c->req, ev_op_buf(op), (size_t)res);
-    else if (res > 0)
-        c->in.len += (size_t)res;
+    inbuf_took(loop_of(c), &c->in, &c->req, op, res);
     if (stale(c, C_HEAD)) return;
     if (res <= 0) {
         client_close(c);
@@ -502,11 +497,7 @@ static void on_head_read(ev_op *op, int res) {
 }
 
 static void read_head(struct client *c) {
-    ev_op *op = op_to(&c->rd, on_head_read, c);
-    if (!c->in.data)
-        ev_recv_lent(loop_of(c), op, c->fd);
-    else
-        ev_recv(loop_of(c), op, c->fd, c->in.data + c->in.len, c->in.cap - c->in.len);
+    inbuf_read(loop_of(c), op_to(&c->rd, on_head_read, c), c->fd, &c->in);
 }
 
 /* Between requests with nothing buffered: the connection gives back its
@@ -817,11 +808,7 @@ static void send_reqhead(struct client *c) {
 
 static void read_resp(struct client *c) {
     struct upconn *u = c->up;
-    ev_op *op = op_to(&u->rd, on_resp_read, c);
-    if (!u->in.data)
-        ev_recv_lent(loop_of(c), op, u->fd);
-    else
-        ev_recv(loop_of(c), op, u->fd, u->in.data + u->in.len, u->in.cap - u->in.len);
+    inbuf_read(loop_of(c), op_to(&u->rd, on_resp_read, c), u->fd, &u->in);
 }
 
 /* The body is cut when the client sends it slower than min_body_rate_bps
@@ -972,7 +959,7 @@ static void on_tunnel_done(struct pump *p, int err) {
         return;
     }
     shutdown(p == &c->t->reqp ? c->up->fd : c->fd, SHUT_WR); /* pass the half-close on */
-    if (!c->t->reqp.active && !c->t->respp.active) client_close(c);
+    if (!pumps_active(c)) client_close(c);
 }
 
 /* ---- after a response: the next request, a drain, or the close ---- */
@@ -1152,11 +1139,7 @@ static void parse_resp(struct client *c) {
 
 static void on_resp_read(ev_op *op, int res) {
     struct client *c = op->ctx;
-    struct upconn *u = c->up;
-    if (res > 0 && !u->in.data) /* as on_head_read */
-        inbuf_attach(loop_of(c), &u->in, &u->resp, ev_op_buf(op), (size_t)res);
-    else if (res > 0)
-        u->in.len += (size_t)res;
+    inbuf_took(loop_of(c), &c->up->in, &c->up->resp, op, res);
     if (stale(c, C_TXN)) return;
     if (res <= 0) {
         /* No answer yet: an idempotent request without a body may go again,

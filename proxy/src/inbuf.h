@@ -23,6 +23,27 @@ static inline void inbuf_attach(ev_loop *loop, struct iobuf *b, struct http_msg 
     m->hdr = (struct http_hdr *)(void *)block;
 }
 
+/* Reads into b: into a block lent when the bytes come if b has none, else
+ * into the room left after what b holds. */
+static inline void inbuf_read(ev_loop *loop, ev_op *op, int fd, struct iobuf *b) {
+    if (!b->data)
+        ev_recv_lent(loop, op, fd);
+    else
+        ev_recv(loop, op, fd, b->data + b->len, b->cap - b->len);
+}
+
+/* What inbuf_read's op brought (res > 0): the block it was lent becomes b's
+ * (and m's index), or the bytes extend b. Called before any other check, so
+ * that even a result nobody wants any more is given back with b. */
+static inline void inbuf_took(ev_loop *loop, struct iobuf *b, struct http_msg *m, ev_op *op,
+                              int res) {
+    if (res <= 0) return;
+    if (!b->data)
+        inbuf_attach(loop, b, m, ev_op_buf(op), (size_t)res);
+    else
+        b->len += (size_t)res;
+}
+
 /* Gives the block back; the buffer must hold nothing unread. */
 static inline void inbuf_release(ev_loop *loop, struct iobuf *b, struct http_msg *m) {
     if (b->data) ev_buf_put(loop, b->data - ev_buf_headroom(loop));

@@ -209,8 +209,7 @@ static void step_pipes(struct pump *p) {
  * turn. 0, or -1 when there is not even one (the buffer path then). */
 static int pipes_open(struct pump *p) {
     if (pipe_open(&p->pipes[0]) < 0) return -1;
-    if (p->pipes[1].r < 0 && pipe_open(&p->pipes[1]) < 0)
-        p->pipes[1] = (struct pump_pipe){-1, -1, 0};
+    pipe_open(&p->pipes[1]); /* (left at -1 when it fails) */
     return 0;
 }
 

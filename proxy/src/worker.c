@@ -74,8 +74,8 @@ int worker_init(struct worker *w, int id, const struct proxy_config *cfg, struct
     }
     int r = inbuf_setup(w->loop, cfg->limits.max_header_bytes, cfg->limits.max_headers);
     if (r < 0) {
-        log_error("cannot set up the %s engine's buffers: %s", ev_engine_name(cfg->engine),
-                  strerror(-r));
+        log_error("cannot set up the %s engine's buffers: %s",
+                  ev_engine_name(ev_loop_engine(w->loop)), strerror(-r));
         return -1;
     }
     w->listen_fd = net_listen(&cfg->listen, 1, 4096);
